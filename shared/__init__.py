@@ -1,0 +1,1 @@
+"""RelayX's shared package: settings, storage, audio and the model engines both services use."""

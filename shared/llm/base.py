@@ -1,0 +1,39 @@
+"""The language-model seam: one Protocol that streams tokens, one module per engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message of the conversation handed to the model."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Per-agent sampling options (the agent's `llm` block)."""
+
+    model: str | None = None
+    temperature: float = 0.6
+    max_tokens: int = 120
+
+
+class LLMError(Exception):
+    """The engine failed or timed out; the caller speaks a fallback line."""
+
+
+class LLM(Protocol):
+    """Streams the assistant's reply token by token (text pieces, in order).
+
+    Raises `LLMError` on failure. Cancelling the consuming task (barge-in) must stop generation.
+    """
+
+    def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]: ...
+
+    def warmup(self) -> None: ...

@@ -1,0 +1,97 @@
+"""The one settings object for every RelayX process.
+
+Values come from the environment and from a `.env` file; every field is listed in `.env.example`.
+Services receive a `Settings` instance (never a global) so that tests can build their own.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration shared by the backend, the voice gateway, the worker and the CLI."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    # --- storage -------------------------------------------------------------------------------
+    database_url: str = Field(default="sqlite:///./data/relayx.db", alias="DATABASE_URL")
+    supabase_url: str | None = Field(default=None, alias="SUPABASE_URL")
+    supabase_service_role_key: str | None = Field(default=None, alias="SUPABASE_SERVICE_ROLE_KEY")
+    data_dir: Path = Field(default=Path("./data"), alias="RELAYX_DATA_DIR")
+
+    # --- API ------------------------------------------------------------------------------------
+    relayx_api_key: str | None = Field(default=None, alias="RELAYX_API_KEY")
+
+    # --- telephony ------------------------------------------------------------------------------
+    telephony_provider: Literal["twilio", "simulator"] = Field(default="simulator", alias="TELEPHONY_PROVIDER")
+    twilio_account_sid: str | None = Field(default=None, alias="TWILIO_ACCOUNT_SID")
+    twilio_auth_token: str | None = Field(default=None, alias="TWILIO_AUTH_TOKEN")
+    twilio_from_number: str | None = Field(default=None, alias="TWILIO_FROM_NUMBER")
+    twilio_api_base_url: str = Field(default="https://api.twilio.com", alias="TWILIO_API_BASE_URL")
+    public_base_url: str = Field(default="http://127.0.0.1:8000", alias="PUBLIC_BASE_URL")
+    public_gateway_url: str = Field(default="ws://127.0.0.1:8001", alias="PUBLIC_GATEWAY_URL")
+    backend_port: int = Field(default=8000, alias="BACKEND_PORT")
+    gateway_port: int = Field(default=8001, alias="GATEWAY_PORT")
+    backend_internal_url: str | None = Field(default=None, alias="BACKEND_INTERNAL_URL")
+
+    # --- speech-to-text -------------------------------------------------------------------------
+    stt_engine: Literal["faster-whisper", "openai-whisper"] = Field(default="faster-whisper", alias="STT_ENGINE")
+    stt_model: str | None = Field(default=None, alias="STT_MODEL")
+    stt_compute_type: str = Field(default="int8", alias="STT_COMPUTE_TYPE")
+    stt_threads: int = Field(default=2, alias="STT_THREADS")
+
+    # --- language model -------------------------------------------------------------------------
+    llm_engine: Literal["llama-cpp", "ollama", "openai"] = Field(default="llama-cpp", alias="LLM_ENGINE")
+    llm_model_path: Path | None = Field(default=None, alias="LLM_MODEL_PATH")
+    llm_model: str = Field(default="llama3:8b", alias="LLM_MODEL")
+    llm_threads: int = Field(default=2, alias="LLM_THREADS")
+    llm_context_tokens: int = Field(default=2048, alias="LLM_CONTEXT_TOKENS")
+    llm_timeout_s: float = Field(default=8.0, alias="LLM_TIMEOUT_S")
+    ollama_base_url: str = Field(default="http://127.0.0.1:11434", alias="OLLAMA_BASE_URL")
+    openai_base_url: str = Field(default="http://127.0.0.1:8080/v1", alias="OPENAI_BASE_URL")
+    openai_api_key: str | None = Field(default=None, alias="OPENAI_API_KEY")
+    model_cache_dir: Path = Field(default=Path("./data/models"), alias="MODEL_CACHE_DIR")
+
+    # --- text-to-speech -------------------------------------------------------------------------
+    tts_engine: Literal["piper", "coqui"] = Field(default="piper", alias="TTS_ENGINE")
+    tts_voice_path: Path | None = Field(default=None, alias="TTS_VOICE_PATH")
+    coqui_model_path: Path | None = Field(default=None, alias="COQUI_MODEL_PATH")
+
+    # --- turn-taking ----------------------------------------------------------------------------
+    vad_engine: Literal["silero", "energy"] = Field(default="silero", alias="VAD_ENGINE")
+
+    log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+
+    @field_validator("public_base_url", "public_gateway_url", "twilio_api_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @cached_property
+    def api_key(self) -> str:
+        """The API key: RELAYX_API_KEY, else one generated once and kept in the data directory.
+
+        A generated key keeps the embedded default free of setup while never running the API open.
+        """
+        if self.relayx_api_key:
+            return self.relayx_api_key
+        path = self.data_dir / "api_key"
+        if path.exists():
+            return path.read_text().strip()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = "rx_" + secrets.token_urlsafe(24)
+        path.write_text(key + "\n")
+        path.chmod(0o600)
+        return key
+
+    @property
+    def backend_url(self) -> str:
+        """How the gateway and the simulator reach the backend (loopback unless told otherwise)."""
+        return (self.backend_internal_url or self.public_base_url).rstrip("/")
