@@ -1,0 +1,141 @@
+"""voice_gateway.turns: turn events from synthetic audio, driven by the energy VAD."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shared.vad.energy import EnergyVAD
+from voice_gateway.turns import (
+    PauseDetected,
+    SpeechResumed,
+    SpeechStarted,
+    TurnConfig,
+    TurnDetector,
+    TurnEnded,
+)
+
+RATE = 16000
+
+
+def _ms(ms: int) -> int:
+    return ms * RATE // 1000
+
+
+def _speech(ms: int, seed: int = 1) -> np.ndarray:
+    """Loud band-limited noise with a syllable-like envelope: the energy VAD calls it speech."""
+    rng = np.random.default_rng(seed)
+    n = _ms(ms)
+    envelope = 0.6 + 0.4 * np.abs(np.sin(np.pi * np.arange(n) / _ms(180)))
+    return (rng.standard_normal(n) * 0.1 * envelope).astype(np.float32)
+
+
+def _silence(ms: int, seed: int = 2) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(_ms(ms)) * 0.0005).astype(np.float32)
+
+
+def _feed(detector: TurnDetector, audio: np.ndarray, chunk: int) -> list:
+    events = []
+    for i in range(0, audio.size, chunk):
+        events.extend(detector.feed(audio[i : i + chunk]))
+    return events
+
+
+def _kinds(events: list) -> list[str]:
+    return [type(e).__name__ for e in events]
+
+
+@pytest.mark.parametrize("chunk", [160, 320, 1000, 16000])
+def test_one_utterance_gives_start_pause_end_whatever_the_chunk_size(chunk: int) -> None:
+    detector = TurnDetector(EnergyVAD(), TurnConfig(end_of_turn_silence_ms=500, early_pause_ms=200))
+    audio = np.concatenate([_silence(1000), _speech(1200), _silence(1000)])
+    events = _feed(detector, audio, chunk)
+    assert _kinds(events) == ["SpeechStarted", "PauseDetected", "TurnEnded"]
+    started, pause, ended = events
+    assert isinstance(started, SpeechStarted) and isinstance(ended, TurnEnded)
+    assert abs(started.onset_sample - _ms(1000)) <= 512
+    assert started.at_sample - started.onset_sample >= _ms(200)
+    assert abs(ended.speech_end_sample - _ms(2200)) <= 512
+    assert pause.speech_end_sample == ended.speech_end_sample
+    assert 500 <= ended.end_of_turn_ms < 500 + 32 + 1
+    assert 200 <= (pause.at_sample - pause.speech_end_sample) * 1000 / RATE < 233
+
+
+def test_utterance_audio_includes_pre_roll_and_the_whole_speech() -> None:
+    detector = TurnDetector(EnergyVAD(), TurnConfig(pre_roll_ms=300, post_roll_ms=200))
+    speech = _speech(1000)
+    events = _feed(detector, np.concatenate([_silence(1000), speech, _silence(800)]), 480)
+    ended = next(e for e in events if isinstance(e, TurnEnded))
+    # pre-roll (~300 ms) + speech (1000 ms) + post-roll (200 ms), to window granularity
+    assert abs(ended.audio.size - _ms(1500)) <= 2 * 512
+    start = int(np.argmax(np.abs(ended.audio) > 0.01))
+    assert _ms(250) <= start <= _ms(350)
+    assert ended.audio.dtype == np.float32
+
+
+def test_clicks_and_bursts_shorter_than_min_speech_are_ignored() -> None:
+    detector = TurnDetector(EnergyVAD(), TurnConfig(min_speech_ms=250))
+    parts = [_silence(500)]
+    for _ in range(5):
+        parts += [_speech(60), _silence(400)]
+    parts += [_speech(150), _silence(1000)]
+    assert _feed(detector, np.concatenate(parts), 320) == []
+    assert not detector.speaking
+
+
+def test_a_pause_then_more_speech_resumes_the_same_turn() -> None:
+    detector = TurnDetector(EnergyVAD(), TurnConfig(end_of_turn_silence_ms=600, early_pause_ms=200))
+    audio = np.concatenate([_silence(300), _speech(700), _silence(350), _speech(600), _silence(800)])
+    events = _feed(detector, audio, 320)
+    assert _kinds(events) == ["SpeechStarted", "PauseDetected", "SpeechResumed", "PauseDetected", "TurnEnded"]
+    first_pause, resumed, second_pause, ended = events[1:]
+    assert isinstance(resumed, SpeechResumed)
+    assert first_pause.speech_end_sample < resumed.at_sample < second_pause.speech_end_sample
+    assert second_pause.speech_end_sample == ended.speech_end_sample
+    assert ended.audio.size > first_pause.audio.size + _ms(900)
+
+
+def test_a_blip_during_a_pause_does_not_resume_or_delay_the_end_of_turn() -> None:
+    detector = TurnDetector(EnergyVAD(), TurnConfig(end_of_turn_silence_ms=500, resume_ms=96))
+    audio = np.concatenate([_speech(800), _silence(300), _speech(32), _silence(600)])
+    events = _feed(detector, audio, 512)
+    assert _kinds(events) == ["SpeechStarted", "PauseDetected", "TurnEnded"]
+    assert abs(events[-1].speech_end_sample - _ms(800)) <= 512
+
+
+def test_end_of_turn_silence_is_configurable_per_agent() -> None:
+    for silence_ms in (300, 700):
+        detector = TurnDetector(EnergyVAD(), TurnConfig(end_of_turn_silence_ms=silence_ms))
+        events = _feed(detector, np.concatenate([_speech(800), _silence(1000)]), 800)
+        ended = events[-1]
+        assert isinstance(ended, TurnEnded)
+        assert silence_ms <= ended.end_of_turn_ms < silence_ms + 33
+
+
+def test_two_turns_in_a_row_are_reported_separately() -> None:
+    detector = TurnDetector(EnergyVAD())
+    audio = np.concatenate([_speech(600), _silence(800), _speech(600, seed=5), _silence(800)])
+    events = _feed(detector, audio, 320)
+    ends = [e for e in events if isinstance(e, TurnEnded)]
+    assert len(ends) == 2
+    assert ends[1].speech_end_sample - ends[0].speech_end_sample == pytest.approx(_ms(1400), abs=1024)
+
+
+def test_a_monologue_is_cut_at_max_utterance_length() -> None:
+    detector = TurnDetector(EnergyVAD(), TurnConfig(max_utterance_ms=2000))
+    events = _feed(detector, _speech(3000), 1600)
+    ended = [e for e in events if isinstance(e, TurnEnded)]
+    assert ended and ended[0].audio.size <= _ms(2000) + 512
+
+
+def test_pause_longer_than_end_of_turn_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        TurnConfig(end_of_turn_silence_ms=200, early_pause_ms=300)
+
+
+def test_pause_audio_is_a_prefix_of_the_final_utterance() -> None:
+    detector = TurnDetector(EnergyVAD())
+    events = _feed(detector, np.concatenate([_silence(200), _speech(900), _silence(700)]), 640)
+    pause = next(e for e in events if isinstance(e, PauseDetected))
+    ended = events[-1]
+    assert np.array_equal(pause.audio, ended.audio[: pause.audio.size])

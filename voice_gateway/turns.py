@@ -1,0 +1,251 @@
+"""Where the agent decides the caller has stopped talking: a pure, VAD-driven turn detector.
+
+No I/O and no clock: the detector is fed 16 kHz float32 audio in chunks of any size and counts time
+in samples, so the session (and the tests) can replay audio faster than real time and still compute
+end-of-turn latency exactly.
+
+Turn-taking in three thresholds:
+- `min_speech_ms` of voiced audio before a turn starts, so clicks, line noise and short bursts are
+  ignored (no SpeechStarted, no barge-in);
+- `early_pause_ms` of silence: PauseDetected hands the utterance so far to the session, which can
+  start STT (and even the LLM) speculatively while the pause is confirmed;
+- `end_of_turn_silence_ms` of silence: TurnEnded. If speech comes back in between, SpeechResumed
+  tells the session to throw the speculative work away.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from shared.vad.base import VAD
+
+SAMPLE_RATE = 16000
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    """The caller has been speaking for `min_speech_ms`: a real turn (and a barge-in) began."""
+
+    onset_sample: int
+    """Where the first voiced window began."""
+    at_sample: int
+    """Where the detector was when it became sure (onset + at least min_speech_ms)."""
+
+
+@dataclass(frozen=True)
+class PauseDetected:
+    """A short pause: the utterance so far, for speculative STT."""
+
+    audio: np.ndarray
+    speech_end_sample: int
+    """End of the last voiced window; equal to a later TurnEnded's if the caller did not resume."""
+    at_sample: int
+
+
+@dataclass(frozen=True)
+class SpeechResumed:
+    """The caller went on after a PauseDetected: speculative work on that audio is stale."""
+
+    at_sample: int
+
+
+@dataclass(frozen=True)
+class TurnEnded:
+    """The caller's turn is over; `audio` is the whole utterance (pre-roll included)."""
+
+    audio: np.ndarray
+    speech_end_sample: int
+    at_sample: int
+
+    @property
+    def end_of_turn_ms(self) -> float:
+        """Silence waited between the end of speech and this decision."""
+        return (self.at_sample - self.speech_end_sample) * 1000.0 / SAMPLE_RATE
+
+
+TurnEvent = SpeechStarted | PauseDetected | SpeechResumed | TurnEnded
+
+
+@dataclass(frozen=True)
+class TurnConfig:
+    """Per-agent turn-taking parameters (milliseconds, at 16 kHz)."""
+
+    min_speech_ms: int = 200
+    end_of_turn_silence_ms: int = 500
+    early_pause_ms: int = 200
+    pre_roll_ms: int = 300
+    """Audio kept before the onset: VADs fire a little late and Whisper needs the first phoneme."""
+    post_roll_ms: int = 200
+    """Silence kept after the last voiced window (soft word endings score low on the VAD)."""
+    resume_ms: int = 64
+    """Voiced audio needed after a pause to count as resumed speech (one blip is not a resume)."""
+    max_utterance_ms: int = 25_000
+    """Whisper sees 30 s at most: a turn this long is ended even without a pause."""
+    threshold: float = 0.5
+    """Speech probability at which a window is voiced."""
+    neg_threshold: float = 0.35
+    """Below this a window is silent; in between, the previous state holds (hysteresis)."""
+
+    def __post_init__(self) -> None:
+        if self.early_pause_ms > self.end_of_turn_silence_ms:
+            raise ValueError("early_pause_ms must not exceed end_of_turn_silence_ms")
+
+
+class _State(Enum):
+    IDLE = "idle"
+    CANDIDATE = "candidate"
+    SPEAKING = "speaking"
+
+
+def _samples(ms: int) -> int:
+    return ms * SAMPLE_RATE // 1000
+
+
+class TurnDetector:
+    """Tracks one call's caller audio and emits turn events; one instance per call."""
+
+    def __init__(self, vad: VAD, config: TurnConfig | None = None) -> None:
+        self.vad = vad
+        self.config = config or TurnConfig()
+        self._window = vad.window_samples
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._position = 0  # samples scored so far (end of the last window)
+        self._pre_roll: deque[np.ndarray] = deque(
+            maxlen=max(1, -(-_samples(self.config.pre_roll_ms) // self._window))
+        )
+        self._reset_utterance()
+
+    @property
+    def position(self) -> int:
+        """Samples consumed by the VAD so far (the detector's clock)."""
+        return self._position
+
+    @property
+    def speaking(self) -> bool:
+        """True between SpeechStarted and TurnEnded."""
+        return self._state is _State.SPEAKING
+
+    def reset(self) -> None:
+        """Drop the current utterance and the VAD state (keeps the clock running)."""
+        self.vad.reset()
+        self._pre_roll.clear()
+        self._reset_utterance()
+
+    def feed(self, audio: np.ndarray) -> list[TurnEvent]:
+        """Add 16 kHz float32 audio of any length; return the events it caused, in order."""
+        self._pending = np.concatenate([self._pending, np.asarray(audio, dtype=np.float32)])
+        events: list[TurnEvent] = []
+        n_windows = self._pending.shape[0] // self._window
+        for i in range(n_windows):
+            window = self._pending[i * self._window : (i + 1) * self._window]
+            self._step(window, events)
+        self._pending = self._pending[n_windows * self._window :].copy()
+        return events
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _reset_utterance(self) -> None:
+        self._state = _State.IDLE
+        self._chunks: list[np.ndarray] = []
+        self._start_sample = 0  # stream position of the utterance buffer's first sample
+        self._onset = 0
+        self._voiced = False
+        self._voiced_samples = 0
+        self._speech_end = 0
+        self._silence = 0
+        self._paused = False
+        self._resume_voiced = 0
+
+    def _classify(self, window: np.ndarray) -> bool:
+        prob = self.vad.speech_prob(window)
+        if prob >= self.config.threshold:
+            self._voiced = True
+        elif prob < self.config.neg_threshold:
+            self._voiced = False
+        return self._voiced
+
+    def _step(self, window: np.ndarray, events: list[TurnEvent]) -> None:
+        start = self._position
+        self._position += self._window
+        voiced = self._classify(window)
+        if self._state is _State.IDLE:
+            if voiced:
+                self._begin_candidate(window, start, events)
+            else:
+                self._pre_roll.append(window)
+            return
+        self._chunks.append(window)
+        if self._state is _State.CANDIDATE:
+            self._step_candidate(voiced, events)
+        else:
+            self._step_speaking(voiced, events)
+
+    def _begin_candidate(self, window: np.ndarray, start: int, events: list[TurnEvent]) -> None:
+        pre = list(self._pre_roll)
+        self._pre_roll.clear()
+        self._state = _State.CANDIDATE
+        self._chunks = [*pre, window]
+        self._start_sample = start - sum(c.shape[0] for c in pre)
+        self._onset = start
+        self._voiced_samples = self._window
+        self._speech_end = self._position
+        self._silence = 0
+        self._step_candidate(True, events, counted=True)
+
+    def _step_candidate(self, voiced: bool, events: list[TurnEvent], *, counted: bool = False) -> None:
+        if voiced:
+            if not counted:
+                self._voiced_samples += self._window
+            self._speech_end = self._position
+            self._silence = 0
+        else:
+            self._silence += self._window
+            # A burst that falls silent for a short pause before reaching min_speech_ms was noise.
+            if self._silence >= _samples(self.config.early_pause_ms):
+                tail = self._chunks[-self._pre_roll.maxlen :] if self._pre_roll.maxlen else []
+                self._reset_utterance()
+                self._pre_roll.extend(tail)
+                return
+        if self._voiced_samples >= _samples(self.config.min_speech_ms):
+            self._state = _State.SPEAKING
+            events.append(SpeechStarted(onset_sample=self._onset, at_sample=self._position))
+
+    def _step_speaking(self, voiced: bool, events: list[TurnEvent]) -> None:
+        cfg = self.config
+        if voiced:
+            if self._paused:
+                self._resume_voiced += self._window
+                if self._resume_voiced >= _samples(cfg.resume_ms):
+                    self._paused = False
+                    self._resume_voiced = 0
+                    self._silence = 0
+                    self._speech_end = self._position
+                    events.append(SpeechResumed(at_sample=self._position))
+                else:
+                    self._silence += self._window
+            else:
+                self._silence = 0
+                self._speech_end = self._position
+        else:
+            self._resume_voiced = 0
+            self._silence += self._window
+        if not self._paused and self._silence >= _samples(cfg.early_pause_ms):
+            self._paused = True
+            events.append(
+                PauseDetected(self._utterance(), speech_end_sample=self._speech_end, at_sample=self._position)
+            )
+        too_long = self._position - self._start_sample >= _samples(cfg.max_utterance_ms)
+        if self._silence >= _samples(cfg.end_of_turn_silence_ms) or too_long:
+            events.append(
+                TurnEnded(self._utterance(), speech_end_sample=self._speech_end, at_sample=self._position)
+            )
+            self._reset_utterance()
+
+    def _utterance(self) -> np.ndarray:
+        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
+        keep = self._speech_end - self._start_sample + _samples(self.config.post_roll_ms)
+        return audio[: max(0, keep)].copy()
