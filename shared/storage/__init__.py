@@ -1,1 +1,22 @@
-"""storage package."""
+"""Storage: pick the implementation from settings."""
+
+from __future__ import annotations
+
+from shared.settings import Settings
+from shared.storage.base import Agent, Call, CallAnalysis, Storage, TranscriptLine
+
+__all__ = ["Agent", "Call", "CallAnalysis", "Storage", "TranscriptLine", "build_storage"]
+
+
+def build_storage(settings: Settings) -> Storage:
+    """SQLite for `sqlite://` URLs (the embedded default), PostgreSQL for `postgres://` ones."""
+    url = settings.database_url
+    if url.startswith("sqlite"):
+        from shared.storage.sqlite import SQLiteStorage
+
+        return SQLiteStorage(url)
+    if url.startswith("postgres"):
+        from shared.storage.postgres import PostgresStorage
+
+        return PostgresStorage(url)
+    raise ValueError(f"DATABASE_URL must start with sqlite:// or postgresql://, got {url.split(':')[0]!r}")

@@ -1,0 +1,154 @@
+"""The storage seam: row models and the async `Storage` Protocol both services use."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+Speaker = Literal["agent", "caller"]
+
+
+def new_id() -> str:
+    """Row ids are UUIDs so that rows can be created by any process without coordination."""
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    """Timestamps are always timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class Agent(BaseModel):
+    """A phone agent: its prompt, voice and model configuration."""
+
+    id: str
+    name: str
+    prompt: str
+    greeting: str | None = None
+    voice: str | None = None
+    language: str = "en"
+    llm: dict[str, Any] = Field(default_factory=dict)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    updated_at: datetime
+
+
+class Call(BaseModel):
+    """One phone call placed for an agent."""
+
+    id: str
+    agent_id: str
+    to_number: str
+    from_number: str | None = None
+    status: str
+    direction: str = "outbound"
+    duration: int | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    twilio_call_sid: str | None = None
+    error: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+
+class TranscriptLine(BaseModel):
+    """One turn of speech, stored as it happens."""
+
+    id: str
+    call_id: str
+    speaker: Speaker
+    text: str
+    timestamp: datetime
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class CallAnalysis(BaseModel):
+    """The post-call analysis of one call (at most one row per call)."""
+
+    id: str
+    call_id: str
+    status: str = "completed"
+    summary: str | None = None
+    key_points: list[str] = Field(default_factory=list)
+    sentiment: str | None = None
+    outcome: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+# Columns a caller may change through `update_call`; everything else is owned by storage.
+CALL_MUTABLE_FIELDS = frozenset(
+    {"status", "duration", "metadata", "twilio_call_sid", "error", "started_at", "ended_at", "from_number"}
+)
+AGENT_MUTABLE_FIELDS = frozenset({"name", "prompt", "greeting", "voice", "language", "llm", "settings"})
+
+
+class Storage(Protocol):
+    """Async access to agents, calls, transcripts and analyses, whatever the database."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def migrate(self) -> list[str]: ...
+
+    # agents
+    async def create_agent(self, data: dict[str, Any]) -> Agent: ...
+
+    async def get_agent(self, agent_id: str) -> Agent: ...
+
+    async def list_agents(self, *, limit: int = 100, offset: int = 0) -> list[Agent]: ...
+
+    async def update_agent(self, agent_id: str, changes: dict[str, Any]) -> Agent: ...
+
+    async def delete_agent(self, agent_id: str) -> None: ...
+
+    # calls
+    async def create_call(
+        self, *, agent_id: str, to_number: str, from_number: str | None, metadata: dict[str, Any]
+    ) -> Call: ...
+
+    async def get_call(self, call_id: str) -> Call: ...
+
+    async def list_calls(
+        self, *, agent_id: str | None = None, status: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[Call]: ...
+
+    async def update_call(self, call_id: str, changes: dict[str, Any]) -> Call: ...
+
+    async def apply_call_status(
+        self,
+        call_id: str,
+        status: str,
+        *,
+        duration: int | None = None,
+        twilio_call_sid: str | None = None,
+        at: datetime | None = None,
+    ) -> Call: ...
+
+    # transcripts
+    async def add_transcript(
+        self,
+        call_id: str,
+        speaker: Speaker,
+        text: str,
+        *,
+        timestamp: datetime | None = None,
+        metrics: dict[str, Any] | None = None,
+        line_id: str | None = None,
+    ) -> TranscriptLine: ...
+
+    async def list_transcripts(self, call_id: str) -> list[TranscriptLine]: ...
+
+    # analysis
+    async def upsert_analysis(self, call_id: str, values: dict[str, Any]) -> CallAnalysis: ...
+
+    async def get_analysis(self, call_id: str) -> CallAnalysis: ...

@@ -1,0 +1,372 @@
+"""The SQL both database implementations share; each supplies only its driver and dialect.
+
+Queries are written once with `?` placeholders; the PostgreSQL driver rewrites them to `$n`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from abc import ABC, abstractmethod
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from shared import call_status
+from shared.errors import NotFound
+from shared.storage.base import (
+    AGENT_MUTABLE_FIELDS,
+    CALL_MUTABLE_FIELDS,
+    Agent,
+    Call,
+    CallAnalysis,
+    Speaker,
+    TranscriptLine,
+    new_id,
+    utcnow,
+)
+
+JSON_COLUMNS = frozenset({"llm", "settings", "metadata", "metrics", "key_points", "data"})
+_ANALYSIS_FIELDS = ("status", "summary", "key_points", "sentiment", "outcome", "data", "error")
+MIGRATION_NAME = re.compile(r"^(\d{14})_(\w+)\.sql$")
+
+
+class Executor(Protocol):
+    """A connection (or a transaction on one) as the shared SQL sees it."""
+
+    async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]: ...
+
+    async def execute(self, sql: str, *args: Any) -> int: ...
+
+
+def migration_files(directory: Path) -> list[tuple[str, str, Path]]:
+    """Supabase-named migrations (`<YYYYMMDDHHMMSS>_name.sql`) in version order."""
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        match = MIGRATION_NAME.match(path.name)
+        if match:
+            found.append((match.group(1), match.group(2), path))
+    return found
+
+
+def default_migrations_dir() -> Path:
+    """The repository's migrations/ folder (or ./migrations when installed as a package)."""
+    here = Path(__file__).resolve().parents[2] / "migrations"
+    return here if here.is_dir() else Path.cwd() / "migrations"
+
+
+class SQLStorage(ABC):
+    """Agents, calls, transcripts and analyses over any `Executor`."""
+
+    transcript_order = "timestamp, seq"
+
+    # --- driver seam ------------------------------------------------------------------------------
+    @abstractmethod
+    def _connection(self) -> AbstractAsyncContextManager[Executor]:
+        """A connection for one statement or a few, outside a transaction."""
+
+    @abstractmethod
+    def _transaction(self) -> AbstractAsyncContextManager[Executor]:
+        """A connection inside a transaction that holds a write lock on what it reads."""
+
+    @abstractmethod
+    def _encode(self, column: str, value: Any) -> Any:
+        """Turn a Python value into what the driver stores for `column`."""
+
+    @abstractmethod
+    async def _applied_versions(self) -> set[str]: ...
+
+    @abstractmethod
+    async def _apply_migration(self, version: str, name: str, sql: str) -> None: ...
+
+    migrations_dir: Path
+
+    lock_clause = ""  # " for update" where the database supports row locks
+
+    # --- helpers -----------------------------------------------------------------------------------
+    @staticmethod
+    def _uuid(value: Any) -> uuid.UUID:
+        """Ids are UUIDs; a malformed one names no row, so it reads as not found."""
+        try:
+            return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+        except ValueError:
+            raise NotFound(f"no row has id {value!r}") from None
+
+    @staticmethod
+    def _decode(row: dict[str, Any]) -> dict[str, Any]:
+        out = dict(row)
+        for key, value in out.items():
+            if key in JSON_COLUMNS and isinstance(value, str):
+                out[key] = json.loads(value)
+            elif key == "id" or key.endswith("_id"):
+                out[key] = None if value is None else str(value)
+        return out
+
+    async def _one(self, conn: Executor, sql: str, *args: Any, what: str) -> dict[str, Any]:
+        rows = await conn.fetch(sql, *args)
+        if not rows:
+            raise NotFound(what)
+        return self._decode(rows[0])
+
+    async def migrate(self) -> list[str]:
+        """Apply the migrations not yet recorded; returns the versions applied now."""
+        applied = await self._applied_versions()
+        done = []
+        for version, name, path in migration_files(self.migrations_dir):
+            if version in applied:
+                continue
+            await self._apply_migration(version, name, path.read_text())
+            done.append(version)
+        return done
+
+    async def ping(self) -> None:
+        async with self._connection() as conn:
+            await conn.fetch("select 1 as ok")
+
+    # --- agents ------------------------------------------------------------------------------------
+    async def create_agent(self, data: dict[str, Any]) -> Agent:
+        now = utcnow()
+        values = {key: data[key] for key in AGENT_MUTABLE_FIELDS if key in data and data[key] is not None}
+        values.setdefault("llm", {})
+        values.setdefault("settings", {})
+        values.setdefault("language", "en")
+        values.update(id=new_id(), created_at=now, updated_at=now)
+        columns = list(values)
+        sql = (
+            f"insert into agents ({', '.join(columns)}) values ({', '.join('?' for _ in columns)}) "
+            "returning *"
+        )
+        async with self._connection() as conn:
+            row = await self._one(conn, sql, *(self._encode(c, values[c]) for c in columns), what="agent")
+        return Agent.model_validate(row)
+
+    async def get_agent(self, agent_id: str) -> Agent:
+        async with self._connection() as conn:
+            row = await self._one(
+                conn,
+                "select * from agents where id = ? and deleted_at is null",
+                self._encode("id", agent_id),
+                what=f"agent {agent_id}",
+            )
+        return Agent.model_validate(row)
+
+    async def list_agents(self, *, limit: int = 100, offset: int = 0) -> list[Agent]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "select * from agents where deleted_at is null order by created_at desc limit ? offset ?",
+                limit,
+                offset,
+            )
+        return [Agent.model_validate(self._decode(r)) for r in rows]
+
+    async def update_agent(self, agent_id: str, changes: dict[str, Any]) -> Agent:
+        values = {k: v for k, v in changes.items() if k in AGENT_MUTABLE_FIELDS}
+        values["updated_at"] = utcnow()
+        assignments = ", ".join(f"{column} = ?" for column in values)
+        async with self._connection() as conn:
+            row = await self._one(
+                conn,
+                f"update agents set {assignments} where id = ? and deleted_at is null returning *",
+                *(self._encode(c, v) for c, v in values.items()),
+                self._encode("id", agent_id),
+                what=f"agent {agent_id}",
+            )
+        return Agent.model_validate(row)
+
+    async def delete_agent(self, agent_id: str) -> None:
+        """Soft delete: the agent's calls and transcripts stay readable."""
+        now = utcnow()
+        async with self._connection() as conn:
+            count = await conn.execute(
+                "update agents set deleted_at = ?, updated_at = ? where id = ? and deleted_at is null",
+                self._encode("deleted_at", now),
+                self._encode("updated_at", now),
+                self._encode("id", agent_id),
+            )
+        if not count:
+            raise NotFound(f"agent {agent_id}")
+
+    # --- calls -------------------------------------------------------------------------------------
+    async def create_call(
+        self, *, agent_id: str, to_number: str, from_number: str | None, metadata: dict[str, Any]
+    ) -> Call:
+        now = utcnow()
+        values: dict[str, Any] = {
+            "id": new_id(),
+            "agent_id": agent_id,
+            "to_number": to_number,
+            "from_number": from_number,
+            "status": "queued",
+            "metadata": metadata,
+            "created_at": now,
+            "updated_at": now,
+        }
+        columns = list(values)
+        sql = (
+            f"insert into calls ({', '.join(columns)}) values ({', '.join('?' for _ in columns)}) "
+            "returning *"
+        )
+        async with self._connection() as conn:
+            row = await self._one(conn, sql, *(self._encode(c, values[c]) for c in columns), what="call")
+        return Call.model_validate(row)
+
+    async def get_call(self, call_id: str) -> Call:
+        async with self._connection() as conn:
+            row = await self._one(
+                conn, "select * from calls where id = ?", self._encode("id", call_id), what=f"call {call_id}"
+            )
+        return Call.model_validate(row)
+
+    async def list_calls(
+        self, *, agent_id: str | None = None, status: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[Call]:
+        where, args = [], []
+        if agent_id is not None:
+            where.append("agent_id = ?")
+            args.append(self._encode("agent_id", agent_id))
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        clause = f"where {' and '.join(where)}" if where else ""
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"select * from calls {clause} order by created_at desc, id limit ? offset ?",
+                *args,
+                limit,
+                offset,
+            )
+        return [Call.model_validate(self._decode(r)) for r in rows]
+
+    async def update_call(self, call_id: str, changes: dict[str, Any]) -> Call:
+        values = {k: v for k, v in changes.items() if k in CALL_MUTABLE_FIELDS}
+        values["updated_at"] = utcnow()
+        assignments = ", ".join(f"{column} = ?" for column in values)
+        async with self._connection() as conn:
+            row = await self._one(
+                conn,
+                f"update calls set {assignments} where id = ? returning *",
+                *(self._encode(c, v) for c, v in values.items()),
+                self._encode("id", call_id),
+                what=f"call {call_id}",
+            )
+        return Call.model_validate(row)
+
+    async def apply_call_status(
+        self,
+        call_id: str,
+        status: str,
+        *,
+        duration: int | None = None,
+        twilio_call_sid: str | None = None,
+        at: datetime | None = None,
+    ) -> Call:
+        """Move a call forward in its lifecycle, atomically; stale or repeated events change nothing
+        but may still fill in a missing duration or call SID."""
+        status = call_status.normalize(status)
+        at = at or utcnow()
+        async with self._transaction() as conn:
+            current = await self._one(
+                conn,
+                f"select * from calls where id = ?{self.lock_clause}",
+                self._encode("id", call_id),
+                what=f"call {call_id}",
+            )
+            changes: dict[str, Any] = {}
+            if call_status.should_apply(current["status"], status):
+                changes["status"] = status
+                if status == "in-progress" and current["started_at"] is None:
+                    changes["started_at"] = at
+                if status in call_status.TERMINAL and current["ended_at"] is None:
+                    changes["ended_at"] = at
+            if duration is not None and current["duration"] is None:
+                changes["duration"] = duration
+            if twilio_call_sid and not current["twilio_call_sid"]:
+                changes["twilio_call_sid"] = twilio_call_sid
+            if not changes:
+                return Call.model_validate(current)
+            changes["updated_at"] = utcnow()
+            assignments = ", ".join(f"{column} = ?" for column in changes)
+            row = await self._one(
+                conn,
+                f"update calls set {assignments} where id = ? returning *",
+                *(self._encode(c, v) for c, v in changes.items()),
+                self._encode("id", call_id),
+                what=f"call {call_id}",
+            )
+        return Call.model_validate(row)
+
+    # --- transcripts -------------------------------------------------------------------------------
+    async def add_transcript(
+        self,
+        call_id: str,
+        speaker: Speaker,
+        text: str,
+        *,
+        timestamp: datetime | None = None,
+        metrics: dict[str, Any] | None = None,
+        line_id: str | None = None,
+    ) -> TranscriptLine:
+        """Insert one line; a retried write with the same `line_id` is stored once."""
+        values: dict[str, Any] = {
+            "id": line_id or new_id(),
+            "call_id": call_id,
+            "speaker": speaker,
+            "text": text,
+            "timestamp": timestamp or utcnow(),
+            "metrics": metrics or {},
+        }
+        columns = list(values)
+        sql = (
+            f"insert into transcripts ({', '.join(columns)}) values ({', '.join('?' for _ in columns)}) "
+            "on conflict (id) do nothing"
+        )
+        async with self._connection() as conn:
+            await conn.execute(sql, *(self._encode(c, values[c]) for c in columns))
+            row = await self._one(
+                conn,
+                "select * from transcripts where id = ?",
+                self._encode("id", values["id"]),
+                what="transcript line",
+            )
+        return TranscriptLine.model_validate(row)
+
+    async def list_transcripts(self, call_id: str) -> list[TranscriptLine]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"select * from transcripts where call_id = ? order by {self.transcript_order}",
+                self._encode("call_id", call_id),
+            )
+        return [TranscriptLine.model_validate(self._decode(r)) for r in rows]
+
+    # --- analysis ----------------------------------------------------------------------------------
+    async def upsert_analysis(self, call_id: str, values: dict[str, Any]) -> CallAnalysis:
+        """One row per call: a re-run replaces the previous analysis instead of adding a row."""
+        now = utcnow()
+        fields = {k: values[k] for k in _ANALYSIS_FIELDS if k in values}
+        row_values: dict[str, Any] = {"id": new_id(), "call_id": call_id, **fields}
+        row_values.update(created_at=now, updated_at=now)
+        columns = list(row_values)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in [*fields, "updated_at"])
+        sql = (
+            f"insert into call_analysis ({', '.join(columns)}) values ({', '.join('?' for _ in columns)}) "
+            f"on conflict (call_id) do update set {updates} returning *"
+        )
+        async with self._connection() as conn:
+            row = await self._one(
+                conn, sql, *(self._encode(c, row_values[c]) for c in columns), what="analysis"
+            )
+        return CallAnalysis.model_validate(row)
+
+    async def get_analysis(self, call_id: str) -> CallAnalysis:
+        async with self._connection() as conn:
+            row = await self._one(
+                conn,
+                "select * from call_analysis where call_id = ?",
+                self._encode("call_id", call_id),
+                what=f"analysis of call {call_id}",
+            )
+        return CallAnalysis.model_validate(row)
+
+

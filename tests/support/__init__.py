@@ -1,0 +1,1 @@
+"""Test support: real parts started locally, and fakes of what cannot run here (at the wire)."""
