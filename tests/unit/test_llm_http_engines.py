@@ -1,0 +1,180 @@
+"""Ollama and OpenAI-compatible engines against a local fake server speaking each documented wire format."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from shared.llm.base import ChatMessage, GenerationOptions, LLMError
+from shared.llm.ollama import OllamaLLM
+from shared.llm.openai_compat import OpenAICompatLLM
+
+Handler = Callable[[dict, asyncio.StreamWriter], Awaitable[None]]
+MESSAGES = [ChatMessage("system", "You are Ava of Bright Smile Dental."), ChatMessage("user", "Hi")]
+
+
+async def _chunk(writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+    await writer.drain()
+
+
+async def _start(writer: asyncio.StreamWriter, status: str = "200 OK", ctype: str = "text/plain") -> None:
+    writer.write(
+        f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nTransfer-Encoding: chunked\r\n"
+        "Connection: close\r\n\r\n".encode()
+    )
+    await writer.drain()
+
+
+async def _end(writer: asyncio.StreamWriter) -> None:
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
+class FakeServer:
+    """A one-route HTTP/1.1 server: records each request and answers with a streaming handler."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.requests: list[tuple[str, dict, dict[str, str]]] = []
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        request_line, *header_lines = head.strip().split("\r\n")
+        headers = {k.lower(): v.strip() for k, v in (h.split(":", 1) for h in header_lines)}
+        body = json.loads(await reader.readexactly(int(headers.get("content-length", "0"))))
+        self.requests.append((request_line.split()[1], body, headers))
+        await self.handler(body, writer)
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+
+
+async def _collect(stream: AsyncIterator[str]) -> list[str]:
+    return [piece async for piece in stream]
+
+
+async def _ollama_ndjson(body: dict, writer: asyncio.StreamWriter) -> None:
+    await _start(writer, ctype="application/x-ndjson")
+    for word in ["Hello", "! How", " can I help?"]:
+        line = {"model": body["model"], "message": {"role": "assistant", "content": word}, "done": False}
+        await _chunk(writer, json.dumps(line).encode() + b"\n")
+    final = {
+        "model": body["model"],
+        "message": {"role": "assistant", "content": ""},
+        "done": True,
+        "done_reason": "stop",
+        "eval_count": 3,
+    }
+    await _chunk(writer, json.dumps(final).encode() + b"\n")
+    await _end(writer)
+
+
+async def test_ollama_wire_fake_server_streams_tokens() -> None:
+    server = FakeServer(_ollama_ndjson)
+    async with server as url:
+        llm = OllamaLLM(url, "qwen2.5:0.5b")
+        pieces = await _collect(llm.stream(MESSAGES, GenerationOptions(temperature=0.3, max_tokens=50)))
+        await llm.aclose()
+    assert pieces == ["Hello", "! How", " can I help?"]
+    path, body, _ = server.requests[0]
+    assert path == "/api/chat"
+    assert body["stream"] is True and body["model"] == "qwen2.5:0.5b"
+    assert body["options"] == {"temperature": 0.3, "num_predict": 50}
+    assert body["messages"][0] == {"role": "system", "content": "You are Ava of Bright Smile Dental."}
+
+
+async def test_ollama_wire_error_line_raises_llm_error() -> None:
+    async def handler(body: dict, writer: asyncio.StreamWriter) -> None:
+        await _start(writer, ctype="application/x-ndjson")
+        await _chunk(writer, b'{"error":"model \\"nope\\" not found"}\n')
+        await _end(writer)
+
+    async with FakeServer(handler) as url:
+        llm = OllamaLLM(url, "nope")
+        with pytest.raises(LLMError, match="not found"):
+            await _collect(llm.stream(MESSAGES, GenerationOptions()))
+        await llm.aclose()
+
+
+async def _openai_sse(body: dict, writer: asyncio.StreamWriter) -> None:
+    await _start(writer, ctype="text/event-stream")
+    await _chunk(writer, b": keep-alive\n\n")
+    first = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}],
+    }
+    await _chunk(writer, b"data: " + json.dumps(first).encode() + b"\n\n")
+    for word in ["Sure", ", we open", " at 8."]:
+        event = {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}],
+        }
+        await _chunk(writer, b"data: " + json.dumps(event).encode() + b"\n\n")
+    last = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+    }
+    await _chunk(writer, b"data: " + json.dumps(last).encode() + b"\n\ndata: [DONE]\n\n")
+    await _end(writer)
+
+
+async def test_openai_wire_fake_server_streams_sse_deltas() -> None:
+    server = FakeServer(_openai_sse)
+    async with server as url:
+        llm = OpenAICompatLLM(url + "/v1", "qwen", api_key="sk-test")
+        pieces = await _collect(llm.stream(MESSAGES, GenerationOptions(temperature=0.1, max_tokens=20)))
+        await llm.aclose()
+    assert pieces == ["Sure", ", we open", " at 8."]
+    path, body, headers = server.requests[0]
+    assert path == "/v1/chat/completions"
+    assert headers["authorization"] == "Bearer sk-test"
+    assert body["stream"] is True and body["max_tokens"] == 20 and body["temperature"] == 0.1
+
+
+async def test_openai_wire_http_error_raises_llm_error() -> None:
+    async def handler(body: dict, writer: asyncio.StreamWriter) -> None:
+        await _start(writer, status="500 Internal Server Error", ctype="application/json")
+        await _chunk(writer, b'{"error":{"message":"boom"}}')
+        await _end(writer)
+
+    async with FakeServer(handler) as url:
+        llm = OpenAICompatLLM(url, "qwen")
+        with pytest.raises(LLMError, match="HTTP 500"):
+            await _collect(llm.stream(MESSAGES, GenerationOptions()))
+        await llm.aclose()
+
+
+async def test_a_server_that_never_sends_a_token_times_out_as_llm_error() -> None:
+    release = asyncio.Event()
+
+    async def handler(body: dict, writer: asyncio.StreamWriter) -> None:
+        await _start(writer, ctype="application/x-ndjson")
+        await release.wait()
+        writer.close()
+
+    async with FakeServer(handler) as url:
+        llm = OllamaLLM(url, "slow", timeout_s=0.2)
+        with pytest.raises(LLMError, match="timed out"):
+            await _collect(llm.stream(MESSAGES, GenerationOptions()))
+        release.set()
+        await llm.aclose()
+
+
+async def test_nothing_listening_raises_llm_error() -> None:
+    llm = OpenAICompatLLM("http://127.0.0.1:9", "x", timeout_s=1.0)
+    with pytest.raises(LLMError):
+        await _collect(llm.stream(MESSAGES, GenerationOptions()))
+    await llm.aclose()
