@@ -26,9 +26,17 @@ def _db_name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def postgres_url(postgres_admin_url: str, request: pytest.FixtureRequest) -> str:
+def postgres_url(postgres_admin_url: str, request: pytest.FixtureRequest) -> str:
     """An empty database of its own for one test."""
-    return await fresh_database(postgres_admin_url, _db_name(request))
+    return fresh_database(postgres_admin_url, _db_name(request))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each storage-backed test runs twice: on the embedded SQLite file and on real PostgreSQL."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    return f"sqlite:///{tmp_path}/relayx.db"
 
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
@@ -43,13 +51,10 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
+@pytest.fixture
+async def storage(database_url: str, tmp_path: Path) -> AsyncIterator[Storage]:
     """The same suite runs against both implementations."""
-    settings = make_settings(tmp_path)
-    if request.param == "postgres":
-        url = await fresh_database(request.getfixturevalue("postgres_admin_url"), _db_name(request))
-        settings = make_settings(tmp_path, DATABASE_URL=url)
+    settings = make_settings(tmp_path, DATABASE_URL=database_url)
     store = build_storage(settings)
     await store.open()
     await store.migrate()

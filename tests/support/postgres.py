@@ -72,14 +72,24 @@ def _user_exists(name: str) -> bool:
     return True
 
 
-async def fresh_database(admin_url: str, name: str) -> str:
-    """Create an empty database in the cluster and return its URL (one per test: no leaks between)."""
+def fresh_database(admin_url: str, name: str) -> str:
+    """Create an empty database in the cluster and return its URL (one per test: no leaks between).
+
+    Synchronous (its own loop in a worker thread) so that plain fixtures can call it.
+    """
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
     import asyncpg
 
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'drop database if exists "{name}"')
-        await conn.execute(f'create database "{name}"')
-    finally:
-        await conn.close()
+    async def create() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(f'drop database if exists "{name}"')
+            await conn.execute(f'create database "{name}"')
+        finally:
+            await conn.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, create()).result()
     return admin_url.rsplit("/", 1)[0] + f"/{name}"

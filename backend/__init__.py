@@ -1,0 +1,1 @@
+"""RelayX's REST backend: agents, calls, Twilio webhooks."""

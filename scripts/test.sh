@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: sets up what is missing, then runs the whole suite
+# (unit, integration on real PostgreSQL and real models, end to end).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/python -m pytest "$@"
