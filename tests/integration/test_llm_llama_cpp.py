@@ -1,0 +1,58 @@
+"""The embedded Qwen model answers as the agent, streamed, and can be cancelled mid-reply (barge-in)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shared.llm.base import ChatMessage, GenerationOptions
+from shared.llm.llama_cpp import MODEL_FILENAME, LlamaCppLLM, slice_paths
+
+pytestmark = pytest.mark.models
+
+SYSTEM = (
+    "You are Ava, the phone receptionist of Bright Smile Dental in Springfield. "
+    "We are open Monday to Friday, 8 am to 5 pm. A cleaning costs 90 dollars. "
+    "Answer in one or two short sentences."
+)
+
+
+async def test_llama_cpp_streams_an_answer_in_pieces(llm: LlamaCppLLM) -> None:
+    messages = [ChatMessage("system", SYSTEM), ChatMessage("user", "Hi, who am I speaking with?")]
+    pieces = [p async for p in llm.stream(messages, GenerationOptions(temperature=0.0, max_tokens=40))]
+    assert len(pieces) > 1
+    reply = "".join(pieces).strip()
+    assert reply
+    assert "ava" in reply.lower() or "bright smile" in reply.lower()
+
+
+async def test_cancelling_the_consumer_stops_generation_and_frees_the_model(llm: LlamaCppLLM) -> None:
+    messages = [ChatMessage("system", SYSTEM), ChatMessage("user", "Tell me about all your services.")]
+    got: list[str] = []
+    started = asyncio.Event()
+
+    async def consume() -> None:
+        async for piece in llm.stream(messages, GenerationOptions(max_tokens=200)):
+            got.append(piece)
+            started.set()
+
+    task = asyncio.create_task(consume())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert 0 < len(got) < 200
+    # The worker released the model: a new turn gets its answer.
+    again = [
+        p
+        async for p in llm.stream(messages[:1] + [ChatMessage("user", "Hi")], GenerationOptions(max_tokens=8))
+    ]
+    assert again
+
+
+def test_slices_are_found_through_package_metadata() -> None:
+    paths = slice_paths()
+    assert [p.name for p in paths] == [f"part0{i}.bin" for i in range(1, 7)]
+    assert all(p.is_file() for p in paths)
+    assert MODEL_FILENAME.endswith(".gguf")

@@ -1,0 +1,36 @@
+"""Piper produces audible int16 speech at its own rate, ready for the 8 kHz phone resampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shared import audio
+from shared.tts.piper import PiperTTS
+
+pytestmark = pytest.mark.models
+
+
+async def test_piper_yields_non_silent_int16_at_its_rate(tts: PiperTTS) -> None:
+    chunks = [c async for c in tts.synthesize("Sure, I can book that for you.")]
+    assert tts.sample_rate == 22050
+    assert chunks and all(c.dtype == np.int16 for c in chunks)
+    pcm = np.concatenate(chunks)
+    assert 0.8 < pcm.size / tts.sample_rate < 4.0
+    assert audio.rms(audio.int16_to_float32(pcm)) > 0.02
+
+
+async def test_piper_audio_frames_to_phone_ulaw(tts: PiperTTS) -> None:
+    down = audio.StreamResampler(tts.sample_rate, audio.PHONE_RATE)
+    framer = audio.Framer()
+    frames: list[bytes] = []
+    async for chunk in tts.synthesize("Goodbye."):
+        frames += framer.push(audio.float32_to_ulaw(down.process(chunk)))
+    frames += framer.push(audio.float32_to_ulaw(down.flush())) + framer.flush()
+    assert frames and all(len(f) == audio.FRAME_BYTES for f in frames)
+
+
+async def test_piper_output_is_understood_by_whisper(tts: PiperTTS, stt) -> None:
+    pcm = np.concatenate([c async for c in tts.synthesize("Your appointment is on Friday.")])
+    heard = await stt.transcribe(audio.resample(pcm, tts.sample_rate, audio.STT_RATE))
+    assert "friday" in heard.text.lower()
