@@ -55,10 +55,9 @@ def _phone(signal: np.ndarray, rate: int) -> np.ndarray:
     return np.concatenate([up.process(audio.ulaw_to_float32(payload)), up.flush()])
 
 
-def _row(name: str, values_ms: list[float], note: str = "") -> None:
-    print(
-        f"{name:<34} {statistics.median(values_ms):>9.1f} {min(values_ms):>9.1f} {max(values_ms):>9.1f}  {note}"
-    )
+def _row(name: str, values_ms: list[float], note: str = "", digits: int = 1) -> None:
+    p50, low, high = statistics.median(values_ms), min(values_ms), max(values_ms)
+    print(f"{name:<34} {p50:>9.{digits}f} {low:>9.{digits}f} {high:>9.{digits}f}  {note}")
 
 
 async def main() -> None:
