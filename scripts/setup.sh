@@ -33,6 +33,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "==> installing Python packages into .venv (llama-cpp-python compiles once: several minutes)"
   .venv/bin/pip install -q --upgrade pip
   export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2}
-  .venv/bin/pip install -q -e '.[voice,dev]'
+  # torch first, pinned: anything that pulls a bare `torch` would otherwise fetch a multi-GB CUDA build.
+  .venv/bin/pip install -q torch==2.13.0
+  .venv/bin/pip install -q -e '.[voice,dev,whisper]'
   touch "$stamp"
 fi

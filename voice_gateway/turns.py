@@ -89,6 +89,10 @@ class TurnConfig:
     """Speech probability at which a window is voiced."""
     neg_threshold: float = 0.35
     """Below this a window is silent; in between, the previous state holds (hysteresis)."""
+    vad_reset_ms: int = 1000
+    """Idle silence after which the VAD's recurrent state is reset. Silero's scores sink the longer
+    it has run on silence (0.8 fresh, under 0.5 after a minute of a quiet line), so a caller who
+    speaks after a long pause would go unheard; Pipecat resets its Silero state for the same reason."""
 
     def __post_init__(self) -> None:
         if self.early_pause_ms > self.end_of_turn_silence_ms:
@@ -150,6 +154,7 @@ class TurnDetector:
 
     def _reset_utterance(self) -> None:
         self._state = _State.IDLE
+        self._idle_silence = 0
         self._chunks: list[np.ndarray] = []
         self._start_sample = 0  # stream position of the utterance buffer's first sample
         self._onset = 0
@@ -174,9 +179,15 @@ class TurnDetector:
         voiced = self._classify(window)
         if self._state is _State.IDLE:
             if voiced:
+                self._idle_silence = 0
                 self._begin_candidate(window, start, events)
             else:
                 self._pre_roll.append(window)
+                self._idle_silence += self._window
+                if self._idle_silence >= _samples(self.config.vad_reset_ms):
+                    self.vad.reset()
+                    self._voiced = False
+                    self._idle_silence = 0
             return
         self._chunks.append(window)
         if self._state is _State.CANDIDATE:

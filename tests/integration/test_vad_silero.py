@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from collections.abc import Callable
 import pytest
 
 from shared.vad.silero import SileroVAD
@@ -38,3 +39,17 @@ def test_turn_detector_with_silero_finds_one_turn(espeak) -> None:
     assert len(starts) == 1 and len(ends) == 1
     assert abs(starts[0].onset_sample - 16000) < 16000 * 0.3
     assert ends[0].audio.size > caller.size * 0.7
+
+
+def test_speech_after_a_minute_of_silence_is_a_full_turn(espeak: Callable[[str], tuple[np.ndarray, int]]) -> None:
+    """Silero's scores sink over long silence; the detector's periodic reset keeps late speech heard."""
+    from voice_gateway.turns import PauseDetected, SpeechStarted, TurnConfig, TurnDetector
+
+    signal, rate = espeak("How much does a cleaning cost?")
+    speech = through_phone(signal, rate)
+    audio16 = np.concatenate([np.zeros(16000 * 60, np.float32), speech, np.zeros(16000, np.float32)])
+    detector = TurnDetector(SileroVAD(), TurnConfig(min_speech_ms=150, end_of_turn_silence_ms=500))
+    events = [e for i in range(0, audio16.size, 320) for e in detector.feed(audio16[i : i + 320])]
+    started = next(e for e in events if isinstance(e, SpeechStarted))
+    pause = next(e for e in events if isinstance(e, PauseDetected))
+    assert (pause.speech_end_sample - started.onset_sample) / 16000 > 1.2

@@ -1,0 +1,1 @@
+"""RelayX's voice gateway: Twilio Media Streams in, a spoken conversation out."""

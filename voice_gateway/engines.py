@@ -1,0 +1,53 @@
+"""The model engines one gateway process shares between all its calls (loaded once, warmed once)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from shared.llm import build_llm
+from shared.llm.base import LLM
+from shared.settings import Settings
+from shared.stt import build_stt
+from shared.stt.base import STT
+from shared.tts import build_tts
+from shared.tts.base import TTS
+from shared.vad import build_vad
+from shared.vad.base import VAD
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Engines:
+    """STT, LLM and TTS are shared; VAD is made per call (detectors keep recurrent state)."""
+
+    stt: STT
+    llm: LLM
+    tts: TTS
+    vad_factory: Callable[[], VAD]
+
+
+def build_engines(settings: Settings) -> Engines:
+    """Map settings to engines; nothing heavy is loaded until `warm`."""
+    return Engines(
+        stt=build_stt(settings),
+        llm=build_llm(settings),
+        tts=build_tts(settings),
+        vad_factory=lambda: build_vad(settings),
+    )
+
+
+async def warm(engines: Engines) -> dict[str, float]:
+    """Load every model and run it once, off the event loop, so the first caller waits for nothing."""
+    timings: dict[str, float] = {}
+    for name, fn in (("stt", engines.stt.warmup), ("llm", engines.llm.warmup), ("tts", engines.tts.warmup)):
+        start = time.perf_counter()
+        await asyncio.to_thread(fn)
+        timings[name] = round(time.perf_counter() - start, 2)
+    engines.vad_factory()  # load the VAD model file once too
+    log.info("models warm: %s (seconds)", timings)
+    return timings

@@ -1,0 +1,158 @@
+"""The gateway's app factory and its `/media` WebSocket: `uvicorn voice_gateway.main:app --port 8001`.
+
+The route only parses Twilio's messages and hands them to a `CallSession`; a bad signature, an
+unknown call or a malformed message closes that one socket with a logged reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
+from starlette.websockets import WebSocketState
+
+from shared import call_status, twilio_auth
+from shared.errors import NotFound, StorageError
+from shared.settings import Settings
+from shared.storage import build_storage
+from voice_gateway.engines import Engines, build_engines, warm
+from voice_gateway.media_stream import Connected, Dtmf, Mark, Media, ProtocolError, Start, Stop, parse_message
+from voice_gateway.session import CallSession
+
+log = logging.getLogger(__name__)
+
+POLICY_VIOLATION = 1008
+INVALID_DATA = 1007
+
+
+def create_app(settings: Settings | None = None, engines: Engines | None = None) -> FastAPI:
+    """Build the gateway; storage opens and every model loads and warms once, in the lifespan."""
+    settings = settings or Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        storage = build_storage(settings)
+        await storage.open()
+        try:
+            app.state.storage = storage
+            app.state.engines = engines or build_engines(settings)
+            app.state.warmup = await warm(app.state.engines)
+            app.state.sessions = set()
+            yield
+        finally:
+            await storage.close()
+
+    app = FastAPI(title="RelayX voice gateway", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        try:
+            await app.state.storage.ping()
+        except (StorageError, OSError) as exc:
+            return JSONResponse({"status": "degraded", "database": f"error: {exc}"}, status_code=503)
+        return JSONResponse({"status": "ok", "service": "gateway", "database": "ok",
+                             "active_calls": len(app.state.sessions), "warmup_s": app.state.warmup})
+
+    @app.websocket("/media")
+    async def media(websocket: WebSocket) -> None:
+        await handle_media_stream(websocket, app)
+
+    return app
+
+
+async def handle_media_stream(websocket: WebSocket, app: FastAPI) -> None:
+    """One Twilio Media Stream, from the upgrade to `stop` (or a dropped connection)."""
+    settings: Settings = app.state.settings
+    if settings.twilio_auth_token:
+        url = settings.public_gateway_url + websocket.url.path
+        signature = websocket.headers.get("x-twilio-signature")
+        if not twilio_auth.is_valid(settings.twilio_auth_token, url, {}, signature):
+            log.warning("media stream refused: bad or missing X-Twilio-Signature for %s", url)
+            await websocket.close(code=POLICY_VIOLATION, reason="invalid X-Twilio-Signature")
+            return
+    await websocket.accept()
+    send_lock = asyncio.Lock()
+
+    async def send(text: str) -> None:
+        async with send_lock:
+            if websocket.application_state is WebSocketState.CONNECTED:
+                await websocket.send_text(text)
+
+    session: CallSession | None = None
+    try:
+        while True:
+            message = parse_message(await websocket.receive_text())
+            if isinstance(message, Media):
+                if session is None:
+                    raise ProtocolError("media before start")
+                await session.on_media(message.media.audio())
+            elif isinstance(message, Mark):
+                if session is not None:
+                    session.on_mark(message.mark.name)
+            elif isinstance(message, Start):
+                if session is not None:
+                    raise ProtocolError("a second start on one stream")
+                session = await _open_session(message, send, app)
+                app.state.sessions.add(session)
+                await session.start()
+            elif isinstance(message, Dtmf):
+                if session is not None:
+                    session.on_dtmf(message.dtmf.digit)
+            elif isinstance(message, Stop):
+                break
+            elif isinstance(message, Connected):
+                continue
+    except WebSocketDisconnect:
+        log.info("media stream disconnected")
+    except ProtocolError as exc:
+        log.warning("media stream closed: %s", exc)
+        await _close(websocket, POLICY_VIOLATION if "start" in str(exc) or "call" in str(exc) else INVALID_DATA,
+                     str(exc))
+    finally:
+        if session is not None:
+            app.state.sessions.discard(session)
+            await session.close()
+    await _close(websocket, 1000, "stream ended")
+
+
+async def _open_session(start: Start, send: object, app: FastAPI) -> CallSession:
+    call_id = start.start.custom_parameters.get("call_id")
+    if not call_id:
+        raise ProtocolError("start has no call_id custom parameter")
+    storage = app.state.storage
+    try:
+        call = await storage.get_call(call_id)
+        agent = await storage.get_agent(call.agent_id)
+    except NotFound:
+        raise ProtocolError(f"unknown call {call_id}") from None
+    if call.status in call_status.TERMINAL:
+        raise ProtocolError(f"call {call_id} has already ended ({call.status})")
+    await storage.apply_call_status(call.id, "in-progress", twilio_call_sid=start.start.call_sid)
+    log.info("call %s: stream %s started (agent %s)", call.id, start.stream_sid, agent.name)
+    return CallSession(
+        call=call, agent=agent, stream_sid=start.stream_sid, send=send,  # type: ignore[arg-type]
+        storage=storage, engines=app.state.engines,
+    )
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    if websocket.application_state is WebSocketState.CONNECTED:
+        try:
+            await websocket.close(code=code, reason=reason[:120])
+        except (RuntimeError, WebSocketDisconnect):
+            pass  # the peer went away first
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`voice_gateway.main:app` is built on first access, so importing reads no settings."""
+    if name == "app":
+        global app
+        app = create_app()
+        return app
+    raise AttributeError(name)

@@ -1,0 +1,27 @@
+"""What the models are told: the agent's system prompt and Whisper's initial prompt."""
+
+from __future__ import annotations
+
+from shared.storage.base import Agent
+
+SPOKEN_STYLE = (
+    "You are speaking on a live phone call. Answer in one or two short spoken sentences. "
+    "No lists, no markdown, no emojis. If you do not know a fact, say so and offer to follow up; "
+    "never invent prices, dates or names."
+)
+
+
+def system_prompt(agent: Agent) -> str:
+    """Name the agent and the business: a small model stays on topic only when told who it is."""
+    business = agent.settings.get("business")
+    who = f"Your name is {agent.name}" + (f" and you work for {business}." if business else ".")
+    return f"{who}\n{agent.prompt.strip()}\n\n{SPOKEN_STYLE}"
+
+
+def stt_prompt(agent: Agent) -> str:
+    """Whisper's initial prompt: names and expected answers it would otherwise misspell."""
+    parts = [agent.name]
+    if agent.settings.get("business"):
+        parts.append(str(agent.settings["business"]))
+    parts.extend(str(a) for a in agent.settings.get("expected_answers", []))
+    return ", ".join(parts) + "."

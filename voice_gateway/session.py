@@ -1,0 +1,384 @@
+"""One call's conversation: turn-taking, speculative replies, barge-in, and transcript writes.
+
+Data path: caller μ-law → 16 kHz → TurnDetector → (at the first pause, speculatively) STT → LLM
+tokens → clauses → TTS → 8 kHz μ-law → 20 ms frames → Player. Nothing is played until the turn is
+confirmed over; if the caller goes on instead, the speculative reply is cancelled unheard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shared.audio import PHONE_RATE, STT_RATE, Framer, StreamResampler, float32_to_ulaw, ulaw_to_float32
+from shared.llm.base import ChatMessage, GenerationOptions, LLMError
+from shared.storage.base import Agent, Call, Storage
+from shared.text import split_clauses
+from voice_gateway.engines import Engines
+from voice_gateway.playback import LEAD_FRAMES, Player, Send
+from voice_gateway.prompts import stt_prompt, system_prompt
+from voice_gateway.transcript_writer import TranscriptWriter
+from voice_gateway.turns import (
+    PauseDetected,
+    SpeechResumed,
+    SpeechStarted,
+    TurnConfig,
+    TurnDetector,
+    TurnEnded,
+    TurnEvent,
+)
+
+log = logging.getLogger(__name__)
+
+FALLBACK_LINE = "Sorry, I didn't catch that. Could you say it again?"
+# Whisper's classic inventions on noise; dropped unless the VAD was sure enough to keep the audio.
+_HALLUCINATIONS = frozenset({"thank you.", "thanks for watching!", "you", "bye.", "thank you very much."})
+CLAUSE_QUEUE = 8  # bounded: the LLM may run at most a few clauses ahead of speech
+
+
+@dataclass
+class _Reply:
+    """One agent reply, from the caller's utterance (or a fixed line) to the last mark echoed."""
+
+    id: int
+    confirmed: asyncio.Event
+    speech_end_sample: int | None = None
+    speech_end_wall: float | None = None
+    caller_text: str | None = None
+    caller_committed: bool = False
+    clauses: list[str] = field(default_factory=list)
+    clause_frames: list[int] = field(default_factory=list)
+    played: int = 0
+    done_sending: bool = False
+    finalized: bool = False
+    first_frame_wall: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
+
+
+class CallSession:
+    """Holds one call; the socket handler feeds it messages, it sends audio through `send`."""
+
+    def __init__(
+        self,
+        *,
+        call: Call,
+        agent: Agent,
+        stream_sid: str,
+        send: Send,
+        storage: Storage,
+        engines: Engines,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.call = call
+        self.agent = agent
+        self.storage = storage
+        self.engines = engines
+        self.clock = clock
+        self.player = Player(send, stream_sid, clock=clock)
+        self.player.on_frame_sent = self._on_frame_sent
+        self.writer = TranscriptWriter(storage, call.id)
+        agent_settings = agent.settings
+        self.detector = TurnDetector(
+            engines.vad_factory(),
+            TurnConfig(
+                min_speech_ms=int(agent_settings.get("min_speech_ms", 150)),
+                end_of_turn_silence_ms=int(agent_settings.get("end_of_turn_silence_ms", 500)),
+                early_pause_ms=min(200, int(agent_settings.get("end_of_turn_silence_ms", 500))),
+            ),
+        )
+        self._upsampler = StreamResampler(PHONE_RATE, STT_RATE)
+        self._fed = 0  # 16 kHz samples handed to the detector
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=512)
+        self._history: list[ChatMessage] = []
+        self._system = ChatMessage("system", system_prompt(agent))
+        self._stt_prompt = stt_prompt(agent)
+        llm = agent.llm
+        self._options = GenerationOptions(
+            model=llm.get("model"),
+            temperature=float(llm.get("temperature", 0.6)),
+            max_tokens=int(llm.get("max_tokens", 120)),
+        )
+        self._replies = 0
+        self._current: _Reply | None = None
+        self._by_id: dict[int, _Reply] = {}
+        self._pacer: asyncio.Task[None] | None = None
+        self._started_wall = clock()
+        self.turns: list[dict[str, Any]] = []
+        """Per-turn metrics of every reply that played (for logs and benchmarks)."""
+        self.barge_ins = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load the history (a reconnected stream continues the call) and greet at once."""
+        for line in await self.storage.list_transcripts(self.call.id):
+            self._history.append(ChatMessage("user" if line.speaker == "caller" else "assistant", line.text))
+        self.writer.start()
+        self._pacer = asyncio.create_task(self.player.run(), name=f"pacer-{self.call.id}")
+        if self.agent.greeting:
+            reply = self._new_reply(confirmed=True)
+            reply.task = asyncio.create_task(self._speak(reply, fixed=self.agent.greeting))
+
+    async def close(self) -> None:
+        """The stream ended: keep what was played, flush every line, close the call row."""
+        reply = self._current
+        if reply is not None and reply.task is not None:
+            reply.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reply.task
+        for pending in list(self._by_id.values()):
+            self._commit_caller(pending)
+            self._finalize(pending, interrupted=not pending.done_sending or pending.played < len(pending.clauses))
+        if self._pacer is not None:
+            self._pacer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pacer
+        await self.writer.close()
+        duration = max(0, round(self.clock() - self._started_wall))
+        try:
+            await self.storage.apply_call_status(self.call.id, "completed", duration=duration)
+        except Exception:  # noqa: BLE001 - the transcript is safe; a status write failure is only logged
+            log.exception("call %s: could not mark the call completed", self.call.id)
+
+    # --- inbound -------------------------------------------------------------------------------------
+    async def on_media(self, ulaw: bytes) -> None:
+        """Caller audio (any chunk size): upsample, run turn detection, act on its events."""
+        audio = self._upsampler.process(ulaw_to_float32(ulaw))
+        self._fed += audio.shape[0]
+        self._arrivals.append((self._fed, self.clock()))
+        for event in self.detector.feed(audio):
+            await self._on_turn_event(event)
+
+    def on_mark(self, name: str) -> None:
+        """Twilio played everything up to this mark: that clause was heard."""
+        if not self.player.acknowledge(name):
+            log.debug("call %s: unknown mark %r", self.call.id, name)
+            return
+        reply_id, _, clause = name.partition(":")
+        reply = self._by_id.get(int(reply_id)) if reply_id.isdigit() else None
+        if reply is None:
+            return
+        reply.played = max(reply.played, int(clause) + 1)
+        if reply.done_sending and reply.played >= len(reply.clauses):
+            self._finalize(reply, interrupted=False)
+
+    def on_dtmf(self, digit: str) -> None:
+        log.info("call %s: DTMF %s", self.call.id, digit)
+
+    async def _on_turn_event(self, event: TurnEvent) -> None:
+        current = self._current
+        if isinstance(event, SpeechStarted):
+            if current is not None and current.confirmed.is_set() and not current.finalized:
+                await self._barge_in(current)
+        elif isinstance(event, PauseDetected):
+            self._cancel_unconfirmed()
+            reply = self._new_reply(confirmed=False, speech_end_sample=event.speech_end_sample)
+            reply.task = asyncio.create_task(self._speak(reply, audio=event.audio))
+        elif isinstance(event, SpeechResumed):
+            self._cancel_unconfirmed()
+        elif isinstance(event, TurnEnded):
+            if current is not None and not current.confirmed.is_set() \
+                    and current.speech_end_sample == event.speech_end_sample:
+                reply = current
+            else:
+                self._cancel_unconfirmed()
+                reply = self._new_reply(confirmed=False, speech_end_sample=event.speech_end_sample)
+                reply.task = asyncio.create_task(self._speak(reply, audio=event.audio))
+            reply.metrics["end_of_turn_ms"] = round(event.end_of_turn_ms)
+            reply.confirmed.set()
+            self._commit_caller(reply)
+
+    # --- replies -------------------------------------------------------------------------------------
+    def _new_reply(self, *, confirmed: bool, speech_end_sample: int | None = None) -> _Reply:
+        self._replies += 1
+        reply = _Reply(id=self._replies, confirmed=asyncio.Event(), speech_end_sample=speech_end_sample)
+        if speech_end_sample is not None:
+            reply.speech_end_wall = self._wall_at(speech_end_sample)
+        if confirmed:
+            reply.confirmed.set()
+        self._current = reply
+        self._by_id[reply.id] = reply
+        return reply
+
+    def _cancel_unconfirmed(self) -> None:
+        reply = self._current
+        if reply is not None and not reply.confirmed.is_set():
+            if reply.task is not None:
+                reply.task.cancel()
+            self._by_id.pop(reply.id, None)
+            self._current = None
+
+    async def _barge_in(self, reply: _Reply) -> None:
+        """The caller talks over the agent: stop generating, drop buffered audio, keep what was heard."""
+        self.barge_ins += 1
+        if reply.task is not None:
+            reply.task.cancel()
+        await self.player.clear()
+        reply.metrics["interrupted"] = True
+        self._finalize(reply, interrupted=True)
+        log.info("call %s: barge-in, reply %d cut after %d clause(s)", self.call.id, reply.id, reply.played)
+
+    async def _speak(self, reply: _Reply, *, audio: np.ndarray | None = None, fixed: str | None = None) -> None:
+        """Produce one reply; frames wait for `confirmed` so a speculative reply is never heard early."""
+        try:
+            if fixed is not None:
+                await self._synthesize(reply, split_clauses(_one(fixed)))
+                return
+            assert audio is not None
+            started = self.clock()
+            heard = await self.engines.stt.transcribe(audio, prompt=self._stt_prompt)
+            reply.metrics["stt_ms"] = round((self.clock() - started) * 1000)
+            text = heard.text.strip()
+            if not text or (text.lower() in _HALLUCINATIONS and heard.no_speech_prob > 0.3):
+                log.info("call %s: nothing usable heard (%r, no_speech %.2f)", self.call.id, text,
+                         heard.no_speech_prob)
+                reply.finalized = True
+                self._by_id.pop(reply.id, None)
+                return
+            messages = [self._system, *self._history, ChatMessage("user", text)]
+            reply.caller_text = text
+            if reply.confirmed.is_set():
+                self._commit_caller(reply)
+            await self._synthesize(reply, self._clauses(messages, reply))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("call %s: reply %d failed", self.call.id, reply.id)
+        finally:
+            reply.done_sending = True
+            if reply.played >= len(reply.clauses) and reply.confirmed.is_set() and not self.player.busy:
+                self._finalize(reply, interrupted=False)
+
+    async def _clauses(self, messages: list[ChatMessage], reply: _Reply) -> AsyncIterator[str]:
+        """LLM tokens → speakable clauses, produced ahead of TTS through a bounded queue."""
+        queue: asyncio.Queue[str | None] = asyncio.Queue(CLAUSE_QUEUE)
+
+        async def tokens() -> AsyncIterator[str]:
+            started = self.clock()
+            async for piece in self.engines.llm.stream(messages, self._options):
+                if "llm_first_token_ms" not in reply.metrics:
+                    reply.metrics["llm_first_token_ms"] = round((self.clock() - started) * 1000)
+                yield piece
+
+        async def produce() -> None:
+            produced = False
+            try:
+                async for clause in split_clauses(tokens()):
+                    produced = True
+                    await queue.put(clause)
+            except LLMError as exc:
+                log.warning("call %s: LLM failed (%s): speaking the fallback line", self.call.id, exc)
+                reply.metrics["llm_error"] = str(exc)
+                if not produced:
+                    await queue.put(FALLBACK_LINE)
+            finally:
+                await queue.put(None)
+
+        producer = asyncio.create_task(produce())
+        try:
+            while (clause := await queue.get()) is not None:
+                yield clause
+        finally:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+
+    async def _synthesize(self, reply: _Reply, clauses: AsyncIterator[str]) -> None:
+        tts = self.engines.tts
+        resampler = StreamResampler(tts.sample_rate, PHONE_RATE)
+        framer = Framer()
+        async for clause in clauses:
+            index = len(reply.clauses)
+            reply.clauses.append(clause)
+            reply.clause_frames.append(0)
+            started = self.clock()
+            async for chunk in tts.synthesize(clause, voice=self.agent.voice):
+                if "tts_first_audio_ms" not in reply.metrics:
+                    reply.metrics["tts_first_audio_ms"] = round((self.clock() - started) * 1000)
+                await self._emit(reply, index, framer.push(float32_to_ulaw(resampler.process(chunk))))
+            # The clause's last partial frame is padded with silence so its mark lands at its end.
+            await self._emit(reply, index, framer.flush())
+            self.player.push_mark(f"{reply.id}:{index}")
+
+    async def _emit(self, reply: _Reply, index: int, frames: list[bytes]) -> None:
+        if not frames:
+            return
+        if not reply.confirmed.is_set():
+            await reply.confirmed.wait()
+        reply.clause_frames[index] += len(frames)
+        self.player.push(frames, tag=(reply.id, index))
+
+    def _on_frame_sent(self, wall: float) -> None:
+        reply = self._current
+        if reply is not None and reply.first_frame_wall is None and reply.confirmed.is_set():
+            reply.first_frame_wall = wall
+            if reply.speech_end_wall is not None:
+                reply.metrics["voice_to_voice_ms"] = round((wall - reply.speech_end_wall) * 1000)
+
+    # --- transcript ----------------------------------------------------------------------------------
+    def _commit_caller(self, reply: _Reply) -> None:
+        """Store the caller's line once the turn is confirmed and STT is done (whichever is last)."""
+        if reply.caller_committed or reply.caller_text is None or not reply.confirmed.is_set():
+            return
+        reply.caller_committed = True
+        metrics = {k: reply.metrics[k] for k in ("stt_ms", "end_of_turn_ms") if k in reply.metrics}
+        self.writer.add("caller", reply.caller_text, metrics=metrics)
+        self._history.append(ChatMessage("user", reply.caller_text))
+
+    def _finalize(self, reply: _Reply, *, interrupted: bool) -> None:
+        """Store what the caller actually heard: the clauses whose marks came back, and on barge-in
+        the words of the clause in progress that fit in the audio already played."""
+        if reply.finalized:
+            return
+        reply.finalized = True
+        self._by_id.pop(reply.id, None)
+        heard_clauses = reply.clauses[: reply.played]
+        if interrupted and reply.played < len(reply.clauses):
+            heard_clauses.append(self._heard_part(reply, reply.played))
+        heard = " ".join(c for c in heard_clauses if c).strip()
+        if not heard:
+            return
+        metrics = dict(reply.metrics)
+        if interrupted:
+            metrics["interrupted"] = True
+        self.writer.add("agent", heard, metrics=metrics)
+        self._history.append(ChatMessage("assistant", heard))
+        self.turns.append(metrics)
+        log.info("call %s: turn %s", self.call.id, metrics)
+
+    def _heard_part(self, reply: _Reply, index: int) -> str:
+        """The words of a cut clause in proportion to its audio already played.
+
+        Frames sent minus the pacer's lead is what Twilio has played (it plays in real time from the
+        first frame); words are assumed evenly spread, which is close enough for a transcript.
+        """
+        total = reply.clause_frames[index]
+        sent = self.player.sent_by_tag.get((reply.id, index), 0)
+        if total == 0 or sent <= LEAD_FRAMES:
+            return ""
+        words = reply.clauses[index].split()
+        keep = int(len(words) * min(1.0, (sent - LEAD_FRAMES) / total))
+        return " ".join(words[:keep]) + ("…" if 0 < keep < len(words) else "")
+
+    def _wall_at(self, sample: int) -> float:
+        """Wall-clock time at which the detector's `sample` arrived (chunks arrive in real time)."""
+        for fed, wall in self._arrivals:
+            if fed >= sample:
+                return wall - (fed - sample) / STT_RATE
+        if self._arrivals:
+            fed, wall = self._arrivals[-1]
+            return wall + (sample - fed) / STT_RATE
+        return self.clock()
+
+
+async def _one(text: str) -> AsyncIterator[str]:
+    yield text
+
