@@ -1,0 +1,1 @@
+"""The `relayx` command line: runs the services, places calls, benchmarks."""
