@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from backend.api import agents, calls, health, twilio_webhooks
+from backend.api import agents, analysis, calls, health, phone, twilio_webhooks
 from backend.deps import require_api_key
 from backend.telephony import build_telephony
 from shared.settings import Settings
@@ -47,7 +47,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(agents.router, dependencies=protected)
     app.include_router(calls.router, dependencies=protected)
+    app.include_router(analysis.router, dependencies=protected)
     app.include_router(twilio_webhooks.router)
+    app.include_router(phone.router)
     return app
 
 

@@ -7,6 +7,7 @@ They are joined once into the model cache and checked against a known SHA-256 be
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hashlib
 import json
 import logging
@@ -118,6 +119,8 @@ def _load(path: str, n_ctx: int, threads: int) -> tuple[Any, threading.Lock]:
                 model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False
             )
             _models[key] = (llm, threading.Lock())
+            # Free it before interpreter teardown: llama-cpp-python's __del__ fails once modules are gone.
+            atexit.register(llm.close)
         return _models[key]
 
 
