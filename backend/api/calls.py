@@ -10,6 +10,7 @@ from backend.calls import place_outbound_call
 from backend.deps import SettingsDep, StorageDep, TelephonyDep
 from backend.schemas import CallOut, CallPage, OutboundCallRequest, TranscriptOut
 from backend.telephony.base import TelephonyError
+from backend.telephony.simulator import parse_script
 from shared import call_status
 from shared.errors import NotFound
 from shared.storage.base import Call, Storage
@@ -32,6 +33,13 @@ async def _get_call(storage: Storage, call_id: str) -> Call:
 async def outbound_call(
     body: OutboundCallRequest, storage: StorageDep, telephony: TelephonyDep, settings: SettingsDep
 ) -> CallOut:
+    if "simulate" in body.metadata:
+        if settings.telephony_provider != "simulator":
+            raise HTTPException(422, "metadata.simulate needs TELEPHONY_PROVIDER=simulator")
+        try:
+            parse_script(body.metadata["simulate"])
+        except TelephonyError as exc:
+            raise HTTPException(422, exc.reason) from None
     try:
         call = await place_outbound_call(
             storage,
