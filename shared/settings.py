@@ -67,6 +67,26 @@ class Settings(BaseSettings):
     # --- turn-taking ----------------------------------------------------------------------------
     vad_engine: Literal["silero", "energy"] = Field(default="silero", alias="VAD_ENGINE")
 
+    # --- after the call: analysis, webhooks, recordings, jobs ------------------------------------
+    analysis_llm_engine: Literal["llama-cpp", "ollama", "openai"] | None = Field(
+        default=None, alias="ANALYSIS_LLM_ENGINE"
+    )
+    analysis_llm_model: str | None = Field(default=None, alias="ANALYSIS_LLM_MODEL")
+    analysis_llm_model_path: Path | None = Field(default=None, alias="ANALYSIS_LLM_MODEL_PATH")
+    analysis_llm_context_tokens: int = Field(default=4096, ge=512, alias="ANALYSIS_LLM_CONTEXT_TOKENS")
+    analysis_llm_timeout_s: float = Field(default=180.0, gt=0, alias="ANALYSIS_LLM_TIMEOUT_S")
+    webhook_url: str | None = Field(default=None, alias="WEBHOOK_URL")
+    webhook_secret: str | None = Field(default=None, alias="WEBHOOK_SECRET")
+    webhook_allow_private: bool = Field(default=False, alias="WEBHOOK_ALLOW_PRIVATE")
+    webhook_timeout_s: float = Field(default=10.0, gt=0, alias="WEBHOOK_TIMEOUT_S")
+    webhook_max_attempts: int = Field(default=8, ge=1, le=20, alias="WEBHOOK_MAX_ATTEMPTS")
+    webhook_backoff_s: float = Field(default=30.0, gt=0, alias="WEBHOOK_BACKOFF_S")
+    recordings_dir: Path | None = Field(default=None, alias="RECORDINGS_DIR")
+    jobs_poll_s: float = Field(default=1.0, gt=0, alias="JOBS_POLL_S")
+    worker_concurrency: int = Field(default=4, ge=1, alias="WORKER_CONCURRENCY")
+    worker_heartbeat_s: float = Field(default=10.0, gt=0, alias="WORKER_HEARTBEAT_S")
+    worker_stalled_after_s: float = Field(default=30.0, gt=0, alias="WORKER_STALLED_AFTER_S")
+
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
 
     @field_validator("public_base_url", "public_gateway_url", "twilio_api_base_url")
@@ -90,6 +110,25 @@ class Settings(BaseSettings):
         path.write_text(key + "\n")
         path.chmod(0o600)
         return key
+
+    @cached_property
+    def webhook_signing_secret(self) -> str:
+        """WEBHOOK_SECRET, else one generated once and kept in the data directory (like the API key)."""
+        if self.webhook_secret:
+            return self.webhook_secret
+        path = self.data_dir / "webhook_secret"
+        if path.exists():
+            return path.read_text().strip()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        secret = "whsec_" + secrets.token_urlsafe(32)
+        path.write_text(secret + "\n")
+        path.chmod(0o600)
+        return secret
+
+    @property
+    def recordings_path(self) -> Path:
+        """Where call recordings are written: RECORDINGS_DIR, else <data dir>/recordings."""
+        return self.recordings_dir or self.data_dir / "recordings"
 
     @property
     def backend_url(self) -> str:

@@ -78,8 +78,51 @@ class CallAnalysis(BaseModel):
     outcome: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
+    model: str | None = None
+    condensed: bool = False
+    attempts: int = 0
     created_at: datetime
     updated_at: datetime
+
+
+class WebhookAttempt(BaseModel):
+    """One try at delivering a webhook event: the receiver's status code, or why it failed."""
+
+    attempt: int
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: int | None = None
+    created_at: datetime
+
+
+class WebhookEvent(BaseModel):
+    """An event for one call, its signed JSON body's content, and its delivery state."""
+
+    id: str
+    call_id: str
+    type: str
+    url: str
+    payload: dict[str, Any]
+    status: str = "pending"
+    attempts: int = 0
+    last_error: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: datetime | None = None
+    attempt_log: list[WebhookAttempt] = Field(default_factory=list)
+
+
+class Job(BaseModel):
+    """A row of the embedded job queue (SQLite); PostgreSQL keeps jobs in procrastinate's tables."""
+
+    id: str
+    task: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    dedupe_key: str | None = None
+    status: str
+    attempts: int = 0
+    run_at: datetime
+    last_error: str | None = None
 
 
 # Columns a caller may change through `update_call`; everything else is owned by storage.
@@ -119,7 +162,14 @@ class Storage(Protocol):
     async def get_call(self, call_id: str) -> Call: ...
 
     async def list_calls(
-        self, *, agent_id: str | None = None, status: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        agent_id: str | None = None,
+        status: str | None = None,
+        outcome: str | None = None,
+        sentiment: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
     ) -> list[Call]: ...
 
     async def update_call(self, call_id: str, changes: dict[str, Any]) -> Call: ...
@@ -152,3 +202,34 @@ class Storage(Protocol):
     async def upsert_analysis(self, call_id: str, values: dict[str, Any]) -> CallAnalysis: ...
 
     async def get_analysis(self, call_id: str) -> CallAnalysis: ...
+
+    # webhook events
+    async def create_webhook_event(
+        self, *, call_id: str, type: str, url: str, payload: dict[str, Any], dedupe_key: str
+    ) -> WebhookEvent: ...
+
+    async def get_webhook_event(self, event_id: str) -> WebhookEvent: ...
+
+    async def record_webhook_attempt(
+        self,
+        event_id: str,
+        attempt: int,
+        *,
+        status_code: int | None,
+        error: str | None,
+        duration_ms: int | None,
+        outcome: Literal["pending", "delivered", "failed"],
+    ) -> WebhookEvent: ...
+
+    async def list_webhook_events(self, call_id: str) -> list[WebhookEvent]: ...
+
+    # the embedded job queue
+    async def enqueue_job(
+        self, task: str, args: dict[str, Any], *, dedupe_key: str | None = None, run_at: datetime | None = None
+    ) -> bool: ...
+
+    async def claim_job(self) -> Job | None: ...
+
+    async def finish_job(self, job_id: str, *, error: str | None = None) -> None: ...
+
+    async def requeue_running_jobs(self) -> int: ...

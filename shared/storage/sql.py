@@ -22,14 +22,19 @@ from shared.storage.base import (
     Agent,
     Call,
     CallAnalysis,
+    Job,
     Speaker,
     TranscriptLine,
+    WebhookAttempt,
+    WebhookEvent,
     new_id,
     utcnow,
 )
 
-JSON_COLUMNS = frozenset({"llm", "settings", "metadata", "metrics", "key_points", "data"})
-_ANALYSIS_FIELDS = ("status", "summary", "key_points", "sentiment", "outcome", "data", "error")
+JSON_COLUMNS = frozenset({"llm", "settings", "metadata", "metrics", "key_points", "data", "payload", "args"})
+_ANALYSIS_FIELDS = (
+    "status", "summary", "key_points", "sentiment", "outcome", "data", "error", "model", "condensed", "attempts"
+)
 MIGRATION_NAME = re.compile(r"^(\d{14})_(\w+)\.sql$")
 
 
@@ -220,19 +225,33 @@ class SQLStorage(ABC):
         return Call.model_validate(row)
 
     async def list_calls(
-        self, *, agent_id: str | None = None, status: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        agent_id: str | None = None,
+        status: str | None = None,
+        outcome: str | None = None,
+        sentiment: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
     ) -> list[Call]:
         where, args = [], []
         if agent_id is not None:
-            where.append("agent_id = ?")
+            where.append("c.agent_id = ?")
             args.append(self._encode("agent_id", agent_id))
         if status is not None:
-            where.append("status = ?")
+            where.append("c.status = ?")
             args.append(status)
+        join = ""
+        if outcome is not None or sentiment is not None:
+            join = "join call_analysis a on a.call_id = c.id"
+            for column, value in (("outcome", outcome), ("sentiment", sentiment)):
+                if value is not None:
+                    where.append(f"a.{column} = ?")
+                    args.append(value)
         clause = f"where {' and '.join(where)}" if where else ""
         async with self._connection() as conn:
             rows = await conn.fetch(
-                f"select * from calls {clause} order by created_at desc, id limit ? offset ?",
+                f"select c.* from calls c {join} {clause} order by c.created_at desc, c.id limit ? offset ?",
                 *args,
                 limit,
                 offset,
@@ -369,4 +388,140 @@ class SQLStorage(ABC):
             )
         return CallAnalysis.model_validate(row)
 
+    # --- webhook events ----------------------------------------------------------------------------
+    async def create_webhook_event(
+        self, *, call_id: str, type: str, url: str, payload: dict[str, Any], dedupe_key: str
+    ) -> WebhookEvent:
+        """Insert the event once per `dedupe_key`; a re-run (a retried job) gets the existing row back."""
+        now = utcnow()
+        event_id = new_id()
+        values: dict[str, Any] = {
+            "id": event_id, "call_id": call_id, "type": type, "dedupe_key": dedupe_key, "url": url,
+            "payload": {**payload, "id": event_id}, "status": "pending", "attempts": 0,
+            "created_at": now, "updated_at": now,
+        }
+        columns = list(values)
+        async with self._connection() as conn:
+            await conn.execute(
+                f"insert into webhook_events ({', '.join(columns)}) values ({', '.join('?' for _ in columns)}) "
+                "on conflict (dedupe_key) do nothing",
+                *(self._encode(c, values[c]) for c in columns),
+            )
+            row = await self._one(
+                conn, "select * from webhook_events where dedupe_key = ?", dedupe_key, what="webhook event"
+            )
+        return WebhookEvent.model_validate(row)
 
+    async def get_webhook_event(self, event_id: str) -> WebhookEvent:
+        async with self._connection() as conn:
+            row = await self._one(
+                conn, "select * from webhook_events where id = ?", self._encode("id", event_id),
+                what=f"webhook event {event_id}",
+            )
+        return WebhookEvent.model_validate(row)
+
+    async def record_webhook_attempt(
+        self,
+        event_id: str,
+        attempt: int,
+        *,
+        status_code: int | None,
+        error: str | None,
+        duration_ms: int | None,
+        outcome: str,
+    ) -> WebhookEvent:
+        """Log one attempt and move the event on, in one transaction (a repeated attempt number is kept once)."""
+        now = utcnow()
+        async with self._transaction() as conn:
+            await conn.execute(
+                "insert into webhook_attempts (id, event_id, attempt, status_code, error, duration_ms, created_at) "
+                "values (?, ?, ?, ?, ?, ?, ?) on conflict (event_id, attempt) do nothing",
+                self._encode("id", new_id()), self._encode("event_id", event_id), attempt, status_code,
+                error, duration_ms, self._encode("created_at", now),
+            )
+            row = await self._one(
+                conn,
+                "update webhook_events set status = ?, attempts = ?, last_error = ?, updated_at = ?, "
+                "delivered_at = ? where id = ? returning *",
+                outcome, attempt, error, self._encode("updated_at", now),
+                self._encode("delivered_at", now if outcome == "delivered" else None),
+                self._encode("id", event_id),
+                what=f"webhook event {event_id}",
+            )
+        return WebhookEvent.model_validate(row)
+
+    async def list_webhook_events(self, call_id: str) -> list[WebhookEvent]:
+        """A call's events, oldest first, each with its attempts in order."""
+        async with self._connection() as conn:
+            events = await conn.fetch(
+                "select * from webhook_events where call_id = ? order by created_at, id",
+                self._encode("call_id", call_id),
+            )
+            attempts = await conn.fetch(
+                "select a.* from webhook_attempts a join webhook_events e on e.id = a.event_id "
+                "where e.call_id = ? order by a.attempt",
+                self._encode("call_id", call_id),
+            )
+        by_event: dict[str, list[WebhookAttempt]] = {}
+        for row in attempts:
+            decoded = self._decode(row)
+            by_event.setdefault(decoded["event_id"], []).append(WebhookAttempt.model_validate(decoded))
+        out = []
+        for row in events:
+            decoded = self._decode(row)
+            out.append(WebhookEvent.model_validate({**decoded, "attempt_log": by_event.get(decoded["id"], [])}))
+        return out
+
+    # --- the embedded job queue --------------------------------------------------------------------
+    async def enqueue_job(
+        self, task: str, args: dict[str, Any], *, dedupe_key: str | None = None, run_at: datetime | None = None
+    ) -> bool:
+        """Add a pending job; False when a job with the same `dedupe_key` was ever enqueued."""
+        now = utcnow()
+        values: dict[str, Any] = {
+            "id": new_id(), "task": task, "args": args, "dedupe_key": dedupe_key, "status": "pending",
+            "attempts": 0, "run_at": run_at or now, "created_at": now, "updated_at": now,
+        }
+        columns = list(values)
+        async with self._connection() as conn:
+            count = await conn.execute(
+                f"insert into relayx_jobs ({', '.join(columns)}) values ({', '.join('?' for _ in columns)}) "
+                "on conflict do nothing",
+                *(self._encode(c, values[c]) for c in columns),
+            )
+        return count > 0
+
+    async def claim_job(self) -> Job | None:
+        """Take the oldest due pending job (marking it running), or None."""
+        now = utcnow()
+        async with self._transaction() as conn:
+            rows = await conn.fetch(
+                f"select id from relayx_jobs where status = 'pending' and run_at <= ? "
+                f"order by run_at limit 1{self.lock_clause}{' skip locked' if self.lock_clause else ''}",
+                self._encode("run_at", now),
+            )
+            if not rows:
+                return None
+            row = await self._one(
+                conn,
+                "update relayx_jobs set status = 'running', attempts = attempts + 1, updated_at = ? "
+                "where id = ? returning *",
+                self._encode("updated_at", now), rows[0]["id"], what="job",
+            )
+        return Job.model_validate(row)
+
+    async def finish_job(self, job_id: str, *, error: str | None = None) -> None:
+        now = utcnow()
+        async with self._connection() as conn:
+            await conn.execute(
+                "update relayx_jobs set status = ?, last_error = ?, updated_at = ? where id = ?",
+                "failed" if error else "done", error, self._encode("updated_at", now), self._encode("id", job_id),
+            )
+
+    async def requeue_running_jobs(self) -> int:
+        """At start-up: jobs left running by a crashed process become pending again."""
+        async with self._connection() as conn:
+            return await conn.execute(
+                "update relayx_jobs set status = 'pending', updated_at = ? where status = 'running'",
+                self._encode("updated_at", utcnow()),
+            )

@@ -106,7 +106,7 @@ class SQLiteStorage(SQLStorage):
     def _encode(self, column: str, value: Any) -> Any:
         if column == "id" or column.endswith("_id") and column != "twilio_call_sid":
             return None if value is None else str(self._uuid(value))
-        if column in ("llm", "settings", "metadata", "metrics", "key_points", "data"):
+        if column in ("llm", "settings", "metadata", "metrics", "key_points", "data", "payload", "args"):
             return json.dumps(value)
         if isinstance(value, datetime):
             return value.isoformat()
