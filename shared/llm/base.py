@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 
 @dataclass(frozen=True)
@@ -37,3 +37,19 @@ class LLM(Protocol):
     def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]: ...
 
     def warmup(self) -> None: ...
+
+
+class StructuredLLM(Protocol):
+    """Answers one completion constrained to a JSON Schema (post-call analysis).
+
+    Each engine enforces the schema its own way: llama.cpp compiles it to a grammar, Ollama takes it
+    as `format`, OpenAI-compatible servers as `response_format`. The text is still validated after.
+    """
+
+    model_name: str
+
+    async def complete_json(
+        self, messages: list[ChatMessage], schema: dict[str, Any], options: GenerationOptions
+    ) -> str: ...
+
+    def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]: ...

@@ -146,6 +146,35 @@ class LlamaCppLLM:
         self.threads = threads
         self.first_token_timeout_s = first_token_timeout_s
 
+    @property
+    def model_name(self) -> str:
+        return f"llama-cpp:{Path(self._explicit_path).name if self._explicit_path else MODEL_FILENAME}"
+
+    async def complete_json(
+        self, messages: list[ChatMessage], schema: dict[str, Any], options: GenerationOptions
+    ) -> str:
+        """One completion under llama.cpp's grammar compiled from `schema` (JSON-schema → GBNF)."""
+
+        def work() -> str:
+            llm, lock = self._ensure()
+            with lock:
+                result = llm.create_chat_completion(
+                    [{"role": m.role, "content": m.content} for m in messages],
+                    response_format={"type": "json_object", "schema": schema},
+                    temperature=options.temperature,
+                    max_tokens=options.max_tokens,
+                )
+            return str(result["choices"][0]["message"]["content"] or "")
+
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(work), self.first_token_timeout_s)
+        except TimeoutError as exc:
+            raise LLMError(f"llama.cpp: no answer within {self.first_token_timeout_s} s") from exc
+        except ConfigurationError as exc:
+            raise LLMError(str(exc)) from exc
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise LLMError(f"llama.cpp failed: {exc}") from exc
+
     def _ensure(self) -> tuple[Any, threading.Lock]:
         path = self._explicit_path or ensure_model_file(self.cache_dir)
         if not Path(path).is_file():

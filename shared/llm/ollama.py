@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 
@@ -23,6 +24,7 @@ class OllamaLLM:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.model = model
+        self.model_name = f"ollama:{model}"
         self._client = make_client(base_url, timeout_s, transport)
 
     def warmup(self) -> None:
@@ -60,3 +62,29 @@ class OllamaLLM:
             raise
         except (httpx.HTTPError, json.JSONDecodeError) as exc:
             raise to_llm_error("ollama", exc) from exc
+
+    async def complete_json(
+        self, messages: list[ChatMessage], schema: dict[str, Any], options: GenerationOptions
+    ) -> str:
+        """One non-streamed answer whose shape Ollama constrains with the schema passed as `format`."""
+        body = {
+            "model": options.model or self.model,
+            "messages": wire_messages(messages),
+            "stream": False,
+            "format": schema,
+            "options": {"temperature": options.temperature, "num_predict": options.max_tokens},
+        }
+        try:
+            response = await self._client.post("/api/chat", json=body)
+            response.raise_for_status()
+            event = response.json()
+        except (httpx.HTTPError, json.JSONDecodeError) as exc:
+            raise to_llm_error("ollama", exc) from exc
+        if not isinstance(event, dict):
+            raise LLMError("ollama: the answer is not a JSON object")
+        if "error" in event:
+            raise LLMError(f"ollama: {event['error']}")
+        content = (event.get("message") or {}).get("content")
+        if not isinstance(content, str):
+            raise LLMError("ollama: the answer has no message.content")
+        return content

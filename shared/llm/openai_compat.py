@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 
@@ -24,6 +25,7 @@ class OpenAICompatLLM:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.model = model
+        self.model_name = f"openai:{model}"
         self._client = make_client(base_url, timeout_s, transport)
         if api_key:
             self._client.headers["Authorization"] = f"Bearer {api_key}"
@@ -66,3 +68,36 @@ class OpenAICompatLLM:
             raise
         except (httpx.HTTPError, json.JSONDecodeError) as exc:
             raise to_llm_error("openai-compatible", exc) from exc
+
+    async def complete_json(
+        self, messages: list[ChatMessage], schema: dict[str, Any], options: GenerationOptions
+    ) -> str:
+        """One non-streamed answer constrained by `response_format: json_schema` (strict)."""
+        body = {
+            "model": options.model or self.model,
+            "messages": wire_messages(messages),
+            "stream": False,
+            "temperature": options.temperature,
+            "max_tokens": options.max_tokens,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "call_analysis", "schema": schema, "strict": True},
+            },
+        }
+        try:
+            response = await self._client.post("/chat/completions", json=body)
+            response.raise_for_status()
+            event = response.json()
+        except (httpx.HTTPError, json.JSONDecodeError) as exc:
+            raise to_llm_error("openai-compatible", exc) from exc
+        if not isinstance(event, dict):
+            raise LLMError("openai-compatible: the answer is not a JSON object")
+        if "error" in event:
+            raise LLMError(f"openai-compatible: {event['error']}")
+        try:
+            content = event["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise LLMError("openai-compatible: the answer has no choices[0].message.content") from None
+        if not isinstance(content, str):
+            raise LLMError("openai-compatible: choices[0].message.content is not text")
+        return content
