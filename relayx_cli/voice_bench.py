@@ -139,8 +139,8 @@ def table(summary: dict[str, Any]) -> str:
     v2v = summary["voice_to_voice_ms"]
     rows = [
         f"calls {summary['calls']}, caller turns {summary['turns']}, answered {summary['answered']}",
-        f"voice-to-voice (phone side)  p50 {fmt(v2v['p50'])} ms  p95 {fmt(v2v['p95'])} ms  "
-        f"min {fmt(v2v['min'])}  max {fmt(v2v['max'])}",
+        (f"voice-to-voice (phone side)  p50 {fmt(v2v['p50'])} ms  p95 {fmt(v2v['p95'])} ms  "
+        f"min {fmt(v2v['min'])}  max {fmt(v2v['max'])}"),
         "gateway stages (p50, ms):  " + "  ".join(
             f"{k.removesuffix('_ms')} {fmt(v)}" for k, v in summary["gateway_stage_p50_ms"].items()
         ),

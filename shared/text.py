@@ -77,8 +77,12 @@ def clean_for_speech(text: str) -> str:
 class ClauseSplitter:
     """Accumulates token pieces; `feed` returns the clauses completed so far, `flush` the rest."""
 
-    def __init__(self, min_words_for_comma: int = 4) -> None:
+    def __init__(self, min_words_for_comma: int = 4, *, first_min_words_for_comma: int = 1) -> None:
         self.min_words_for_comma = min_words_for_comma
+        # The first clause gates the reply's latency: "Sure," alone is a natural thing to say first,
+        # and speaking it while the rest is generated saves the whole rest of the sentence's tokens.
+        self.first_min_words_for_comma = first_min_words_for_comma
+        self._emitted = 0
         self._buffer = ""
 
     def feed(self, piece: str) -> list[str]:
@@ -94,6 +98,7 @@ class ClauseSplitter:
             if end is not None:
                 out.append(self._buffer[start:end])
                 start = end
+                self._emitted += 1
         self._buffer = self._buffer[start:]
         return [c for c in (clean_for_speech(c) for c in out) if _speakable(c)]
 
@@ -105,6 +110,7 @@ class ClauseSplitter:
     def reset(self) -> None:
         """Drop buffered text (barge-in)."""
         self._buffer = ""
+        self._emitted = 0
 
     def _boundary_end(self, text: str, start: int, i: int) -> int | None:
         """If text[i] ends a clause, the index just past it (and any closing marks), else None."""
@@ -123,7 +129,8 @@ class ClauseSplitter:
         if not words:
             return None
         if char == ",":
-            return j if len(words) >= self.min_words_for_comma else None
+            needed = self.first_min_words_for_comma if self._emitted == 0 else self.min_words_for_comma
+            return j if len(words) >= needed else None
         if char == ".":
             last = words[-1].lower().lstrip("(\"'*_")
             if last in _ABBREVIATIONS or (len(last) == 1 and last.isalpha() and last != "i"):

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 FALLBACK_LINE = "Sorry, I didn't catch that. Could you say it again?"
 # Whisper's classic inventions on noise; dropped unless the VAD was sure enough to keep the audio.
-_HALLUCINATIONS = frozenset({"thank you.", "thanks for watching!", "you", "bye.", "thank you very much."})
+_HALLUCINATIONS = frozenset({"thank you.", "thanks for watching!", "you", "thank you very much.", "."})
 CLAUSE_QUEUE = 8  # bounded: the LLM may run at most a few clauses ahead of speech
 # Speculative STT/LLM start at this pause; the reply is only heard once the full end-of-turn silence
 # confirms it. Shorter means lower latency and more discarded work when the caller goes on.
@@ -108,7 +108,7 @@ class CallSession:
         self._options = GenerationOptions(
             model=llm.get("model"),
             temperature=float(llm.get("temperature", 0.6)),
-            max_tokens=int(llm.get("max_tokens", 120)),
+            max_tokens=int(llm.get("max_tokens", 80)),
         )
         self._replies = 0
         self._current: _Reply | None = None
@@ -190,6 +190,7 @@ class CallSession:
         log.info("call %s: DTMF %s", self.call.id, digit)
 
     async def _on_turn_event(self, event: TurnEvent) -> None:
+        log.debug("call %s: %s at %.2f s", self.call.id, type(event).__name__, event.at_sample / STT_RATE)
         current = self._current
         if isinstance(event, SpeechStarted):
             if current is not None and current.confirmed.is_set() and not current.finalized:
@@ -253,7 +254,7 @@ class CallSession:
             heard = await self.engines.stt.transcribe(audio, prompt=self._stt_prompt)
             reply.metrics["stt_ms"] = round((self.clock() - started) * 1000)
             text = heard.text.strip()
-            if not text or (text.lower() in _HALLUCINATIONS and heard.no_speech_prob > 0.3):
+            if not text or (text.lower() in _HALLUCINATIONS and heard.no_speech_prob > 0.5):
                 log.info("call %s: nothing usable heard (%r, no_speech %.2f)", self.call.id, text,
                          heard.no_speech_prob)
                 reply.finalized = True

@@ -82,7 +82,7 @@ class VirtualPhone:
         call_sid: str | None = None,
         account_sid: str = "AC" + "0" * 32,
         quiet_ms: int = 900,
-        reply_timeout_s: float = 30.0,
+        reply_timeout_s: float = 20.0,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

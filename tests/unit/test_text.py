@@ -43,10 +43,16 @@ def test_abbreviations_do_not_end_a_clause() -> None:
 
 
 def test_commas_split_only_after_enough_words() -> None:
-    assert _all(["Yes, we", " can book that for you, and", " it is free."]) == [
+    assert _all(["Sure. Yes, we", " can book that for you, and", " it is free."]) == [
+        "Sure.",
         "Yes, we can book that for you,",
         "and it is free.",
     ]
+
+
+def test_first_clause_may_end_at_an_early_comma() -> None:
+    """The first clause gates latency: "Sure," is spoken while the rest is generated."""
+    assert _all(["Sure, we", " can, yes."]) == ["Sure,", "we can, yes."]
 
 
 def test_question_semicolon_and_colon_are_boundaries() -> None:
