@@ -1,0 +1,85 @@
+"""The CLI's view of a running backend: its REST API with the configured key."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from shared import call_status
+from shared.settings import Settings
+
+
+class APIError(Exception):
+    """The backend answered with an error; the message is its reason."""
+
+
+class BackendClient:
+    """Thin wrapper over the REST API (the CLI never touches the database for calls)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.base = settings.backend_url
+        self._http = httpx.Client(
+            base_url=self.base, headers={"Authorization": f"Bearer {settings.api_key}"}, timeout=30
+        )
+
+    def _check(self, response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise APIError(f"{response.status_code}: {detail}")
+        return response.json() if response.content else None
+
+    def healthy(self) -> bool:
+        try:
+            return self._http.get("/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def agents(self) -> list[dict[str, Any]]:
+        return list(self._check(self._http.get("/agents")))
+
+    def create_agent(self, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._check(self._http.post("/agents", json=body)))
+
+    def resolve_agent(self, name_or_id: str) -> dict[str, Any]:
+        """An agent by id, or by name (the most recent with that name)."""
+        for agent in self.agents():
+            if name_or_id in (agent["id"], agent["name"]):
+                return agent
+        raise APIError(f"no agent named or numbered {name_or_id!r}")
+
+    def call(self, agent_id: str, to_number: str, metadata: dict[str, Any]) -> dict[str, Any]:
+        body = {"agent_id": agent_id, "to_number": to_number, "metadata": metadata}
+        return dict(self._check(self._http.post("/calls/outbound", json=body)))
+
+    def get_call(self, call_id: str) -> dict[str, Any]:
+        return dict(self._check(self._http.get(f"/calls/{call_id}")))
+
+    def transcript(self, call_id: str) -> list[dict[str, Any]]:
+        return list(self._check(self._http.get(f"/calls/{call_id}/transcripts")))
+
+    def analysis(self, call_id: str) -> dict[str, Any] | None:
+        response = self._http.get(f"/calls/{call_id}/analysis")
+        if response.status_code == 404:
+            return None
+        return dict(self._check(response))
+
+    def follow(self, call_id: str, *, timeout_s: float = 600, poll_s: float = 0.3) -> Any:
+        """Yield transcript lines as they are stored, until the call has ended and the line is quiet."""
+        seen: set[str] = set()
+        deadline = time.monotonic() + timeout_s
+        ended_at: float | None = None
+        while time.monotonic() < deadline:
+            for line in self.transcript(call_id):
+                if line["id"] not in seen:
+                    seen.add(line["id"])
+                    yield line
+            if self.get_call(call_id)["status"] in call_status.TERMINAL:
+                ended_at = ended_at or time.monotonic()
+                if time.monotonic() - ended_at > 1.5:  # the gateway's last writes land just after
+                    return
+            time.sleep(poll_s)
