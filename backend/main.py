@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI
 from backend.api import agents, analysis, calls, health, phone, twilio_webhooks
 from backend.deps import require_api_key
 from backend.telephony import build_telephony
+from shared import jobs
 from shared.settings import Settings
 from shared.storage import build_storage
 
@@ -25,13 +26,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         storage = build_storage(settings)
         await storage.open()
         telephony = None
+        background = None
         try:
             await storage.migrate()
             telephony = build_telephony(settings)
             app.state.storage = storage
             app.state.telephony = telephony
+            # Post-call jobs: run here on SQLite (a restart resumes them); `relayx worker` on PostgreSQL.
+            background = await jobs.start_background(settings, storage)
             yield
         finally:
+            if background is not None:
+                await background.aclose()
             if telephony is not None:
                 await telephony.close()
             await storage.close()

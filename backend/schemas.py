@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from shared import analysis, webhooks
+
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 
 
@@ -30,6 +32,41 @@ class AgentSettings(BaseModel):
     min_speech_ms: int = Field(default=150, ge=20, le=3000)
     business: str | None = Field(default=None, description="Business name, given to STT and the LLM")
     expected_answers: list[str] = Field(default_factory=list, description="Words STT should expect")
+    webhook_url: str | None = Field(
+        default=None, max_length=2000, description="Where this agent's call events go (else WEBHOOK_URL)"
+    )
+    recording: bool = Field(default=True, description="Record calls as two-channel WAV (caller left, agent right)")
+    analysis: dict[str, Any] | None = Field(
+        default=None,
+        description='Post-call analysis: {"outcomes": [labels], "schema": JSON Schema of the data to extract}',
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        try:
+            return webhooks.check_url_syntax(value)
+        except webhooks.WebhookURLError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("analysis")
+    @classmethod
+    def _analysis(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Checked and normalised once here, so every stored spec is one the engines can enforce."""
+        if value is None:
+            return None
+        unknown = sorted(set(value) - {"outcomes", "schema"})
+        if unknown:
+            raise ValueError(f"analysis: unknown key(s) {', '.join(unknown)} (expected outcomes, schema)")
+        try:
+            return {
+                "outcomes": analysis.normalize_outcomes(value.get("outcomes")),
+                "schema": analysis.normalize_data_schema(value.get("schema")),
+            }
+        except analysis.SchemaProblem as exc:
+            raise ValueError(str(exc)) from None
 
 
 class AgentCreate(BaseModel):
@@ -129,3 +166,53 @@ class TranscriptOut(BaseModel):
     text: str
     timestamp: datetime
     metrics: dict[str, Any]
+
+
+class AnalysisOut(BaseModel):
+    """A call's post-call analysis (completed, or failed with the reason)."""
+
+    call_id: str
+    status: str
+    summary: str | None
+    key_points: list[str]
+    sentiment: str | None
+    outcome: str | None
+    data: dict[str, Any]
+    error: str | None
+    model: str | None
+    condensed: bool
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class AnalysisRequested(BaseModel):
+    """Answer of POST /calls/{id}/analysis: the re-run is queued."""
+
+    call_id: str
+    request: str
+    status: str = "queued"
+
+
+class WebhookAttemptOut(BaseModel):
+    """One delivery attempt of an event."""
+
+    attempt: int
+    status_code: int | None
+    error: str | None
+    duration_ms: int | None
+    created_at: datetime
+
+
+class WebhookEventOut(BaseModel):
+    """An event of a call with every delivery attempt."""
+
+    id: str
+    type: str
+    url: str
+    status: str
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+    attempt_log: list[WebhookAttemptOut]

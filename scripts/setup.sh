@@ -35,6 +35,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2}
   # torch first, pinned: anything that pulls a bare `torch` would otherwise fetch a multi-GB CUDA build.
   .venv/bin/pip install -q torch==2.13.0
-  .venv/bin/pip install -q -e '.[voice,dev,whisper]'
+  .venv/bin/pip install -q -e '.[voice,dev,whisper,queue]'
   touch "$stamp"
 fi

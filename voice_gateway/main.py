@@ -137,7 +137,7 @@ async def _open_session(start: Start, send: object, app: FastAPI) -> CallSession
     log.info("call %s: stream %s started (agent %s)", call.id, start.stream_sid, agent.name)
     return CallSession(
         call=call, agent=agent, stream_sid=start.stream_sid, send=send,  # type: ignore[arg-type]
-        storage=storage, engines=app.state.engines,
+        storage=storage, engines=app.state.engines, recordings_dir=app.state.settings.recordings_path,
     )
 
 

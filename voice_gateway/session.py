@@ -14,10 +14,12 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from shared import jobs
 from shared.audio import PHONE_RATE, STT_RATE, Framer, StreamResampler, float32_to_ulaw, ulaw_to_float32
 from shared.llm.base import ChatMessage, GenerationOptions, LLMError
 from shared.storage.base import Agent, Call, Storage
@@ -25,6 +27,7 @@ from shared.text import split_clauses
 from voice_gateway.engines import Engines
 from voice_gateway.playback import LEAD_FRAMES, Player, Send
 from voice_gateway.prompts import stt_prompt, system_prompt
+from voice_gateway.recorder import CallRecorder
 from voice_gateway.transcript_writer import TranscriptWriter
 from voice_gateway.turns import (
     PauseDetected,
@@ -80,13 +83,15 @@ class CallSession:
         storage: Storage,
         engines: Engines,
         clock: Callable[[], float] = time.monotonic,
+        recordings_dir: Path | None = None,
     ) -> None:
         self.call = call
         self.agent = agent
         self.storage = storage
         self.engines = engines
         self.clock = clock
-        self.player = Player(send, stream_sid, clock=clock)
+        self.recorder = self._open_recorder(recordings_dir) if recordings_dir is not None else None
+        self.player = Player(self._recording(send) if self.recorder else send, stream_sid, clock=clock)
         self.player.on_frame_sent = self._on_frame_sent
         self.writer = TranscriptWriter(storage, call.id)
         agent_settings = agent.settings
@@ -116,6 +121,7 @@ class CallSession:
         self._pacer: asyncio.Task[None] | None = None
         self._prefill: asyncio.Task[None] | None = None
         self._started_wall = clock()
+        self._started_event: asyncio.Task[None] | None = None
         self.turns: list[dict[str, Any]] = []
         """Per-turn metrics of every reply that played (for logs and benchmarks)."""
         self.barge_ins = 0
@@ -128,6 +134,7 @@ class CallSession:
         self.writer.start()
         self._pacer = asyncio.create_task(self.player.run(), name=f"pacer-{self.call.id}")
         self._prefill = asyncio.create_task(self._prefill_prompt(), name=f"prefill-{self.call.id}")
+        self._started_event = asyncio.create_task(self._notify(jobs.notify_call_started), name="call-started")
         if self.agent.greeting:
             reply = self._new_reply(confirmed=True)
             reply.task = asyncio.create_task(self._speak(reply, fixed=self.agent.greeting))
@@ -157,16 +164,50 @@ class CallSession:
             self._pacer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pacer
+        if self.recorder is not None:
+            self.recorder.close()
         await self.writer.close()
         duration = max(0, round(self.clock() - self._started_wall))
         try:
             await self.storage.apply_call_status(self.call.id, "completed", duration=duration)
         except Exception:  # noqa: BLE001 - the transcript is safe; a status write failure is only logged
             log.exception("call %s: could not mark the call completed", self.call.id)
+        if self._started_event is not None:
+            await self._started_event
+        await self._notify(jobs.notify_call_ended)  # after the flush: the analysis sees every line
+
+    async def _notify(self, notify: Callable[[Storage, str], Any]) -> None:
+        """Queue a post-call job (webhook, analysis); a failure is logged, the call is unaffected."""
+        try:
+            await notify(self.storage, self.call.id)
+        except Exception:  # any failure: post-call work must never break the call itself
+            log.exception("call %s: could not queue %s", self.call.id, getattr(notify, "__name__", notify))
+
+    def _open_recorder(self, recordings_dir: Path) -> CallRecorder | None:
+        if not self.agent.settings.get("recording", True):
+            return None
+        try:
+            return CallRecorder.open(recordings_dir, self.call.id)
+        except (OSError, ValueError):
+            log.exception("call %s: recording disabled (cannot write under %s)", self.call.id, recordings_dir)
+            return None
+
+    def _recording(self, send: Send) -> Send:
+        """Every outbound message also goes to the recorder, after it went out (media, clear)."""
+        recorder = self.recorder
+        assert recorder is not None
+
+        async def send_and_record(text: str) -> None:
+            await send(text)
+            recorder.outbound(text)
+
+        return send_and_record
 
     # --- inbound -------------------------------------------------------------------------------------
     async def on_media(self, ulaw: bytes) -> None:
         """Caller audio (any chunk size): upsample, run turn detection, act on its events."""
+        if self.recorder is not None:
+            self.recorder.caller(ulaw)
         audio = self._upsampler.process(ulaw_to_float32(ulaw))
         self._fed += audio.shape[0]
         self._arrivals.append((self._fed, self.clock()))

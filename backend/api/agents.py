@@ -4,15 +4,27 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
 
-from backend.deps import StorageDep
-from backend.schemas import AgentCreate, AgentOut, AgentUpdate
+from backend.deps import SettingsDep, StorageDep
+from backend.schemas import AgentCreate, AgentOut, AgentSettings, AgentUpdate
+from shared import webhooks
 from shared.errors import NotFound
+from shared.settings import Settings
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
 
+def _check_webhook_target(agent_settings: AgentSettings | None, settings: Settings) -> None:
+    """Refuse a loopback/private webhook host up front (deliveries re-check after DNS)."""
+    url = agent_settings.webhook_url if agent_settings is not None else None
+    if url and not settings.webhook_allow_private and webhooks.literal_host_is_private(url):
+        raise HTTPException(
+            422, "settings.webhook_url: private and loopback hosts are refused (set WEBHOOK_ALLOW_PRIVATE=true)"
+        )
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=AgentOut)
-async def create_agent(body: AgentCreate, storage: StorageDep) -> AgentOut:
+async def create_agent(body: AgentCreate, storage: StorageDep, settings: SettingsDep) -> AgentOut:
+    _check_webhook_target(body.settings, settings)
     agent = await storage.create_agent(body.model_dump())
     return AgentOut.model_validate(agent.model_dump())
 
@@ -33,7 +45,8 @@ async def get_agent(agent_id: str, storage: StorageDep) -> AgentOut:
 
 
 @router.patch("/{agent_id}", response_model=AgentOut)
-async def update_agent(agent_id: str, body: AgentUpdate, storage: StorageDep) -> AgentOut:
+async def update_agent(agent_id: str, body: AgentUpdate, storage: StorageDep, settings: SettingsDep) -> AgentOut:
+    _check_webhook_target(body.settings, settings)
     changes = body.model_dump(exclude_unset=True)
     for required in ("name", "prompt", "language", "llm", "settings"):
         if required in changes and changes[required] is None:

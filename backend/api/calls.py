@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
 
@@ -62,6 +62,8 @@ async def list_calls(
     storage: StorageDep,
     agent_id: str | None = None,
     status_filter: Annotated[str | None, Query(alias="status")] = None,
+    outcome: Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = None,
+    sentiment: Annotated[Literal["positive", "neutral", "negative"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> CallPage:
@@ -71,7 +73,10 @@ async def list_calls(
             f"status must be one of {', '.join(call_status.ALL_STATUSES)}",
         )
     try:
-        calls = await storage.list_calls(agent_id=agent_id, status=status_filter, limit=limit + 1, offset=offset)
+        calls = await storage.list_calls(
+            agent_id=agent_id, status=status_filter, outcome=outcome, sentiment=sentiment, limit=limit + 1,
+            offset=offset,
+        )
     except NotFound:  # a malformed agent_id matches nothing
         calls = []
     return CallPage(data=[_out(c) for c in calls[:limit]], limit=limit, offset=offset, has_more=len(calls) > limit)

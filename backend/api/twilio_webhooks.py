@@ -12,7 +12,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from backend.deps import SettingsDep, StorageDep
-from shared import call_status, twilio_auth
+from shared import call_status, jobs, twilio_auth
 from shared.errors import NotFound
 from shared.settings import Settings
 
@@ -76,4 +76,12 @@ async def status_callback(call_id: str, request: Request, settings: SettingsDep,
     except NotFound:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call_id} not found") from None
     log.info("call %s: %s (seq %s) -> stored %s", call_id, new_status, form.get("SequenceNumber"), call.status)
+    try:
+        if call.status in call_status.TERMINAL:
+            # Delayed: the gateway may still be flushing the last transcript lines (it queues its own).
+            await jobs.notify_call_ended(storage, call_id, delay_s=jobs.STATUS_CALLBACK_DELAY_S)
+        elif call.status == "in-progress":
+            await jobs.notify_call_started(storage, call_id)
+    except Exception:  # any failure: the status is stored; post-call jobs must not fail Twilio's callback
+        log.exception("call %s: could not queue post-call jobs", call_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
