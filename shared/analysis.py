@@ -188,6 +188,24 @@ def output_schema(spec: AnalysisSpec) -> dict[str, Any]:
     }
 
 
+def generation_schema(spec: AnalysisSpec) -> dict[str, Any]:
+    """The schema handed to the engine: the output schema without string lengths.
+
+    llama.cpp unrolls `maxLength: n` into n nested optional rules (a grammar of megabytes that
+    crashes its sampler); lengths are checked after generation instead.
+    """
+    return _strip_lengths(output_schema(spec))
+
+
+def _strip_lengths(node: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in node.items() if k not in ("minLength", "maxLength", "description")}
+    if "properties" in out:
+        out["properties"] = {name: _strip_lengths(sub) for name, sub in out["properties"].items()}
+    if "items" in out:
+        out["items"] = _strip_lengths(out["items"])
+    return out
+
+
 # --- the prompt ------------------------------------------------------------------------------------
 
 
@@ -352,7 +370,7 @@ async def analyze(
         except (LLMError, InvalidAnalysis) as exc:
             return {**base, "status": "failed", "error": f"condensing failed: {exc}", "attempts": 0}
         base["condensed"] = True
-    schema = output_schema(spec)
+    schema = generation_schema(spec)
     reason: str | None = None
     for attempt in (1, 2):
         messages = messages_for(transcript, spec, agent_prompt=agent_prompt, condensed=base["condensed"],
