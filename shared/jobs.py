@@ -353,6 +353,7 @@ async def run_worker(settings: Settings, *, llm_factory: Callable[[], Structured
             try:
                 await app.run_worker_async(
                     concurrency=settings.worker_concurrency,
+                    fetch_job_polling_interval=settings.jobs_poll_s,  # scheduled retries are found by polling
                     update_heartbeat_interval=settings.worker_heartbeat_s,
                     stalled_worker_timeout=settings.worker_stalled_after_s,
                     install_signal_handlers=True,
