@@ -37,7 +37,7 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _OUTCOME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_PROPERTIES = 30
 SUMMARY_MAX_CHARS = 1200
-KEY_POINTS_MAX = 8
+KEY_POINTS_MAX = 5
 # Tokens reserved for the instructions and schema, and for the answer; the rest is transcript.
 PROMPT_RESERVE_TOKENS = 700
 ANSWER_TOKENS = 600
