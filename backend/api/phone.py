@@ -1,5 +1,111 @@
-"""Placeholder router (filled in by the phone work)."""
+"""The browser phone: a page at /phone that calls an agent from the microphone, and its two routes.
 
-from fastapi import APIRouter
+The page itself is public (it holds no data: it asks for the API key and sends it as a Bearer token);
+`POST /phone/calls` writes the call row the page then streams to, over the same Media Streams
+protocol Twilio speaks, so the gateway cannot tell a browser from a phone line.
+"""
 
-router = APIRouter()
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from backend.deps import SettingsDep, StorageDep, require_api_key
+from backend.schemas import CallOut
+from shared import call_status, jobs
+from shared.errors import NotFound
+from shared.storage.base import Call
+
+router = APIRouter(tags=["phone"])
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+# The only files the page loads; a fixed list, so no request path ever reaches the file system.
+_ASSETS = {
+    "phone.js": "text/javascript",
+    "audio.js": "text/javascript",
+    "capture-worklet.js": "text/javascript",
+}
+BROWSER_NUMBER = "browser"
+"""`calls.to_number` of a browser call: there is no number, and the column is free text."""
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+class BrowserCallRequest(BaseModel):
+    """Body of POST /phone/calls."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent_id: str = Field(min_length=1)
+
+
+class BrowserCall(BaseModel):
+    """Where the page streams a new call: the gateway's /media socket, with `call_id` in `start`."""
+
+    call_id: str
+    stream_url: str
+
+
+@router.get("/phone", include_in_schema=False)
+async def phone_page() -> FileResponse:
+    return FileResponse(STATIC / "phone.html", media_type="text/html", headers=_NO_STORE)
+
+
+@router.get("/phone/static/{name}", include_in_schema=False)
+async def phone_asset(name: str) -> FileResponse:
+    media_type = _ASSETS.get(name)
+    if media_type is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no such file: {name}")
+    return FileResponse(STATIC / name, media_type=media_type, headers=_NO_STORE)
+
+
+@router.post(
+    "/phone/calls",
+    status_code=status.HTTP_201_CREATED,
+    response_model=BrowserCall,
+    dependencies=[Depends(require_api_key)],
+)
+async def start_browser_call(
+    body: BrowserCallRequest, storage: StorageDep, settings: SettingsDep
+) -> BrowserCall:
+    """Write a `queued` call row; the gateway marks it in-progress when the page's stream starts."""
+    try:
+        agent = await storage.get_agent(body.agent_id)
+    except NotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"agent {body.agent_id} not found") from None
+    metadata: dict[str, Any] = {"channel": "browser"}
+    call = await storage.create_call(
+        agent_id=agent.id, to_number=BROWSER_NUMBER, from_number=None, metadata=metadata
+    )
+    return BrowserCall(call_id=call.id, stream_url=settings.public_gateway_url + "/media")
+
+
+@router.post(
+    "/phone/calls/{call_id}/end",
+    response_model=CallOut,
+    dependencies=[Depends(require_api_key)],
+)
+async def end_browser_call(call_id: str, storage: StorageDep) -> CallOut:
+    """Hang up from the page: a call whose stream never started is `canceled`.
+
+    A started call needs nothing here: the gateway completes it when the socket closes (with its
+    duration), and a call that has already ended is returned unchanged, so a retry is harmless.
+    """
+    try:
+        call: Call = await storage.get_call(call_id)
+    except NotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call_id} not found") from None
+    if call.metadata.get("channel") != "browser":
+        raise HTTPException(status.HTTP_409_CONFLICT, f"call {call_id} is not a browser call")
+    if call_status.rank(call.status) < call_status.rank("in-progress"):  # queued, initiated or ringing
+        call = await storage.apply_call_status(call.id, "canceled")
+        try:
+            await jobs.notify_call_ended(storage, call.id)  # webhooks see every call that ended
+        except Exception:  # the status is stored; post-call jobs must not fail the hang-up
+            log.exception("call %s: could not queue post-call jobs", call.id)
+    return CallOut.model_validate(call.model_dump())

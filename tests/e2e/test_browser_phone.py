@@ -1,0 +1,359 @@
+"""The browser phone (/phone) in a real headless Chromium.
+
+Chromium's fake microphone plays an espeak-ng WAV; the test clicks the page's own buttons through
+the Chrome DevTools protocol (a WebSocket, spoken with the `websockets` package: no driver, no new
+dependency) and asserts on what the gateway stored: the caller's question, the agent's answer, the
+greeting played out (its marks echoed), and the call completed when the page hung up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import wave
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+import pytest
+import soxr
+from websockets.sync.client import ClientConnection, connect
+
+from backend.main import create_app as create_backend
+from backend.telephony.caller_voice import espeak_available, espeak_ulaw
+from shared.audio import pcm16_to_ulaw, ulaw_to_float32, ulaw_to_pcm16
+from tests.conftest import make_settings
+from tests.support.servers import free_port, serve
+from voice_gateway.main import create_app as create_gateway
+
+pytestmark = pytest.mark.e2e
+
+AUTH = {"Authorization": "Bearer test-key"}
+QUESTION = "What are your opening hours on Monday?"
+WAV_RATE = 48000
+T = TypeVar("T")
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Debian's chromium (scripts/setup.sh installs it); the only reason these tests skip."""
+    path = _chromium()
+    if path is None:
+        pytest.skip("chromium is not installed (scripts/setup.sh installs it: apt-get install chromium)")
+    return path
+
+
+def _caller_wav(path: Path) -> Path:
+    """The fake microphone: 6 s of silence (the greeting plays), the question, then 20 s of silence.
+
+    The question is the virtual phone's own espeak-ng line (phone band), at 48 kHz as a sound card
+    would deliver it. The long silent tail is the real silence the turn detector needs to end the turn.
+    """
+    speech = soxr.resample(ulaw_to_float32(espeak_ulaw(QUESTION)), 8000, WAV_RATE)
+    audio = np.concatenate([np.zeros(6 * WAV_RATE), speech, np.zeros(20 * WAV_RATE)])
+    with wave.open(str(path), "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(WAV_RATE)
+        writer.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def _wait_for(probe: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.25) -> T:
+    """Poll `probe` until it returns something truthy, or fail saying what never happened."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(interval_s)  # polling with a deadline
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+class DevTools:
+    """Just enough of the Chrome DevTools protocol: run JavaScript in the page, keep its console."""
+
+    def __init__(self, url: str) -> None:
+        self._ws: ClientConnection = connect(url, max_size=2**24)
+        self._next_id = 0
+        self.console: list[str] = []
+        self._command("Runtime.enable")
+
+    def evaluate(self, expression: str, *, user_gesture: bool = False) -> Any:
+        """The value of `expression` (awaited if a promise); a page exception fails the test."""
+        result = self._command(
+            "Runtime.evaluate",
+            expression=expression,
+            returnByValue=True,
+            awaitPromise=True,
+            userGesture=user_gesture,
+        )
+        if "exceptionDetails" in result:
+            raise AssertionError(f"page exception in {expression!r}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def close(self) -> None:
+        self._ws.close()
+
+    def _command(self, method: str, **params: Any) -> dict[str, Any]:
+        self._next_id += 1
+        self._ws.send(json.dumps({"id": self._next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self._ws.recv(timeout=30))
+            if message.get("id") == self._next_id:
+                if "error" in message:
+                    raise AssertionError(f"DevTools {method}: {message['error']}")
+                return message["result"]  # type: ignore[no-any-return]
+            if message.get("method") == "Runtime.consoleAPICalled":
+                args = message["params"]["args"]
+                self.console.append(" ".join(str(a.get("value", a.get("description", ""))) for a in args))
+            elif message.get("method") == "Runtime.exceptionThrown":
+                self.console.append(str(message["params"]["exceptionDetails"].get("exception", {})))
+
+
+@contextmanager
+def headless_chromium(chromium: str, url: str, profile: Path, wav: Path | None = None) -> Iterator[DevTools]:
+    """Chromium on `url` with `wav` as its microphone; yields a DevTools session on that page."""
+    args = [
+        chromium,
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        "--autoplay-policy=no-user-gesture-required",
+        "--remote-debugging-port=0",
+    ]
+    if wav is not None:
+        args.append(f"--use-file-for-fake-audio-capture={wav}%noloop")  # played once, then silence
+    args.append(url)
+    log = (profile.parent / "chromium.log").open("wb")
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    devtools: DevTools | None = None
+    try:
+        # With port 0, Chromium picks a free port and writes it to the profile's DevToolsActivePort.
+        active = profile / "DevToolsActivePort"
+        _wait_for(
+            lambda: active.exists() and active.read_text().count("\n") >= 1 or process.poll() is not None,
+            30,
+            "Chromium's DevTools port",
+        )
+        assert process.poll() is None, (profile.parent / "chromium.log").read_text()[-3000:]
+        port = int(active.read_text().split()[0])
+
+        def page() -> str | None:
+            targets = httpx.get(f"http://127.0.0.1:{port}/json/list").json()
+            return next(
+                (
+                    t["webSocketDebuggerUrl"]
+                    for t in targets
+                    if t["type"] == "page" and t["url"].startswith(url.split("#")[0])
+                ),
+                None,
+            )
+
+        devtools = DevTools(_wait_for(page, 30, "the phone page's DevTools target"))
+        path = httpx.URL(url).path
+        _wait_for(
+            lambda: devtools.evaluate(
+                f"location.pathname === {path!r} && document.readyState === 'complete'"
+            ),
+            30,
+            f"{url} to load",
+        )
+        yield devtools
+    finally:
+        if devtools is not None:
+            devtools.close()
+        # Chromium's own process group (start_new_session), so its renderer and utility processes go too.
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        log.close()
+
+
+@pytest.mark.models
+def test_browser_phone_talks_to_agent_in_headless_chromium(chromium: str, tmp_path: Path) -> None:
+    if not espeak_available():
+        pytest.skip("espeak-ng is not installed")
+    backend_port, gateway_port = free_port(), free_port()
+    settings = make_settings(
+        tmp_path,
+        PUBLIC_BASE_URL=f"http://127.0.0.1:{backend_port}",
+        PUBLIC_GATEWAY_URL=f"ws://127.0.0.1:{gateway_port}",
+    )
+    wav = _caller_wav(tmp_path / "caller.wav")
+    with (
+        serve(create_backend(settings), backend_port) as backend,
+        serve(create_gateway(settings), gateway_port, timeout_s=300),
+    ):
+        client = httpx.Client(base_url=backend, headers=AUTH, timeout=30)
+        agent = client.post(
+            "/agents",
+            json={
+                "name": "Ava",
+                "greeting": "Hi, this is Ava from Bright Smile Dental.",
+                "prompt": "You book teeth cleanings for Bright Smile Dental. Open Monday to Friday, 9am to 5pm.",
+                "settings": {"business": "Bright Smile Dental", "end_of_turn_silence_ms": 500},
+            },
+        ).json()
+        page_url = f"{backend}/phone#key=test-key&agent={agent['id']}"
+        with headless_chromium(chromium, page_url, tmp_path / "profile", wav) as page:
+            try:
+                _wait_for(
+                    lambda: page.evaluate("document.getElementById('call')?.disabled === false"),
+                    30,
+                    "the page to list the agents",
+                )
+                assert page.evaluate("document.getElementById('agent').value") == agent["id"]
+                assert page.evaluate("location.hash") == "", "the key must leave the address bar"
+                page.evaluate("document.getElementById('call').click()", user_gesture=True)
+                call_id = None
+                call_id = _wait_for(
+                    lambda: page.evaluate("document.body.dataset.callId || null"), 30, "POST /phone/calls"
+                )
+
+                def answered() -> list[dict[str, Any]] | None:
+                    lines = client.get(f"/calls/{call_id}/transcripts").json()
+                    asked = [
+                        i
+                        for i, line in enumerate(lines)
+                        if line["speaker"] == "caller"
+                        and re.search(r"monday|hours", line["text"], re.IGNORECASE)
+                    ]
+                    replied = asked and any(
+                        line["speaker"] == "agent" and line["text"].strip() for line in lines[asked[0] + 1 :]
+                    )
+                    return lines if replied else None
+
+                transcript = _wait_for(answered, 180, "the caller's question and the agent's answer", 0.5)
+                shown = _wait_for(
+                    lambda: page.evaluate("document.querySelectorAll('#transcript li').length"),
+                    10,
+                    "the page's transcript pane",
+                )
+                page.evaluate("document.getElementById('hangup').click()", user_gesture=True)
+                final = _wait_for(
+                    lambda: (c := client.get(f"/calls/{call_id}").json())["status"] == "completed" and c,
+                    30,
+                    "the call to be completed",
+                )
+                status_text = page.evaluate("document.getElementById('status').textContent")
+            except AssertionError as exc:
+                status = page.evaluate("document.getElementById('status')?.textContent")
+                stored = client.get(f"/calls/{call_id}/transcripts").json() if call_id else None
+                raise AssertionError(
+                    f"{exc}\npage status: {status}\npage console: {page.console[-20:]}\n"
+                    f"stored transcript: {stored}"
+                ) from None
+
+    assert shown >= 2
+    assert status_text == "Call ended"
+    assert final["to_number"] == "browser" and final["metadata"] == {"channel": "browser"}
+    assert final["twilio_call_sid"].startswith("CA") and final["duration"] is not None
+    greeting = transcript[0]
+    assert greeting["speaker"] == "agent" and greeting["text"].startswith("Hi, this is Ava")
+    # Stored whole, not cut: the page echoed the greeting's marks once it had played it out.
+    assert not greeting["metrics"].get("interrupted"), greeting
+    assert any(
+        "monday" in line["text"].lower() or "hours" in line["text"].lower()
+        for line in transcript
+        if line["speaker"] == "caller"
+    ), transcript
+
+
+# The page's audio module, run in the browser itself: the codec must be bit-exact with the gateway's
+# (CPython's audioop), and the resampler must keep the phone band and reject what would alias into it.
+_AUDIO_PROBE = """(async () => {
+  const audio = await import(new URL("/phone/static/audio.js", location.href).href);
+  const encoded = [];
+  for (let sample = -32768; sample < 32768; sample++) encoded.push(audio.linearToUlaw(sample));
+  const gains = {};
+  for (const inRate of [48000, 44100]) {
+    for (const hz of [300, 1000, 3000, 4500, 8000]) {
+      const resampler = new audio.Resampler(inRate, 8000);
+      const out = [];
+      for (let block = 0; block < inRate / 128; block++) {  // one second, in worklet-sized blocks
+        const input = new Float32Array(128);
+        for (let i = 0; i < 128; i++) input[i] = 0.5 * Math.sin(2 * Math.PI * hz * (block * 128 + i) / inRate);
+        out.push(...resampler.push(input));
+      }
+      const tail = out.slice(400);
+      const rms = Math.sqrt(tail.reduce((sum, x) => sum + x * x, 0) / tail.length);
+      gains[`${inRate}:${hz}`] = [out.length, 20 * Math.log10(rms / (0.5 / Math.SQRT2) + 1e-12)];
+    }
+  }
+  return { encoded, decoded: Array.from(audio.ULAW_TO_LINEAR), gains };
+})()"""
+
+
+def test_phone_audio_module_matches_the_gateways_g711(chromium: str, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    with (
+        serve(create_backend(settings)) as backend,
+        headless_chromium(chromium, f"{backend}/phone", tmp_path / "profile") as page,
+    ):
+        result = page.evaluate(_AUDIO_PROBE)
+    every_sample = np.arange(-32768, 32768, dtype="<i2").tobytes()
+    assert bytes(result["encoded"]) == pcm16_to_ulaw(every_sample)
+    assert np.array_equal(
+        np.array(result["decoded"], dtype="<i2"), np.frombuffer(ulaw_to_pcm16(bytes(range(256))), dtype="<i2")
+    )
+    for key, (length, gain_db) in result["gains"].items():
+        hz = int(key.split(":")[1])
+        assert abs(length - 8000) < 40, (key, length)  # 8 kHz out, less the filter's few-ms delay
+        if hz <= 3000:
+            assert abs(gain_db) < 0.5, (key, gain_db)  # the phone band passes untouched
+        else:
+            assert gain_db < -60, (key, gain_db)  # would alias below 4 kHz: filtered out first
+
+
+def test_unreachable_gateway_is_shown_and_the_call_canceled(chromium: str, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, PUBLIC_GATEWAY_URL=f"ws://127.0.0.1:{free_port()}")  # nothing listens
+    with serve(create_backend(settings)) as backend:
+        client = httpx.Client(base_url=backend, headers=AUTH, timeout=30)
+        agent = client.post("/agents", json={"name": "Ava", "prompt": "Answer calls."}).json()
+        with headless_chromium(chromium, f"{backend}/phone#key=test-key", tmp_path / "profile") as page:
+            _wait_for(
+                lambda: page.evaluate("document.getElementById('call')?.disabled === false"),
+                30,
+                "the agent list",
+            )
+            page.evaluate("document.getElementById('call').click()", user_gesture=True)
+            status = _wait_for(
+                lambda: page.evaluate(
+                    "document.getElementById('status').dataset.state === 'error'"
+                    " && document.getElementById('status').textContent"
+                ),
+                30,
+                "the page to report the failure",
+            )
+            call_id = page.evaluate("document.body.dataset.callId")
+            final = _wait_for(
+                lambda: (c := client.get(f"/calls/{call_id}").json())["status"] == "canceled" and c,
+                10,
+                "the call row to be canceled",
+            )
+            assert page.evaluate("document.getElementById('call').disabled") is False, "ready to call again"
+    assert "cannot reach the voice gateway" in status
+    assert final["agent_id"] == agent["id"] and final["metadata"] == {"channel": "browser"}
