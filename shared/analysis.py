@@ -40,7 +40,7 @@ SUMMARY_MAX_CHARS = 1200
 KEY_POINTS_MAX = 5
 # Tokens reserved for the instructions and schema, and for the answer; the rest is transcript.
 PROMPT_RESERVE_TOKENS = 700
-ANSWER_TOKENS = 600
+ANSWER_TOKENS = 400  # a full answer is ~150-250 tokens; this bounds a runaway string
 CONDENSE_NOTE_TOKENS = 220
 MAX_CONDENSE_ROUNDS = 3
 
