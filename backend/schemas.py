@@ -20,7 +20,7 @@ class LLMConfig(BaseModel):
 
     model: str | None = Field(default=None, description="Engine-specific model name; empty = the engine's default")
     temperature: float = Field(default=0.6, ge=0.0, le=2.0)
-    max_tokens: int = Field(default=120, ge=1, le=4096)
+    max_tokens: int = Field(default=80, ge=1, le=4096, description="A phone reply is short: 80 tokens ≈ 3 sentences")
 
 
 class AgentSettings(BaseModel):

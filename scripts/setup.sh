@@ -10,7 +10,6 @@ command -v espeak-ng >/dev/null || apt_packages+=(espeak-ng)
 command -v sox >/dev/null || apt_packages+=(sox)
 if [ "${RELAYX_BROWSER_TESTS:-1}" = "1" ]; then
   command -v chromium >/dev/null || apt_packages+=(chromium)
-  command -v chromedriver >/dev/null || apt_packages+=(chromium-driver)
 fi
 command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_packages+=(postgresql)
 if [ ${#apt_packages[@]} -gt 0 ]; then
@@ -35,6 +34,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2}
   # torch first, pinned: anything that pulls a bare `torch` would otherwise fetch a multi-GB CUDA build.
   .venv/bin/pip install -q torch==2.13.0
-  .venv/bin/pip install -q -e '.[voice,dev,whisper,queue]'
+  .venv/bin/pip install -q -e '.[voice,dev,whisper,queue,coqui]'
+  # PyPI's torchaudio is a CUDA build: its compiled ops cannot load beside the CPU torch, and Coqui's
+  # VITS never calls them; without them `import torchaudio` is pure Python and works.
+  rm -f "$(.venv/bin/python -c 'import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec("torchaudio").origin).parent / "lib")')"/*.so
   touch "$stamp"
 fi

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
@@ -98,7 +98,7 @@ async def handle_media_stream(websocket: WebSocket, app: FastAPI) -> None:
             elif isinstance(message, Start):
                 if session is not None:
                     raise ProtocolError("a second start on one stream")
-                session = await _open_session(message, send, app)
+                session = await _open_session(message, send, app, hangup=_hangup(websocket))
                 app.state.sessions.add(session)
                 await session.start()
             elif isinstance(message, Dtmf):
@@ -121,7 +121,19 @@ async def handle_media_stream(websocket: WebSocket, app: FastAPI) -> None:
     await _close(websocket, 1000, "stream ended")
 
 
-async def _open_session(start: Start, send: object, app: FastAPI) -> CallSession:
+def _hangup(websocket: WebSocket) -> Callable[[], Awaitable[None]]:
+    """Closing a <Connect><Stream> socket makes Twilio move past <Connect>: with nothing after it,
+    the call ends. This is how the agent hangs up."""
+
+    async def close() -> None:
+        await _close(websocket, 1000, "agent hung up")
+
+    return close
+
+
+async def _open_session(
+    start: Start, send: object, app: FastAPI, *, hangup: Callable[[], Awaitable[None]]
+) -> CallSession:
     call_id = start.start.custom_parameters.get("call_id")
     if not call_id:
         raise ProtocolError("start has no call_id custom parameter")
@@ -138,6 +150,7 @@ async def _open_session(start: Start, send: object, app: FastAPI) -> CallSession
     return CallSession(
         call=call, agent=agent, stream_sid=start.stream_sid, send=send,  # type: ignore[arg-type]
         storage=storage, engines=app.state.engines, recordings_dir=app.state.settings.recordings_path,
+        hangup=hangup,
     )
 
 

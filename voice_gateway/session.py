@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,11 @@ class CallSession:
         engines: Engines,
         clock: Callable[[], float] = time.monotonic,
         recordings_dir: Path | None = None,
+        hangup: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.call = call
+        self._hangup = hangup
+        self._hangup_task: asyncio.Task[None] | None = None
         self.agent = agent
         self.storage = storage
         self.engines = engines
@@ -170,7 +174,7 @@ class CallSession:
         duration = max(0, round(self.clock() - self._started_wall))
         try:
             await self.storage.apply_call_status(self.call.id, "completed", duration=duration)
-        except Exception:  # noqa: BLE001 - the transcript is safe; a status write failure is only logged
+        except Exception:
             log.exception("call %s: could not mark the call completed", self.call.id)
         if self._started_event is not None:
             await self._started_event
@@ -411,6 +415,11 @@ class CallSession:
         self._history.append(ChatMessage("assistant", heard))
         self.turns.append(metrics)
         log.info("call %s: turn %s", self.call.id, metrics)
+        if not interrupted and self._hangup is not None and is_farewell(reply.caller_text) and is_farewell(heard):
+            # Both said goodbye and the agent's goodbye has played (its marks came back): end the call,
+            # as a person would, instead of waiting in silence for the callee to hang up.
+            log.info("call %s: goodbye played, hanging up", self.call.id)
+            self._hangup_task = asyncio.create_task(self._hangup(), name=f"hangup-{self.call.id}")
 
     def _heard_part(self, reply: _Reply, index: int) -> str:
         """The words of a cut clause in proportion to its audio already played.
@@ -435,6 +444,14 @@ class CallSession:
             fed, wall = self._arrivals[-1]
             return wall + (sample - fed) / STT_RATE
         return self.clock()
+
+
+_FAREWELL = re.compile(r"\b(good ?bye|bye|have a (nice|good|great) (day|one|evening))\b", re.IGNORECASE)
+
+
+def is_farewell(text: str | None) -> bool:
+    """A line that closes the conversation (checked on both sides before the agent hangs up)."""
+    return bool(text) and _FAREWELL.search(text or "") is not None
 
 
 async def _one(text: str) -> AsyncIterator[str]:

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SCRIPT = [
     {"text": "Hi, yes, this is Sam speaking."},
     {"text": "I would like to book a cleaning for next Tuesday morning."},
-    {"text": "Great, thank you. Goodbye."},
+    {"text": "Perfect, thank you so much, goodbye!"},
 ]
 SIM_ACCOUNT_SID = "AC" + "5" * 32
 
