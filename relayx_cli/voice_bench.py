@@ -47,6 +47,7 @@ STAGES = ("end_of_turn_ms", "stt_ms", "llm_first_token_ms", "tts_first_audio_ms"
 class CallResult:
     phone: PhoneReport
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    late_ms: list[int] = field(default_factory=list)
     transcript: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -89,6 +90,7 @@ async def run_calls(
             results.append(CallResult(
                 phone=report,
                 metrics=[l.metrics for l in lines_ if l.speaker == "agent" and "stt_ms" in l.metrics],
+                late_ms=[int(l.metrics.get("max_frame_late_ms", 0)) for l in lines_ if l.speaker == "agent"],
                 transcript=[(l.speaker, l.text) for l in lines_],
             ))
         return results
@@ -109,6 +111,7 @@ def summarise(results: list[CallResult]) -> dict[str, Any]:
                               "min": min(phone_v2v, default=None), "max": max(phone_v2v, default=None)},
         "gateway_stage_p50_ms": {s: pct(v, 50) for s, v in stages.items()},
         "max_gap_between_agent_frames_ms": round(max((r.phone.max_frame_gap_ms for r in results), default=0), 1),
+        "max_frame_late_ms": max((ms for r in results for ms in r.late_ms), default=0),
     }
 
 
@@ -144,7 +147,7 @@ def table(summary: dict[str, Any]) -> str:
         "gateway stages (p50, ms):  " + "  ".join(
             f"{k.removesuffix('_ms')} {fmt(v)}" for k, v in summary["gateway_stage_p50_ms"].items()
         ),
-        f"largest gap between agent frames inside a reply: {summary['max_gap_between_agent_frames_ms']} ms",
+        f"latest outgoing frame (gap the caller heard inside a reply): {summary['max_frame_late_ms']} ms",
     ]
     return "\n".join(rows)
 

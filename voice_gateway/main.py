@@ -15,7 +15,7 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketState
 
-from shared import call_status, twilio_auth
+from shared import call_status, stream_tokens, twilio_auth
 from shared.errors import NotFound, StorageError
 from shared.settings import Settings
 from shared.storage import build_storage
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 POLICY_VIOLATION = 1008
 INVALID_DATA = 1007
+INTERNAL_ERROR = 1011
 
 
 def create_app(settings: Settings | None = None, engines: Engines | None = None) -> FastAPI:
@@ -69,11 +70,13 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
 async def handle_media_stream(websocket: WebSocket, app: FastAPI) -> None:
     """One Twilio Media Stream, from the upgrade to `stop` (or a dropped connection)."""
     settings: Settings = app.state.settings
+    token_call_id: str | None = None  # a browser phone's stream is bound to the call its token names
     if settings.twilio_auth_token:
         url = settings.public_gateway_url + websocket.url.path
         signature = websocket.headers.get("x-twilio-signature")
-        if not twilio_auth.is_valid(settings.twilio_auth_token, url, {}, signature):
-            log.warning("media stream refused: bad or missing X-Twilio-Signature for %s", url)
+        token_call_id = stream_tokens.verify(settings.twilio_auth_token, websocket.query_params.get("token"))
+        if token_call_id is None and not twilio_auth.is_valid(settings.twilio_auth_token, url, {}, signature):
+            log.warning("media stream refused: bad or missing X-Twilio-Signature (or token) for %s", url)
             await websocket.close(code=POLICY_VIOLATION, reason="invalid X-Twilio-Signature")
             return
     await websocket.accept()
@@ -98,6 +101,8 @@ async def handle_media_stream(websocket: WebSocket, app: FastAPI) -> None:
             elif isinstance(message, Start):
                 if session is not None:
                     raise ProtocolError("a second start on one stream")
+                if token_call_id is not None and message.start.custom_parameters.get("call_id") != token_call_id:
+                    raise ProtocolError("the stream token was issued for another call")
                 session = await _open_session(message, send, app, hangup=_hangup(websocket))
                 app.state.sessions.add(session)
                 await session.start()
@@ -110,6 +115,9 @@ async def handle_media_stream(websocket: WebSocket, app: FastAPI) -> None:
                 continue
     except WebSocketDisconnect:
         log.info("media stream disconnected")
+    except StorageError as exc:
+        log.error("media stream closed: storage failed: %s", exc)
+        await _close(websocket, INTERNAL_ERROR, "storage unavailable")
     except ProtocolError as exc:
         log.warning("media stream closed: %s", exc)
         await _close(websocket, POLICY_VIOLATION if "start" in str(exc) or "call" in str(exc) else INVALID_DATA,

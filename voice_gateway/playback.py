@@ -15,9 +15,10 @@ from voice_gateway.media_stream import clear_message, mark_message, media_messag
 log = logging.getLogger(__name__)
 
 FRAME_S = FRAME_MS / 1000
-# Frames sent ahead of the play clock. Twilio buffers what it receives, so a small lead absorbs
-# event-loop jitter without starving the line, while a barge-in `clear` discards at most ~60 ms.
-LEAD_FRAMES = 3
+# Frames sent ahead of the play clock. Twilio buffers what it receives, so a lead absorbs event-loop
+# stalls (CPU saturated by several calls' inference) without a gap on the line, while a barge-in
+# `clear` has at most ~100 ms to discard.
+LEAD_FRAMES = 5
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class Player:
         self.sent_by_tag: dict[object, int] = {}
         """Frames sent per tag (the session tags frames by clause, to tell how much of one was heard)."""
         self.max_lateness_s = 0.0
-        """Largest delay of a frame past its slot in a continuous stretch (0 when never late)."""
+        """Longest gap the far end heard inside a reply because a frame came after the audio before it."""
+        self.lateness_by_reply: dict[object, float] = {}
         self.on_frame_sent: Callable[[float], None] | None = None
 
     @property
@@ -78,8 +80,15 @@ class Player:
         return dropped
 
     async def run(self) -> None:
-        """Send queued frames on a 20 ms clock that restarts whenever the queue ran dry."""
-        next_slot: float | None = None
+        """Send each frame `LEAD_FRAMES` ahead of the moment the far end will play it.
+
+        `play_end` is when everything sent so far finishes playing at the far end (it plays frames
+        as they come, back to back). A frame of the same reply sent after `play_end` arrives too late:
+        the caller hears a gap of that length, recorded as the reply's lateness. A new reply starts a
+        new stretch: the silence before it is a turn, not a stall.
+        """
+        play_end = 0.0
+        stretch: object = None
         while True:
             if not self._queue:
                 self._wake.clear()
@@ -90,18 +99,22 @@ class Player:
                 self._outstanding.add(item.name)
                 await self._send(mark_message(self._stream_sid, item.name))
                 continue
+            frame, tag = item
+            reply = tag[0] if isinstance(tag, tuple) else tag
             now = self._clock()
-            if next_slot is None or now - next_slot > FRAME_S:
-                next_slot = now  # first frame of a stretch, or after an underrun: restart the clock
-            else:
-                self.max_lateness_s = max(self.max_lateness_s, now - next_slot - LEAD_FRAMES * FRAME_S)
-            delay = next_slot - LEAD_FRAMES * FRAME_S - now
+            if reply != stretch:
+                stretch, play_end = reply, now
+            elif now > play_end:
+                late = now - play_end
+                self.max_lateness_s = max(self.max_lateness_s, late)
+                self.lateness_by_reply[reply] = max(self.lateness_by_reply.get(reply, 0.0), late)
+            delay = play_end - LEAD_FRAMES * FRAME_S - now
             if delay > 0:
                 await asyncio.sleep(delay)
-            frame, tag = item
             await self._send(media_message(self._stream_sid, frame))
+            sent_at = self._clock()
+            play_end = max(play_end, sent_at) + FRAME_S
             self.frames_sent += 1
             self.sent_by_tag[tag] = self.sent_by_tag.get(tag, 0) + 1
             if self.on_frame_sent is not None:
-                self.on_frame_sent(self._clock())
-            next_slot += FRAME_S
+                self.on_frame_sent(sent_at)

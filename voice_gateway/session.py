@@ -409,6 +409,7 @@ class CallSession:
         if not heard:
             return
         metrics = dict(reply.metrics)
+        metrics["max_frame_late_ms"] = round(self.player.lateness_by_reply.pop(reply.id, 0.0) * 1000)
         if interrupted:
             metrics["interrupted"] = True
         self.writer.add("agent", heard, metrics=metrics)

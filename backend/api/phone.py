@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backend.deps import SettingsDep, StorageDep, require_api_key
 from backend.schemas import CallOut
-from shared import call_status, jobs
+from shared import call_status, jobs, stream_tokens, twilio_auth
 from shared.errors import NotFound
 from shared.storage.base import Call
 
@@ -82,7 +82,8 @@ async def start_browser_call(
     call = await storage.create_call(
         agent_id=agent.id, to_number=BROWSER_NUMBER, from_number=None, metadata=metadata
     )
-    return BrowserCall(call_id=call.id, stream_url=settings.public_gateway_url + "/media")
+    token = stream_tokens.issue(twilio_auth.signing_token(settings), call.id)
+    return BrowserCall(call_id=call.id, stream_url=f"{settings.public_gateway_url}/media?token={token}")
 
 
 @router.post(

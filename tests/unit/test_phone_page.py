@@ -10,6 +10,7 @@ import pytest
 from fastapi import FastAPI
 
 from backend.main import create_app
+from shared import stream_tokens
 from shared.storage.base import Storage
 from tests.conftest import make_settings
 
@@ -71,7 +72,11 @@ async def test_a_browser_call_is_queued_for_the_gateways_media_socket(client: ht
     response = await client.post("/phone/calls", json={"agent_id": agent_id}, headers=AUTH)
     assert response.status_code == 201, response.text
     placed = response.json()
-    assert placed["stream_url"] == GATEWAY + "/media"
+    url, _, token = placed["stream_url"].partition("?token=")
+    assert url == GATEWAY + "/media"
+    # The token lets the browser open the stream where Twilio's signature is required; it names this call.
+    # (signed with the API key, as no TWILIO_AUTH_TOKEN is set here)
+    assert stream_tokens.verify("test-key", token) == placed["call_id"]
     call = (await client.get(f"/calls/{placed['call_id']}", headers=AUTH)).json()
     assert call["agent_id"] == agent_id and call["status"] == "queued"
     assert call["to_number"] == "browser" and call["metadata"] == {"channel": "browser"}

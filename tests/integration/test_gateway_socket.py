@@ -1,0 +1,118 @@
+"""The gateway's /media socket under bad input, with STT/LLM/TTS replaced by instant engines
+(`relayx_cli.instant_engines`: this checks the socket's rules, not the models): every refusal closes
+that one socket with a reason, and the process goes on serving real streams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import websockets
+
+from relayx_cli.instant_engines import instant_engines
+from shared import stream_tokens, twilio_auth
+from shared.storage import build_storage
+from shared.storage.base import Call
+from tests.conftest import make_settings
+from tests.support.servers import free_port, serve
+from voice_gateway.main import create_app
+
+TOKEN = "gateway-test-auth-token"
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    port = free_port()
+    public = "wss://gateway.example.test"
+    settings = make_settings(tmp_path, TWILIO_AUTH_TOKEN=TOKEN, PUBLIC_GATEWAY_URL=public)
+    asyncio.run(_migrate(settings))  # the backend migrates in production; here there is no backend
+    with serve(create_app(settings, engines=instant_engines(settings)), port):
+        yield f"ws://127.0.0.1:{port}/media", str(tmp_path)
+
+
+async def _migrate(settings: object) -> None:
+    storage = build_storage(settings)  # type: ignore[arg-type]
+    await storage.open()
+    await storage.migrate()
+    await storage.close()
+
+
+@pytest.fixture
+async def call(gateway: tuple[str, str]) -> AsyncIterator[Call]:
+    settings = make_settings(Path(gateway[1]))
+    storage = build_storage(settings)
+    await storage.open()
+    agent = await storage.create_agent({"name": "Ava", "prompt": "Be brief.", "greeting": "Hello there."})
+    yield await storage.create_call(agent_id=agent.id, to_number="+15550001111", from_number=None, metadata={})
+    await storage.close()
+
+
+def _signed() -> dict[str, str]:
+    return {"X-Twilio-Signature": twilio_auth.sign(TOKEN, "wss://gateway.example.test/media", {})}
+
+
+def _start(call_id: str | None) -> str:
+    params = {"call_id": call_id} if call_id else {}
+    return json.dumps({"event": "start", "streamSid": "MZ1", "start": {
+        "accountSid": "AC1", "callSid": "CA1", "streamSid": "MZ1", "customParameters": params}})
+
+
+async def _closed_with(url: str, messages: list[str], headers: dict[str, str] | None = None) -> tuple[int, str]:
+    async with websockets.connect(url, additional_headers=headers or _signed()) as ws:
+        for message in messages:
+            await ws.send(message)
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                await asyncio.wait_for(ws.recv(), 10)
+        return ws.close_code or 0, ws.close_reason or ""
+
+
+async def test_unsigned_upgrade_is_refused(gateway: tuple[str, str]) -> None:
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(gateway[0]):
+            pass
+    assert refused.value.response.status_code == 403
+    with pytest.raises(websockets.InvalidStatus):
+        async with websockets.connect(gateway[0], additional_headers={"X-Twilio-Signature": "forged"}):
+            pass
+
+
+@pytest.mark.parametrize(
+    ("messages", "code", "reason"),
+    [
+        (["this is not json"], 1007, "not JSON"),
+        (['{"event": "media", "media": {"payload": "/w=="}}'], 1008, "media before start"),
+        ([_start(None)], 1008, "no call_id"),
+        ([_start("00000000-0000-0000-0000-000000000000")], 1008, "unknown call"),
+    ],
+)
+async def test_bad_streams_are_closed_with_a_reason(
+    gateway: tuple[str, str], messages: list[str], code: int, reason: str
+) -> None:
+    closed_code, closed_reason = await _closed_with(gateway[0], messages)
+    assert closed_code == code and reason in closed_reason
+
+
+async def test_token_for_another_call_is_refused(gateway: tuple[str, str], call: Call) -> None:
+    token = stream_tokens.issue(TOKEN, "some-other-call")
+    code, reason = await _closed_with(f"{gateway[0]}?token={token}", [_start(call.id)], headers={})
+    assert code == 1008 and "another call" in reason
+
+
+@pytest.mark.parametrize("auth", ["signature", "browser-token"])
+async def test_valid_stream_is_greeted_after_bad_ones(gateway: tuple[str, str], call: Call, auth: str) -> None:
+    await _closed_with(gateway[0], ["garbage"])
+    url, headers = gateway[0], _signed()
+    if auth == "browser-token":
+        url, headers = f"{url}?token={stream_tokens.issue(TOKEN, call.id)}", {}
+    async with websockets.connect(url, additional_headers=headers) as ws:
+        await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+        await ws.send(_start(call.id))
+        events = []
+        while len([e for e in events if e == "media"]) < 5:
+            events.append(json.loads(await asyncio.wait_for(ws.recv(), 10))["event"])
+        assert set(events) == {"media"}
+        await ws.send(json.dumps({"event": "stop", "streamSid": "MZ1", "stop": {}}))
