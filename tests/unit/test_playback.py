@@ -1,0 +1,71 @@
+"""The pacer: frames go out ahead of the far end's play clock, and a stall inside a reply is measured."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from voice_gateway.playback import FRAME_S, LEAD_FRAMES, Player
+
+FRAME = b"\xff" * 160
+
+
+async def _until(condition, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def test_frames_are_paced_in_real_time_with_a_small_lead() -> None:
+    sent: list[tuple[float, str]] = []
+
+    async def send(text: str) -> None:
+        sent.append((time.monotonic(), json.loads(text)["event"]))
+
+    player = Player(send, "MZ1")
+    task = asyncio.create_task(player.run())
+    player.push([FRAME] * 30, tag=(1, 0))
+    player.push_mark("1:0")
+    await _until(lambda: len(sent) == 31)
+    task.cancel()
+    media = [t for t, event in sent if event == "media"]
+    # 30 frames = 600 ms of audio, sent LEAD_FRAMES ahead: the last leaves about 600 - 20 - lead ms after the first.
+    span = media[-1] - media[0]
+    assert (30 - 1 - LEAD_FRAMES) * FRAME_S - 0.03 <= span <= 30 * FRAME_S + 0.05
+    assert sent[-1][1] == "mark" and player.busy  # the mark is out, not yet echoed
+    assert player.acknowledge("1:0") and not player.busy
+    assert player.lateness_by_reply == {}
+
+
+async def test_a_stall_inside_a_reply_is_measured_but_a_new_reply_is_not() -> None:
+    async def send(text: str) -> None:
+        return None
+
+    player = Player(send, "MZ1")
+    task = asyncio.create_task(player.run())
+    player.push([FRAME] * 3, tag=(1, 0))
+    await _until(lambda: player.frames_sent == 3)
+    await asyncio.sleep(0.3)  # the next clause's audio comes 300 ms late: the line runs dry
+    player.push([FRAME] * 3, tag=(1, 1))
+    await _until(lambda: player.frames_sent == 6)
+    await asyncio.sleep(0.3)  # silence between replies is a turn, not a stall
+    player.push([FRAME] * 3, tag=(2, 0))
+    await _until(lambda: player.frames_sent == 9)
+    task.cancel()
+    assert player.lateness_by_reply[1] >= 0.3 - 3 * FRAME_S - 0.01
+    assert 2 not in player.lateness_by_reply
+
+
+async def test_clear_drops_queued_audio_and_reports_unplayed_marks() -> None:
+    messages: list[str] = []
+
+    async def send(text: str) -> None:
+        messages.append(json.loads(text)["event"])
+
+    player = Player(send, "MZ1")
+    player.push([FRAME] * 50, tag=(1, 0))
+    player.push_mark("1:0")
+    dropped = await player.clear()
+    assert dropped == ["1:0"] and messages == ["clear"] and not player.busy
