@@ -4,4 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+echo "==> ruff check . && mypy shared"
+.venv/bin/ruff check .
+.venv/bin/mypy shared
 exec .venv/bin/python -m pytest "$@"

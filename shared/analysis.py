@@ -373,7 +373,7 @@ async def analyze(
     schema = generation_schema(spec)
     reason: str | None = None
     for attempt in (1, 2):
-        messages = messages_for(transcript, spec, agent_prompt=agent_prompt, condensed=base["condensed"],
+        messages = messages_for(transcript, spec, agent_prompt=agent_prompt, condensed=bool(base["condensed"]),
                                 correction=reason)
         options = GenerationOptions(temperature=0.2 if attempt == 1 else 0.0, max_tokens=ANSWER_TOKENS)
         try:

@@ -46,7 +46,8 @@ class StructuredLLM(Protocol):
     as `format`, OpenAI-compatible servers as `response_format`. The text is still validated after.
     """
 
-    model_name: str
+    @property
+    def model_name(self) -> str: ...
 
     async def complete_json(
         self, messages: list[ChatMessage], schema: dict[str, Any], options: GenerationOptions

@@ -28,7 +28,7 @@ def sqlite_path(database_url: str) -> str:
     rest = database_url.split("://", 1)[1]
     if rest in (":memory:", "/:memory:"):
         return ":memory:"
-    return rest[1:] if rest.startswith("/") else rest
+    return rest.removeprefix("/")
 
 
 class _Conn:

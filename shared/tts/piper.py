@@ -84,7 +84,7 @@ class PiperTTS:
         loop = asyncio.get_running_loop()
         done = object()
         while True:
-            chunk = await loop.run_in_executor(self._executor, next, chunks, done)
+            chunk: Any = await loop.run_in_executor(self._executor, next, chunks, done)
             if chunk is done:
                 return
             yield chunk.audio_int16_array

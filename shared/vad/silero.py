@@ -79,6 +79,10 @@ class SileroVAD:
         # The official model takes `state` and `sr` (and 8 kHz); faster-whisper's takes `h`/`c`, 16 kHz only.
         self._native_8k = {i.name for i in self._session.get_inputs()} >= {"state", "sr"}
         self._context_samples = CONTEXT_SAMPLES // 2 if self._native_8k else CONTEXT_SAMPLES
+        self._state: np.ndarray
+        self._h: np.ndarray
+        self._c: np.ndarray
+        self._context: np.ndarray
         self.reset()
 
     def speech_prob(self, window: np.ndarray) -> float:

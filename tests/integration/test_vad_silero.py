@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 from collections.abc import Callable
+
+import numpy as np
 import pytest
 
 from shared.vad.silero import SileroVAD
