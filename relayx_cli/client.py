@@ -24,6 +24,12 @@ class BackendClient:
             base_url=self.base, headers={"Authorization": f"Bearer {settings.api_key}"}, timeout=30
         )
 
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            raise APIError(f"no backend at {self.base}: start it with `relayx serve`") from None
+
     def _check(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
             try:
@@ -35,15 +41,15 @@ class BackendClient:
 
     def healthy(self) -> bool:
         try:
-            return self._http.get("/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
+            return self._request("GET", "/health", timeout=2).status_code == 200
+        except (httpx.HTTPError, APIError):
             return False
 
     def agents(self) -> list[dict[str, Any]]:
-        return list(self._check(self._http.get("/agents")))
+        return list(self._check(self._request("GET", "/agents")))
 
     def create_agent(self, body: dict[str, Any]) -> dict[str, Any]:
-        return dict(self._check(self._http.post("/agents", json=body)))
+        return dict(self._check(self._request("POST", "/agents", json=body)))
 
     def resolve_agent(self, name_or_id: str) -> dict[str, Any]:
         """An agent by id, or by name (the most recent with that name)."""
@@ -54,16 +60,16 @@ class BackendClient:
 
     def call(self, agent_id: str, to_number: str, metadata: dict[str, Any]) -> dict[str, Any]:
         body = {"agent_id": agent_id, "to_number": to_number, "metadata": metadata}
-        return dict(self._check(self._http.post("/calls/outbound", json=body)))
+        return dict(self._check(self._request("POST", "/calls/outbound", json=body)))
 
     def get_call(self, call_id: str) -> dict[str, Any]:
-        return dict(self._check(self._http.get(f"/calls/{call_id}")))
+        return dict(self._check(self._request("GET", f"/calls/{call_id}")))
 
     def transcript(self, call_id: str) -> list[dict[str, Any]]:
-        return list(self._check(self._http.get(f"/calls/{call_id}/transcripts")))
+        return list(self._check(self._request("GET", f"/calls/{call_id}/transcripts")))
 
     def analysis(self, call_id: str) -> dict[str, Any] | None:
-        response = self._http.get(f"/calls/{call_id}/analysis")
+        response = self._request("GET", f"/calls/{call_id}/analysis")
         if response.status_code == 404:
             return None
         return dict(self._check(response))

@@ -15,7 +15,8 @@ from relayx_cli.client import APIError, BackendClient
 from relayx_cli.services import Services
 from shared.settings import Settings
 
-app = typer.Typer(help="RelayX: self-hosted AI phone agents.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="RelayX: self-hosted AI phone agents.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
 agents_app = typer.Typer(help="Create and list agents.", no_args_is_help=True)
 calls_app = typer.Typer(help="Inspect calls.", no_args_is_help=True)
 app.add_typer(agents_app, name="agents")
@@ -238,22 +239,29 @@ def calls_show(call_id: str) -> None:
 @app.command()
 def worker() -> None:
     """Run durable job workers (post-call analysis, webhooks) against DATABASE_URL."""
-    try:
-        from shared.jobs import run_worker  # type: ignore[attr-defined]
-    except ImportError:
-        _fail("this build has no job worker")
+    from shared.jobs import run_worker
+
     asyncio.run(run_worker(Settings()))
 
 
 @app.command()
 def bench(
+    what: Annotated[str, typer.Argument(help="voice (calls through the gateway) or analysis (post-call).")] = "voice",
     calls: Annotated[int, typer.Option(help="Simulated calls in the sequential run.")] = 2,
     concurrency: Annotated[str, typer.Option(help="Concurrent call counts to try, e.g. 1,2,4.")] = "2,4",
     media_streams: Annotated[int, typer.Option(help="Streams for the media-path-only run (0 = skip).")] = 100,
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the figures.")] = Path(
         "bench-results/bench.json"),
 ) -> None:
-    """Voice-to-voice latency, per-stage timings, CPU/RSS per call and real-time concurrency."""
+    """Voice: latency, per-stage timings, CPU/RSS per call, real-time concurrency. Analysis: accuracy,
+    valid-JSON rate and seconds per call of the post-call analysis on tests/data."""
+    if what == "analysis":
+        from relayx_cli import analysis_bench
+
+        analysis_bench.main(Settings())
+        return
+    if what != "voice":
+        _fail(f"unknown benchmark {what!r}: use voice or analysis")
     from relayx_cli.bench import run_bench
 
     levels = [int(x) for x in concurrency.split(",") if x.strip()]

@@ -11,6 +11,8 @@ command -v sox >/dev/null || apt_packages+=(sox)
 if [ "${RELAYX_BROWSER_TESTS:-1}" = "1" ]; then
   command -v chromium >/dev/null || apt_packages+=(chromium)
 fi
+# docker-compose (v1) only validates docker-compose.yml in the tests; no Docker engine is needed.
+command -v docker-compose >/dev/null || apt_packages+=(docker-compose)
 command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_packages+=(postgresql)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ]; then
