@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from relayx_cli.voice_bench import BENCH_LINES, caller_lines, run_calls, summarise, table, write_json  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from tests.support.servers import serve  # noqa: E402
-from voice_gateway.main import create_app  # noqa: E402
+from relayx_cli.voice_bench import BENCH_LINES, caller_lines, run_calls, summarise, table, write_json
+from shared.settings import Settings
+from tests.support.servers import serve
+from voice_gateway.main import create_app
 
 
 def main() -> None:

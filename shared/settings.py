@@ -100,27 +100,21 @@ class Settings(BaseSettings):
 
         A generated key keeps the embedded default free of setup while never running the API open.
         """
-        if self.relayx_api_key:
-            return self.relayx_api_key
-        path = self.data_dir / "api_key"
-        if path.exists():
-            return path.read_text().strip()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = "rx_" + secrets.token_urlsafe(24)
-        path.write_text(key + "\n")
-        path.chmod(0o600)
-        return key
+        return self.relayx_api_key or self._generated_secret("api_key", "rx_", 24)
 
     @cached_property
     def webhook_signing_secret(self) -> str:
         """WEBHOOK_SECRET, else one generated once and kept in the data directory (like the API key)."""
-        if self.webhook_secret:
-            return self.webhook_secret
-        path = self.data_dir / "webhook_secret"
+        return self.webhook_secret or self._generated_secret("webhook_secret", "whsec_", 32)
+
+    def _generated_secret(self, name: str, prefix: str, nbytes: int) -> str:
+        """A secret made once and kept, owner-readable only, in the data directory (shared by every
+        process started on it)."""
+        path = self.data_dir / name
         if path.exists():
             return path.read_text().strip()
         path.parent.mkdir(parents=True, exist_ok=True)
-        secret = "whsec_" + secrets.token_urlsafe(32)
+        secret = prefix + secrets.token_urlsafe(nbytes)
         path.write_text(secret + "\n")
         path.chmod(0o600)
         return secret

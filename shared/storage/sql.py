@@ -109,6 +109,18 @@ class SQLStorage(ABC):
                 out[key] = None if value is None else str(value)
         return out
 
+    def _insert(self, table: str, values: dict[str, Any], tail: str = "returning *") -> tuple[str, list[Any]]:
+        """An `insert` of `values` (encoded for this driver) and its arguments."""
+        columns = list(values)
+        sql = f"insert into {table} ({', '.join(columns)}) values ({', '.join('?' for _ in columns)}) {tail}"
+        return sql, [self._encode(c, values[c]) for c in columns]
+
+    def _update(self, table: str, row_id: str, values: dict[str, Any], where: str = "") -> tuple[str, list[Any]]:
+        """An `update … where id = ?` of `values`, returning the row, and its arguments."""
+        assignments = ", ".join(f"{column} = ?" for column in values)
+        sql = f"update {table} set {assignments} where id = ?{where} returning *"
+        return sql, [*(self._encode(c, v) for c, v in values.items()), self._encode("id", row_id)]
+
     async def _one(self, conn: Executor, sql: str, *args: Any, what: str) -> dict[str, Any]:
         rows = await conn.fetch(sql, *args)
         if not rows:
@@ -138,13 +150,9 @@ class SQLStorage(ABC):
         values.setdefault("settings", {})
         values.setdefault("language", "en")
         values.update(id=new_id(), created_at=now, updated_at=now)
-        columns = list(values)
-        sql = (
-            f"insert into agents ({', '.join(columns)}) values ({', '.join('?' for _ in columns)}) "
-            "returning *"
-        )
+        sql, args = self._insert("agents", values)
         async with self._connection() as conn:
-            row = await self._one(conn, sql, *(self._encode(c, values[c]) for c in columns), what="agent")
+            row = await self._one(conn, sql, *args, what="agent")
         return Agent.model_validate(row)
 
     async def get_agent(self, agent_id: str) -> Agent:
@@ -169,15 +177,9 @@ class SQLStorage(ABC):
     async def update_agent(self, agent_id: str, changes: dict[str, Any]) -> Agent:
         values = {k: v for k, v in changes.items() if k in AGENT_MUTABLE_FIELDS}
         values["updated_at"] = utcnow()
-        assignments = ", ".join(f"{column} = ?" for column in values)
+        sql, args = self._update("agents", agent_id, values, where=" and deleted_at is null")
         async with self._connection() as conn:
-            row = await self._one(
-                conn,
-                f"update agents set {assignments} where id = ? and deleted_at is null returning *",
-                *(self._encode(c, v) for c, v in values.items()),
-                self._encode("id", agent_id),
-                what=f"agent {agent_id}",
-            )
+            row = await self._one(conn, sql, *args, what=f"agent {agent_id}")
         return Agent.model_validate(row)
 
     async def delete_agent(self, agent_id: str) -> None:
@@ -208,13 +210,9 @@ class SQLStorage(ABC):
             "created_at": now,
             "updated_at": now,
         }
-        columns = list(values)
-        sql = (
-            f"insert into calls ({', '.join(columns)}) values ({', '.join('?' for _ in columns)}) "
-            "returning *"
-        )
+        sql, args = self._insert("calls", values)
         async with self._connection() as conn:
-            row = await self._one(conn, sql, *(self._encode(c, values[c]) for c in columns), what="call")
+            row = await self._one(conn, sql, *args, what="call")
         return Call.model_validate(row)
 
     async def get_call(self, call_id: str) -> Call:
@@ -261,15 +259,9 @@ class SQLStorage(ABC):
     async def update_call(self, call_id: str, changes: dict[str, Any]) -> Call:
         values = {k: v for k, v in changes.items() if k in CALL_MUTABLE_FIELDS}
         values["updated_at"] = utcnow()
-        assignments = ", ".join(f"{column} = ?" for column in values)
+        sql, args = self._update("calls", call_id, values)
         async with self._connection() as conn:
-            row = await self._one(
-                conn,
-                f"update calls set {assignments} where id = ? returning *",
-                *(self._encode(c, v) for c, v in values.items()),
-                self._encode("id", call_id),
-                what=f"call {call_id}",
-            )
+            row = await self._one(conn, sql, *args, what=f"call {call_id}")
         return Call.model_validate(row)
 
     async def apply_call_status(
@@ -306,14 +298,8 @@ class SQLStorage(ABC):
             if not changes:
                 return Call.model_validate(current)
             changes["updated_at"] = utcnow()
-            assignments = ", ".join(f"{column} = ?" for column in changes)
-            row = await self._one(
-                conn,
-                f"update calls set {assignments} where id = ? returning *",
-                *(self._encode(c, v) for c, v in changes.items()),
-                self._encode("id", call_id),
-                what=f"call {call_id}",
-            )
+            sql, args = self._update("calls", call_id, changes)
+            row = await self._one(conn, sql, *args, what=f"call {call_id}")
         return Call.model_validate(row)
 
     # --- transcripts -------------------------------------------------------------------------------
@@ -336,13 +322,9 @@ class SQLStorage(ABC):
             "timestamp": timestamp or utcnow(),
             "metrics": metrics or {},
         }
-        columns = list(values)
-        sql = (
-            f"insert into transcripts ({', '.join(columns)}) values ({', '.join('?' for _ in columns)}) "
-            "on conflict (id) do nothing"
-        )
+        sql, args = self._insert("transcripts", values, "on conflict (id) do nothing")
         async with self._connection() as conn:
-            await conn.execute(sql, *(self._encode(c, values[c]) for c in columns))
+            await conn.execute(sql, *args)
             row = await self._one(
                 conn,
                 "select * from transcripts where id = ?",
@@ -366,16 +348,10 @@ class SQLStorage(ABC):
         fields = {k: values[k] for k in _ANALYSIS_FIELDS if k in values}
         row_values: dict[str, Any] = {"id": new_id(), "call_id": call_id, **fields}
         row_values.update(created_at=now, updated_at=now)
-        columns = list(row_values)
         updates = ", ".join(f"{c} = excluded.{c}" for c in [*fields, "updated_at"])
-        sql = (
-            f"insert into call_analysis ({', '.join(columns)}) values ({', '.join('?' for _ in columns)}) "
-            f"on conflict (call_id) do update set {updates} returning *"
-        )
+        sql, args = self._insert("call_analysis", row_values, f"on conflict (call_id) do update set {updates} returning *")
         async with self._connection() as conn:
-            row = await self._one(
-                conn, sql, *(self._encode(c, row_values[c]) for c in columns), what="analysis"
-            )
+            row = await self._one(conn, sql, *args, what="analysis")
         return CallAnalysis.model_validate(row)
 
     async def get_analysis(self, call_id: str) -> CallAnalysis:
@@ -400,13 +376,9 @@ class SQLStorage(ABC):
             "payload": {**payload, "id": event_id}, "status": "pending", "attempts": 0,
             "created_at": now, "updated_at": now,
         }
-        columns = list(values)
+        sql, args = self._insert("webhook_events", values, "on conflict (dedupe_key) do nothing")
         async with self._connection() as conn:
-            await conn.execute(
-                f"insert into webhook_events ({', '.join(columns)}) values ({', '.join('?' for _ in columns)}) "
-                "on conflict (dedupe_key) do nothing",
-                *(self._encode(c, values[c]) for c in columns),
-            )
+            await conn.execute(sql, *args)
             row = await self._one(
                 conn, "select * from webhook_events where dedupe_key = ?", dedupe_key, what="webhook event"
             )
@@ -482,13 +454,9 @@ class SQLStorage(ABC):
             "id": new_id(), "task": task, "args": args, "dedupe_key": dedupe_key, "status": "pending",
             "attempts": 0, "run_at": run_at or now, "created_at": now, "updated_at": now,
         }
-        columns = list(values)
+        sql, params = self._insert("relayx_jobs", values, "on conflict do nothing")
         async with self._connection() as conn:
-            count = await conn.execute(
-                f"insert into relayx_jobs ({', '.join(columns)}) values ({', '.join('?' for _ in columns)}) "
-                "on conflict do nothing",
-                *(self._encode(c, values[c]) for c in columns),
-            )
+            count = await conn.execute(sql, *params)
         return count > 0
 
     async def claim_job(self) -> Job | None:
