@@ -9,7 +9,12 @@ __all__ = ["Agent", "Call", "CallAnalysis", "Storage", "TranscriptLine", "build_
 
 
 def build_storage(settings: Settings) -> Storage:
-    """SQLite for `sqlite://` URLs (the embedded default), PostgreSQL for `postgres://` ones."""
+    """Supabase's REST API when SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY are set (they win over
+    DATABASE_URL); otherwise SQLite for `sqlite://` URLs (the embedded default), PostgreSQL for `postgres://`."""
+    if settings.supabase_url and settings.supabase_service_role_key:
+        from shared.storage.supabase import SupabaseStorage
+
+        return SupabaseStorage(settings.supabase_url, settings.supabase_service_role_key)
     url = settings.database_url
     if url.startswith("sqlite"):
         from shared.storage.sqlite import SQLiteStorage
