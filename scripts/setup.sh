@@ -30,13 +30,13 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 stamp=.venv/.relayx-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
   echo "==> installing Python packages into .venv (llama-cpp-python compiles once: several minutes)"
   .venv/bin/pip install -q --upgrade pip
   export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2}
   # torch first, pinned: anything that pulls a bare `torch` would otherwise fetch a multi-GB CUDA build.
   .venv/bin/pip install -q torch==2.13.0
-  .venv/bin/pip install -q -e '.[voice,dev,whisper,queue,coqui]'
+  .venv/bin/pip install -q -e '.[voice,dev,whisper,queue,coqui,supabase]'
   # PyPI's torchaudio is a CUDA build: its compiled ops cannot load beside the CPU torch, and Coqui's
   # VITS never calls them; without them `import torchaudio` is pure Python and works.
   rm -f "$(.venv/bin/python -c 'import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec("torchaudio").origin).parent / "lib")')"/*.so
