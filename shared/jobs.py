@@ -312,6 +312,11 @@ class ProcrastinateQueue:
 
     async def defer(self, task: str, args: dict[str, Any], *, key: str | None = None, delay_s: float = 0.0) -> None:
         procrastinate = _require_procrastinate()
+        if key is not None and await self._ever_queued(key):
+            # Procrastinate's queueing lock only covers waiting jobs; a job re-run after a crash must not
+            # queue a second copy of work that is already running or done (as the SQLite queue's key).
+            log.debug("job %s %s was queued before", task, key)
+            return
         options: dict[str, Any] = {"queueing_lock": key}
         if task == TASK_ANALYZE:
             options["lock"] = f"analyze:{args['call_id']}"  # one analysis of a call at a time
@@ -321,6 +326,13 @@ class ProcrastinateQueue:
             await self.app.configure_task(name=task, **options).defer_async(**args)
         except procrastinate.exceptions.AlreadyEnqueued:
             log.debug("job %s %s is already queued", task, key)
+
+
+    async def _ever_queued(self, key: str) -> bool:
+        row = await self.app.connector.execute_query_one_async(
+            "SELECT count(*) AS n FROM procrastinate_jobs WHERE queueing_lock = %(key)s", key=key
+        )
+        return bool(row and row["n"])
 
 
 async def _recover_stalled(app: Any, settings: Settings) -> None:
