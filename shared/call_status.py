@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Final
 
 # Twilio's CallStatus values, plus `failed` for calls Twilio refused before dialing.
 TERMINAL: Final = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
@@ -35,3 +37,30 @@ def should_apply(current: str, new: str) -> bool:
     if current in TERMINAL:
         return False
     return rank(new) > rank(current)
+
+
+def transition(
+    current: Mapping[str, Any],
+    status: str,
+    *,
+    at: datetime,
+    duration: int | None = None,
+    twilio_call_sid: str | None = None,
+) -> dict[str, Any]:
+    """The columns a status event changes on a call row as read (empty: nothing to write).
+
+    A stale or repeated event changes no status but may still fill in a missing duration or SID;
+    `started_at` and `ended_at` are set once, by the first event that reaches those states.
+    """
+    changes: dict[str, Any] = {}
+    if should_apply(current["status"], status):
+        changes["status"] = status
+        if status == "in-progress" and current["started_at"] is None:
+            changes["started_at"] = at
+        if status in TERMINAL and current["ended_at"] is None:
+            changes["ended_at"] = at
+    if duration is not None and current["duration"] is None:
+        changes["duration"] = duration
+    if twilio_call_sid and not current["twilio_call_sid"]:
+        changes["twilio_call_sid"] = twilio_call_sid
+    return changes

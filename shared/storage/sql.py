@@ -284,17 +284,9 @@ class SQLStorage(ABC):
                 self._encode("id", call_id),
                 what=f"call {call_id}",
             )
-            changes: dict[str, Any] = {}
-            if call_status.should_apply(current["status"], status):
-                changes["status"] = status
-                if status == "in-progress" and current["started_at"] is None:
-                    changes["started_at"] = at
-                if status in call_status.TERMINAL and current["ended_at"] is None:
-                    changes["ended_at"] = at
-            if duration is not None and current["duration"] is None:
-                changes["duration"] = duration
-            if twilio_call_sid and not current["twilio_call_sid"]:
-                changes["twilio_call_sid"] = twilio_call_sid
+            changes = call_status.transition(
+                current, status, at=at, duration=duration, twilio_call_sid=twilio_call_sid
+            )
             if not changes:
                 return Call.model_validate(current)
             changes["updated_at"] = utcnow()

@@ -239,17 +239,9 @@ class SupabaseStorage:
             current = await self._one(
                 self._table("calls").select("*").eq("id", key), what=f"call {call_id}"
             )
-            changes: dict[str, Any] = {}
-            if call_status.should_apply(current["status"], status):
-                changes["status"] = status
-                if status == "in-progress" and current["started_at"] is None:
-                    changes["started_at"] = at
-                if status in call_status.TERMINAL and current["ended_at"] is None:
-                    changes["ended_at"] = at
-            if duration is not None and current["duration"] is None:
-                changes["duration"] = duration
-            if twilio_call_sid and not current["twilio_call_sid"]:
-                changes["twilio_call_sid"] = twilio_call_sid
+            changes = call_status.transition(
+                current, status, at=at, duration=duration, twilio_call_sid=twilio_call_sid
+            )
             if not changes:
                 return Call.model_validate(current)
             query = self._table("calls").update({**changes, "updated_at": utcnow()}).eq("id", key)
