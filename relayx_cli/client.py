@@ -74,6 +74,16 @@ class BackendClient:
             return None
         return dict(self._check(response))
 
+    def wait_for_analysis(self, call_id: str, *, timeout_s: float = 120, poll_s: float = 0.5) -> dict[str, Any] | None:
+        """The call's analysis once the post-call job has written it (None after the deadline)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            analysis = self.analysis(call_id)
+            if analysis is not None and analysis.get("status") != "pending":
+                return analysis
+            time.sleep(poll_s)
+        return None
+
     def follow(self, call_id: str, *, timeout_s: float = 600, poll_s: float = 0.3) -> Any:
         """Yield transcript lines as they are stored, until the call has ended and the line is quiet."""
         seen: set[str] = set()

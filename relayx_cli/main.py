@@ -152,7 +152,11 @@ def demo(
         call = client.call(agent["id"], DEMO_NUMBER, {})
         _say(f"calling {DEMO_NUMBER} on the simulated line (call {call['id']})…")
         final = follow_call(client, call["id"])
-        _say(f"call {final['status']}, {final['duration']} s. See it again with: relayx calls show {call['id']}")
+        _say(f"call {final['status']}, {final['duration']} s; waiting for its post-call analysis…")
+        analysis = client.wait_for_analysis(call["id"], timeout_s=120)
+        if analysis:
+            typer.echo(f"analysis: {analysis['outcome']} · {analysis['sentiment']} · {analysis['summary']}")
+        _say(f"see it again with: relayx calls show {call['id']}")
         if keep_running and services.processes:
             _say(f"services keep running for curl: {client.base} (API key: {settings.api_key}) · Ctrl-C to stop")
             services.wait()
