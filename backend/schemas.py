@@ -29,6 +29,10 @@ class AgentSettings(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     end_of_turn_silence_ms: int = Field(default=500, ge=100, le=5000)
+    barge_in_min_ms: int = Field(
+        default=400, ge=100, le=3000,
+        description="Speech over the agent interrupts it after this long; shorter is a backchannel",
+    )
     min_speech_ms: int = Field(default=150, ge=20, le=3000)
     business: str | None = Field(default=None, description="Business name, given to STT and the LLM")
     expected_answers: list[str] = Field(default_factory=list, description="Words STT should expect")

@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,9 @@ CLAUSE_QUEUE = 8  # bounded: the LLM may run at most a few clauses ahead of spee
 # Speculative STT/LLM start at this pause; the reply is only heard once the full end-of-turn silence
 # confirms it. Shorter means lower latency and more discarded work when the caller goes on.
 EARLY_PAUSE_MS = 150
+# Talking over the agent interrupts it only after this much speech: "mm-hm", "ok", a cough or a
+# line click is shorter, and is stored as a backchannel instead of cutting the agent off.
+BARGE_IN_MIN_MS = 400
 
 
 @dataclass
@@ -126,6 +129,9 @@ class CallSession:
         self._prefill: asyncio.Task[None] | None = None
         self._started_wall = clock()
         self._started_event: asyncio.Task[None] | None = None
+        self._barge_onset: int | None = None
+        self._barge_samples = int(agent.settings.get("barge_in_min_ms", BARGE_IN_MIN_MS)) * STT_RATE // 1000
+        self._side_tasks: set[asyncio.Task[None]] = set()
         self.turns: list[dict[str, Any]] = []
         """Per-turn metrics of every reply that played (for logs and benchmarks)."""
         self.barge_ins = 0
@@ -161,6 +167,9 @@ class CallSession:
             reply.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reply.task
+        for side in list(self._side_tasks):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(side, 5)  # a backchannel being transcribed: keep its line
         for pending in list(self._by_id.values()):
             self._commit_caller(pending)
             self._finalize(pending, interrupted=not pending.done_sending or pending.played < len(pending.clauses))
@@ -217,6 +226,12 @@ class CallSession:
         self._arrivals.append((self._fed, self.clock()))
         for event in self.detector.feed(audio):
             await self._on_turn_event(event)
+        onset = self._barge_onset
+        if onset is not None and self.detector.speaking and self.detector.speech_end - onset >= self._barge_samples:
+            # The caller has talked over the agent long enough to be more than "mm-hm": yield the floor.
+            self._barge_onset = None
+            if self._current is not None and self._current.confirmed.is_set() and not self._current.finalized:
+                await self._barge_in(self._current)
 
     def on_mark(self, name: str) -> None:
         """Twilio played everything up to this mark: that clause was heard."""
@@ -237,10 +252,21 @@ class CallSession:
     async def _on_turn_event(self, event: TurnEvent) -> None:
         log.debug("call %s: %s at %.2f s", self.call.id, type(event).__name__, event.at_sample / STT_RATE)
         current = self._current
+        agent_busy = current is not None and current.confirmed.is_set() and not current.finalized
         if isinstance(event, SpeechStarted):
-            if current is not None and current.confirmed.is_set() and not current.finalized:
-                await self._barge_in(current)
-        elif isinstance(event, PauseDetected):
+            if agent_busy:
+                self._barge_onset = event.onset_sample  # barge in only if it lasts (see on_media)
+            return
+        if self._barge_onset is not None:
+            # Speech that began while the agent talked and has not lasted long enough to interrupt.
+            if not isinstance(event, TurnEnded):
+                return
+            self._barge_onset = None
+            if agent_busy:
+                self._track(self._backchannel(event.audio))  # "mm-hm", "ok": kept, not answered
+                return
+            # The agent finished meanwhile: this short turn ("yes") is an answer; handle it as one.
+        if isinstance(event, PauseDetected):
             self._cancel_unconfirmed()
             reply = self._new_reply(confirmed=False, speech_end_sample=event.speech_end_sample)
             reply.task = asyncio.create_task(self._speak(reply, audio=event.audio))
@@ -257,6 +283,19 @@ class CallSession:
             reply.metrics["end_of_turn_ms"] = round(event.end_of_turn_ms)
             reply.confirmed.set()
             self._commit_caller(reply)
+
+    async def _backchannel(self, audio: np.ndarray) -> None:
+        """Store a short utterance made over the agent (a backchannel) without answering it."""
+        heard = await self.engines.stt.transcribe(audio, prompt=self._stt_prompt)
+        text = heard.text.strip()
+        if text and not (text.lower() in _HALLUCINATIONS and heard.no_speech_prob > 0.5):
+            self.writer.add("caller", text, metrics={"backchannel": True})
+            self._history.append(ChatMessage("user", text))
+
+    def _track(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     # --- replies -------------------------------------------------------------------------------------
     def _new_reply(self, *, confirmed: bool, speech_end_sample: int | None = None) -> _Reply:

@@ -129,6 +129,11 @@ class TurnDetector:
         return self._position
 
     @property
+    def speech_end(self) -> int:
+        """End of the last voiced window of the current utterance (its onset when none yet)."""
+        return self._speech_end
+
+    @property
     def speaking(self) -> bool:
         """True between SpeechStarted and TurnEnded."""
         return self._state is _State.SPEAKING

@@ -1,0 +1,55 @@
+"""Barge-in versus backchannel, with STT/LLM/TTS replaced by instant engines and the energy VAD
+(`relayx_cli.instant_engines`: deterministic audio, so the session's rule is what is tested)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+
+from backend.telephony.virtual_phone import CallerLine, VirtualPhone
+from relayx_cli.instant_engines import instant_engines
+from shared.audio import float32_to_ulaw
+from shared.storage import build_storage
+from tests.conftest import make_settings
+from tests.support.servers import free_port, serve
+from voice_gateway.main import create_app
+
+
+def _tone(ms: int) -> bytes:
+    """Caller 'speech' the energy VAD cannot miss: a 300 Hz tone at 8 kHz μ-law."""
+    t = np.arange(8 * ms) / 8000
+    return float32_to_ulaw((0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32))
+
+
+async def test_short_speech_over_the_agent_is_a_backchannel_long_speech_interrupts(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, VAD_ENGINE="energy")
+    storage = build_storage(settings)
+    await storage.open()
+    await storage.migrate()
+    agent = await storage.create_agent({
+        "name": "Ava", "prompt": "Be brief.", "greeting": "One, two, three. Four, five, six. Seven, eight, nine.",
+        "settings": {"barge_in_min_ms": 400},
+    })
+    call = await storage.create_call(agent_id=agent.id, to_number="+15550001111", from_number=None, metadata={})
+    lines = [
+        CallerLine("mm-hm", _tone(250), barge_in_after_ms=300),  # shorter than barge_in_min_ms
+        CallerLine("wait, stop", _tone(1200), barge_in_after_ms=900),  # longer: interrupts
+    ]
+    port = free_port()
+    with serve(create_app(settings, engines=instant_engines(settings)), port):
+        phone = VirtualPhone(f"ws://127.0.0.1:{port}/media", custom_parameters={"call_id": call.id}, lines=lines,
+                             reply_timeout_s=15)
+        report = await asyncio.wait_for(phone.run(), 60)
+    transcript = await storage.list_transcripts(call.id)
+    await storage.close()
+
+    assert report.clears == 1, "only the long speech may interrupt the agent"
+    backchannels = [l for l in transcript if l.speaker == "caller" and l.metrics.get("backchannel")]
+    assert len(backchannels) == 1, [(l.speaker, l.text, l.metrics) for l in transcript]
+    greeting = next(l for l in transcript if l.speaker == "agent")
+    assert greeting.metrics.get("interrupted") is True
+    assert greeting.text != agent.greeting and agent.greeting.startswith(greeting.text.split("…")[0].rstrip(".,"))
+    answered = [l for l in transcript if l.speaker == "agent" and not l.metrics.get("interrupted")]
+    assert answered and answered[-1].text == "Sure, this is an instant reply."
