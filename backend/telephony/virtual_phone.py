@@ -129,11 +129,12 @@ class VirtualPhone:
             try:
                 await self._script(receiver)
                 if not receiver.done():
-                    await self._send({"event": "stop", "streamSid": self.report.stream_sid,
-                                      "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})
+                    with contextlib.suppress(websockets.ConnectionClosed):  # the agent may hang up first
+                        await self._send({"event": "stop", "streamSid": self.report.stream_sid,
+                                          "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})
             finally:
                 sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
                     await sender
                 await ws.close()
                 with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
@@ -195,6 +196,13 @@ class VirtualPhone:
 
     async def _sender(self) -> None:
         """Twilio sends the caller's track continuously, one 20 ms frame at a time, in real time."""
+        try:
+            with contextlib.suppress(websockets.ConnectionClosed):  # the far end hung up: the line is dead
+                await self._send_frames()
+        finally:
+            self._speech_done.set()  # nobody waits for words that can no longer be said
+
+    async def _send_frames(self) -> None:
         start = self.clock()
         chunk = 0
         while True:
