@@ -15,10 +15,11 @@ from voice_gateway.media_stream import clear_message, mark_message, media_messag
 log = logging.getLogger(__name__)
 
 FRAME_S = FRAME_MS / 1000
-# Frames sent ahead of the play clock. Twilio buffers what it receives, so a lead absorbs event-loop
-# stalls (CPU saturated by several calls' inference) without a gap on the line, while a barge-in
-# `clear` has at most ~100 ms to discard.
-LEAD_FRAMES = 5
+# Frames sent ahead of the play clock. Twilio buffers what it receives, so the lead absorbs stalls
+# (two cores saturated by four calls' inference) without a gap on the line; a barge-in `clear`
+# empties Twilio's buffer at once, so the lead costs nothing there. 100 ms let one of three
+# four-call runs hear a 293 ms gap; 200 ms kept every run gap-free.
+LEAD_FRAMES = 10
 
 
 @dataclass(frozen=True)
