@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 FRAME_S = FRAME_MS / 1000
 # Frames sent ahead of the play clock. Twilio buffers what it receives, so the lead absorbs stalls
 # (two cores saturated by four calls' inference) without a gap on the line; a barge-in `clear`
-# empties Twilio's buffer at once, so the lead costs nothing there. 100 ms let one of three
-# four-call runs hear a 293 ms gap; 200 ms kept every run gap-free.
+# empties Twilio's buffer at once, so the lead costs nothing there. 100 ms let one of two
+# four-call bench runs hear a 293 ms gap; 200 ms kept both later runs gap-free.
 LEAD_FRAMES = 10
 
 
