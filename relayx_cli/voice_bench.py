@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import resource
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,23 +111,12 @@ def summarise(results: list[CallResult]) -> dict[str, Any]:
     }
 
 
-def rss_mb() -> float:
-    """Peak resident memory of this process (the gateway runs in it during the bench)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2))
 
-
-def machine() -> str:
-    return f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}"
 
 
 def fmt(value: float | None) -> str:
@@ -150,7 +135,3 @@ def table(summary: dict[str, Any]) -> str:
         f"latest outgoing frame (gap the caller heard inside a reply): {summary['max_frame_late_ms']} ms",
     ]
     return "\n".join(rows)
-
-
-def stats_mean(values: list[float]) -> float:
-    return statistics.fmean(values) if values else 0.0

@@ -14,7 +14,7 @@ from typing import Any
 import aiosqlite
 
 from shared.errors import StorageError
-from shared.storage.sql import SQLStorage, default_migrations_dir
+from shared.storage.sql import JSON_COLUMNS, SQLStorage, default_migrations_dir
 
 _MIGRATIONS_TABLE = """
 create table if not exists relayx_schema_migrations (
@@ -104,9 +104,9 @@ class SQLiteStorage(SQLStorage):
                 await db.execute("commit")
 
     def _encode(self, column: str, value: Any) -> Any:
-        if column == "id" or column.endswith("_id") and column != "twilio_call_sid":
+        if column == "id" or column.endswith("_id"):
             return None if value is None else str(self._uuid(value))
-        if column in ("llm", "settings", "metadata", "metrics", "key_points", "data", "payload", "args"):
+        if column in JSON_COLUMNS:
             return json.dumps(value)
         if isinstance(value, datetime):
             return value.isoformat()
