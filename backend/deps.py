@@ -16,15 +16,15 @@ _bearer = HTTPBearer(auto_error=False)
 
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 def get_storage(request: Request) -> Storage:
-    return request.app.state.storage  # type: ignore[no-any-return]
+    return request.app.state.storage
 
 
 def get_telephony(request: Request) -> Telephony:
-    return request.app.state.telephony  # type: ignore[no-any-return]
+    return request.app.state.telephony
 
 
 def require_api_key(

@@ -1,4 +1,4 @@
-"""The backend's app factory: `uvicorn backend.main:app --port 8000`."""
+"""The backend's app factory: `uvicorn backend.main:create_app --factory --port 8000`."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from backend.api import agents, analysis, calls, health, phone, twilio_webhooks
 from backend.deps import require_api_key
 from backend.telephony import build_telephony
 from shared import jobs
+from shared.errors import NotFound
 from shared.settings import Settings
 from shared.storage import build_storage
 
@@ -49,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.add_exception_handler(NotFound, _not_found)
     protected = [Depends(require_api_key)]
     app.include_router(health.router)
     app.include_router(agents.router, dependencies=protected)
@@ -59,10 +62,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def __getattr__(name: str) -> FastAPI:
-    """`backend.main:app` is built on first access, so importing the module reads no settings."""
-    if name == "app":
-        global app
-        app = create_app()
-        return app
-    raise AttributeError(name)
+async def _not_found(request: Request, exc: Exception) -> JSONResponse:
+    """Any row a route asked storage for and did not find is a 404 naming it ("call 42 not found")."""
+    return JSONResponse({"detail": str(exc)}, status_code=404)

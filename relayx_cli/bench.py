@@ -139,7 +139,7 @@ def run_bench(settings: Settings, *, calls: int, levels: list[int], media_stream
         lines = await caller_lines(BENCH_LINES)
         port = _free_port()
         _say("starting the gateway on the configured engines (loading models)…")
-        gateway = _start_gateway(bench_settings, env, ["-m", "uvicorn", "voice_gateway.main:app", "--port",
+        gateway = _start_gateway(bench_settings, env, ["-m", "uvicorn", "voice_gateway.main:create_app", "--factory", "--port",
                                                        str(port), "--ws", "websockets-sansio"], port, work / "gw.log")
         proc = _Proc(gateway.pid)
         try:

@@ -243,7 +243,7 @@ def calls_show(call_id: str) -> None:
 @app.command()
 def worker() -> None:
     """Run durable job workers (post-call analysis, webhooks) against DATABASE_URL."""
-    from shared.jobs import run_worker
+    from shared.jobs.runners import run_worker
 
     asyncio.run(run_worker(Settings()))
 

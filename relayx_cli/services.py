@@ -30,15 +30,15 @@ class Services:
         logs.mkdir(parents=True, exist_ok=True)
         self.log_files = []
         for enabled, app, port in (
-            (backend, "backend.main:app", self.settings.backend_port),
-            (gateway, "voice_gateway.main:app", self.settings.gateway_port),
+            (backend, "backend.main:create_app", self.settings.backend_port),
+            (gateway, "voice_gateway.main:create_app", self.settings.gateway_port),
         ):
             if enabled:
                 log_path = logs / f"{app.split('.')[0]}.log"
                 self.log_files.append(log_path)
                 with log_path.open("ab") as log_file:  # the child keeps its own handle
                     self.processes.append(subprocess.Popen(
-                        [sys.executable, "-m", "uvicorn", app, "--host", "0.0.0.0", "--port", str(port),
+                        [sys.executable, "-m", "uvicorn", app, "--factory", "--host", "0.0.0.0", "--port", str(port),
                          "--log-level", log_level, "--ws", "websockets-sansio"],
                         env=env, stdout=log_file, stderr=subprocess.STDOUT,
                     ))

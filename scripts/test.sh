@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-echo "==> ruff check . && mypy shared"
+echo "==> ruff check . && mypy shared backend voice_gateway relayx_cli"
 .venv/bin/ruff check .
-.venv/bin/mypy shared
+.venv/bin/mypy shared backend voice_gateway relayx_cli
 exec .venv/bin/python -m pytest "$@"

@@ -17,6 +17,7 @@ from typing import Any
 
 import jsonschema
 
+from shared.agent_config import AgentSettings
 from shared.llm.base import ChatMessage, GenerationOptions, LLMError, StructuredLLM
 from shared.storage.base import TranscriptLine
 
@@ -160,13 +161,12 @@ def _normalize_node(node: Any, where: str) -> dict[str, Any]:
     return out
 
 
-def spec_from_settings(agent_settings: dict[str, Any]) -> AnalysisSpec:
-    """The spec stored in an agent's settings (validated when the agent was saved)."""
-    raw = agent_settings.get("analysis") or {}
-    return AnalysisSpec(
-        outcomes=normalize_outcomes(raw.get("outcomes")),
-        data_schema=normalize_data_schema(raw.get("schema")),
-    )
+def spec_from_settings(agent_settings: AgentSettings) -> AnalysisSpec:
+    """The spec of an agent (normalised when its settings were validated); the defaults without one."""
+    config = agent_settings.analysis
+    if config is None:
+        return AnalysisSpec()
+    return AnalysisSpec(outcomes=dict(config.outcomes), data_schema=dict(config.data_schema))
 
 
 def output_schema(spec: AnalysisSpec) -> dict[str, Any]:

@@ -146,10 +146,6 @@ class Framer:
         self._pending.clear()
         return [frame]
 
-    def clear(self) -> None:
-        """Drop whatever is pending (barge-in: the rest of the reply will not be played)."""
-        self._pending.clear()
-
 
 # --- phone band -----------------------------------------------------------------------------------
 

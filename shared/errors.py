@@ -6,7 +6,14 @@ class RelayXError(Exception):
 
 
 class NotFound(RelayXError):
-    """A row that was asked for does not exist."""
+    """A row that was asked for does not exist; `what` names it ("agent 42"), the message says so.
+
+    The backend answers every uncaught `NotFound` with a 404 and this message.
+    """
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} not found")
+        self.what = what
 
 
 class StorageError(RelayXError):

@@ -107,11 +107,6 @@ class ClauseSplitter:
         rest, self._buffer = clean_for_speech(self._buffer), ""
         return [rest] if _speakable(rest) else []
 
-    def reset(self) -> None:
-        """Drop buffered text (barge-in)."""
-        self._buffer = ""
-        self._emitted = 0
-
     def _boundary_end(self, text: str, start: int, i: int) -> int | None:
         """If text[i] ends a clause, the index just past it (and any closing marks), else None."""
         char = text[i]

@@ -1,6 +1,6 @@
 """Webhook events: their JSON bodies, Stripe-style signatures, the SSRF guard, and one delivery attempt.
 
-Retries are not a loop here: each attempt is a job of its own (see shared/jobs.py), so a restart or
+Retries are not a loop here: each attempt is a job of its own (see shared/jobs/), so a restart or
 a crash between attempts loses nothing and every attempt is recorded.
 """
 
@@ -118,7 +118,7 @@ async def check_target(url: str, *, allow_private: bool) -> None:
 
 def target_url(agent: Agent, default_url: str | None) -> str | None:
     """The agent's own webhook_url, else the global WEBHOOK_URL, else none (no events)."""
-    return agent.settings.get("webhook_url") or default_url or None
+    return agent.settings.webhook_url or default_url or None
 
 
 # --- event bodies ----------------------------------------------------------------------------------

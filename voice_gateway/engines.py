@@ -32,7 +32,8 @@ class Engines:
 
 
 def build_engines(settings: Settings) -> Engines:
-    """Map settings to engines; nothing heavy is loaded until `warm`."""
+    """Map settings to engines. Some load their model here (Piper, Coqui), others in `warmup`
+    (Whisper, llama.cpp): call it off the event loop (`asyncio.to_thread`), as the gateway does."""
     return Engines(
         stt=build_stt(settings),
         llm=build_llm(settings),

@@ -1,4 +1,4 @@
-"""The gateway's app factory and its `/media` WebSocket: `uvicorn voice_gateway.main:app --port 8001`.
+"""The gateway's app factory and its `/media` WebSocket: `uvicorn voice_gateway.main:create_app --factory --port 8001`.
 
 The route only parses Twilio's messages and hands them to a `CallSession`; a bad signature, an
 unknown call or a malformed message closes that one socket with a logged reason.
@@ -8,27 +8,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketState
 
-from shared import call_status, stream_tokens, twilio_auth
+from shared import call_status, jobs, stream_tokens, twilio_auth
 from shared.errors import NotFound, StorageError
 from shared.settings import Settings
 from shared.storage import build_storage
 from voice_gateway.engines import Engines, build_engines, warm
-from voice_gateway.media_stream import Connected, Dtmf, Mark, Media, ProtocolError, Start, Stop, parse_message
+from voice_gateway.media_stream import (
+    CloseCode,
+    Connected,
+    Dtmf,
+    Mark,
+    Media,
+    ProtocolError,
+    Start,
+    Stop,
+    parse_message,
+    policy_violation,
+)
+from voice_gateway.playback import Send
 from voice_gateway.session import CallSession
 
 log = logging.getLogger(__name__)
-
-POLICY_VIOLATION = 1008
-INVALID_DATA = 1007
-INTERNAL_ERROR = 1011
-
 
 def create_app(settings: Settings | None = None, engines: Engines | None = None) -> FastAPI:
     """Build the gateway; storage opens and every model loads and warms once, in the lifespan."""
@@ -41,11 +49,13 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
         await storage.open()
         try:
             app.state.storage = storage
-            app.state.engines = engines or build_engines(settings)
+            # Some engines load their model when built (Piper, Coqui): off the event loop, like warm-up.
+            app.state.engines = engines or await asyncio.to_thread(build_engines, settings)
             app.state.warmup = await warm(app.state.engines)
             app.state.sessions = set()
             yield
         finally:
+            await jobs.enqueuer_for(storage).aclose()  # the job queue's pool, if a call opened one
             await storage.close()
 
     app = FastAPI(title="RelayX voice gateway", version="0.1.0", lifespan=lifespan)
@@ -77,7 +87,7 @@ async def handle_media_stream(websocket: WebSocket, app: FastAPI) -> None:
         token_call_id = stream_tokens.verify(settings.twilio_auth_token, websocket.query_params.get("token"))
         if token_call_id is None and not twilio_auth.is_valid(settings.twilio_auth_token, url, {}, signature):
             log.warning("media stream refused: bad or missing X-Twilio-Signature (or token) for %s", url)
-            await websocket.close(code=POLICY_VIOLATION, reason="invalid X-Twilio-Signature")
+            await websocket.close(code=CloseCode.POLICY_VIOLATION, reason="invalid X-Twilio-Signature")
             return
     await websocket.accept()
     send_lock = asyncio.Lock()
@@ -93,16 +103,16 @@ async def handle_media_stream(websocket: WebSocket, app: FastAPI) -> None:
             message = parse_message(await websocket.receive_text())
             if isinstance(message, Media):
                 if session is None:
-                    raise ProtocolError("media before start")
+                    raise policy_violation("media before start")
                 await session.on_media(message.media.audio())
             elif isinstance(message, Mark):
                 if session is not None:
                     session.on_mark(message.mark.name)
             elif isinstance(message, Start):
                 if session is not None:
-                    raise ProtocolError("a second start on one stream")
+                    raise policy_violation("a second start on one stream")
                 if token_call_id is not None and message.start.custom_parameters.get("call_id") != token_call_id:
-                    raise ProtocolError("the stream token was issued for another call")
+                    raise policy_violation("the stream token was issued for another call")
                 session = await _open_session(message, send, app, hangup=_hangup(websocket))
                 app.state.sessions.add(session)
                 await session.start()
@@ -117,46 +127,45 @@ async def handle_media_stream(websocket: WebSocket, app: FastAPI) -> None:
         log.info("media stream disconnected")
     except StorageError as exc:
         log.error("media stream closed: storage failed: %s", exc)
-        await _close(websocket, INTERNAL_ERROR, "storage unavailable")
+        await _close(websocket, CloseCode.INTERNAL_ERROR, "storage unavailable")
     except ProtocolError as exc:
         log.warning("media stream closed: %s", exc)
-        await _close(websocket, POLICY_VIOLATION if "start" in str(exc) or "call" in str(exc) else INVALID_DATA,
-                     str(exc))
+        await _close(websocket, exc.code, str(exc))
     finally:
         if session is not None:
             app.state.sessions.discard(session)
             await session.close()
-    await _close(websocket, 1000, "stream ended")
+    await _close(websocket, CloseCode.NORMAL, "stream ended")
 
 
-def _hangup(websocket: WebSocket) -> Callable[[], Awaitable[None]]:
+def _hangup(websocket: WebSocket) -> Callable[[], Coroutine[Any, Any, None]]:
     """Closing a <Connect><Stream> socket makes Twilio move past <Connect>: with nothing after it,
     the call ends. This is how the agent hangs up."""
 
     async def close() -> None:
-        await _close(websocket, 1000, "agent hung up")
+        await _close(websocket, CloseCode.NORMAL, "agent hung up")
 
     return close
 
 
 async def _open_session(
-    start: Start, send: object, app: FastAPI, *, hangup: Callable[[], Awaitable[None]]
+    start: Start, send: Send, app: FastAPI, *, hangup: Callable[[], Coroutine[Any, Any, None]]
 ) -> CallSession:
     call_id = start.start.custom_parameters.get("call_id")
     if not call_id:
-        raise ProtocolError("start has no call_id custom parameter")
+        raise policy_violation("start has no call_id custom parameter")
     storage = app.state.storage
     try:
         call = await storage.get_call(call_id)
         agent = await storage.get_agent(call.agent_id)
     except NotFound:
-        raise ProtocolError(f"unknown call {call_id}") from None
+        raise policy_violation(f"unknown call {call_id}") from None
     if call.status in call_status.TERMINAL:
-        raise ProtocolError(f"call {call_id} has already ended ({call.status})")
+        raise policy_violation(f"call {call_id} has already ended ({call.status})")
     await storage.apply_call_status(call.id, "in-progress", twilio_call_sid=start.start.call_sid)
     log.info("call %s: stream %s started (agent %s)", call.id, start.stream_sid, agent.name)
     return CallSession(
-        call=call, agent=agent, stream_sid=start.stream_sid, send=send,  # type: ignore[arg-type]
+        call=call, agent=agent, stream_sid=start.stream_sid, send=send,
         storage=storage, engines=app.state.engines, recordings_dir=app.state.settings.recordings_path,
         hangup=hangup,
     )
@@ -168,12 +177,3 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
             await websocket.close(code=code, reason=reason[:120])
         except (RuntimeError, WebSocketDisconnect):
             pass  # the peer went away first
-
-
-def __getattr__(name: str) -> FastAPI:
-    """`voice_gateway.main:app` is built on first access, so importing reads no settings."""
-    if name == "app":
-        global app
-        app = create_app()
-        return app
-    raise AttributeError(name)

@@ -10,13 +10,34 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from enum import IntEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 
+class CloseCode(IntEnum):
+    """WebSocket close codes the gateway ends a stream with (RFC 6455, section 7.4.1)."""
+
+    NORMAL = 1000
+    INVALID_DATA = 1007
+    """The frame is not valid Media Streams JSON."""
+    POLICY_VIOLATION = 1008
+    """Valid JSON the gateway refuses: out of order, for an unknown or ended call, or not authorised."""
+    INTERNAL_ERROR = 1011
+
+
 class ProtocolError(Exception):
-    """A message that is not valid Media Streams JSON; the socket is closed with this reason."""
+    """The stream broke the protocol; the socket is closed with `code` and this reason."""
+
+    def __init__(self, reason: str, code: CloseCode = CloseCode.INVALID_DATA) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+def policy_violation(reason: str) -> ProtocolError:
+    """Well-formed, but refused (media before start, an unknown call, a token for another call)."""
+    return ProtocolError(reason, CloseCode.POLICY_VIOLATION)
 
 
 class _Message(BaseModel):

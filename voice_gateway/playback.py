@@ -8,6 +8,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from shared.audio import FRAME_MS
 from voice_gateway.media_stream import clear_message, mark_message, media_message
@@ -30,11 +31,25 @@ class _MarkItem:
 Send = Callable[[str], Awaitable[None]]
 
 
+class PlaybackTap(Protocol):
+    """Follows what goes out on the line, as the typed values (the call recorder)."""
+
+    def agent(self, ulaw: bytes) -> None:
+        """A 20 ms frame was sent."""
+
+    def cut(self) -> None:
+        """`clear` was sent: audio the line still held will not be played."""
+
+
 class Player:
     """Paces one call's outgoing audio; `run()` is the pacer task, the rest is called by the session."""
 
-    def __init__(self, send: Send, stream_sid: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, send: Send, stream_sid: str, *, clock: Callable[[], float] = time.monotonic,
+        tap: PlaybackTap | None = None,
+    ) -> None:
         self._send = send
+        self._tap = tap
         self._stream_sid = stream_sid
         self._clock = clock
         self._queue: deque[tuple[bytes, object] | _MarkItem] = deque()
@@ -43,9 +58,8 @@ class Player:
         self.frames_sent = 0
         self.sent_by_tag: dict[object, int] = {}
         """Frames sent per tag (the session tags frames by clause, to tell how much of one was heard)."""
-        self.max_lateness_s = 0.0
-        """Longest gap the far end heard inside a reply because a frame came after the audio before it."""
         self.lateness_by_reply: dict[object, float] = {}
+        """Longest gap the far end heard inside each reply because a frame came after the audio before it."""
         self.on_frame_sent: Callable[[float], None] | None = None
 
     @property
@@ -78,6 +92,8 @@ class Player:
         self._queue.clear()
         self._outstanding.clear()
         await self._send(clear_message(self._stream_sid))
+        if self._tap is not None:
+            self._tap.cut()
         return dropped
 
     async def run(self) -> None:
@@ -107,12 +123,13 @@ class Player:
                 stretch, play_end = reply, now
             elif now > play_end:
                 late = now - play_end
-                self.max_lateness_s = max(self.max_lateness_s, late)
                 self.lateness_by_reply[reply] = max(self.lateness_by_reply.get(reply, 0.0), late)
             delay = play_end - LEAD_FRAMES * FRAME_S - now
             if delay > 0:
                 await asyncio.sleep(delay)
             await self._send(media_message(self._stream_sid, frame))
+            if self._tap is not None:
+                self._tap.agent(frame)
             sent_at = self._clock()
             play_end = max(play_end, sent_at) + FRAME_S
             self.frames_sent += 1

@@ -14,7 +14,7 @@ SPOKEN_STYLE = (
 
 def system_prompt(agent: Agent) -> str:
     """Name the agent and the business: a small model stays on topic only when told who it is."""
-    business = agent.settings.get("business")
+    business = agent.settings.business
     who = f"Your name is {agent.name}" + (f" and you work for {business}." if business else ".")
     return f"{who}\n{agent.prompt.strip()}\n\n{SPOKEN_STYLE}"
 
@@ -22,7 +22,7 @@ def system_prompt(agent: Agent) -> str:
 def stt_prompt(agent: Agent) -> str:
     """Whisper's initial prompt: names and expected answers it would otherwise misspell."""
     parts = [agent.name]
-    if agent.settings.get("business"):
-        parts.append(str(agent.settings["business"]))
-    parts.extend(str(a) for a in agent.settings.get("expected_answers", []))
+    if agent.settings.business:
+        parts.append(agent.settings.business)
+    parts.extend(agent.settings.expected_answers)
     return ", ".join(parts) + "."

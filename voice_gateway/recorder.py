@@ -6,13 +6,13 @@ same span. Agent frames join a small "in flight" buffer when sent and leave it w
 a barge-in `clear` empties it, just as Twilio drops the audio it still holds — so the right channel
 is what the caller actually heard, cut where it was cut.
 
-The header's sizes are rewritten and the file flushed every second: a crash loses at most a second.
+The header's sizes are rewritten and the file flushed to the OS every second: if the gateway process
+crashes the file holds everything up to the last second (no fsync: a power cut may lose what the OS
+had not yet written, which is not worth a blocking disk sync per call per second on the event loop).
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import struct
 from pathlib import Path
@@ -43,7 +43,7 @@ def _header(data_bytes: int) -> bytes:
 
 
 class CallRecorder:
-    """Writes one call; the session feeds it caller audio and every outbound Media Streams message."""
+    """Writes one call; the session feeds it caller audio, the pacer each agent frame and `clear` (a `PlaybackTap`)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,16 +84,6 @@ class CallRecorder:
         """Barge-in: the line drops what it still held, so that audio was never heard."""
         self._in_flight = np.zeros(0, dtype=np.int16)
 
-    def outbound(self, text: str) -> None:
-        """Follow one outbound Media Streams message (media → agent audio, clear → cut)."""
-        if '"media"' not in text and '"clear"' not in text:
-            return
-        message = json.loads(text)
-        if message.get("event") == "media":
-            self.agent(base64.b64decode(message["media"]["payload"]))
-        elif message.get("event") == "clear":
-            self.cut()
-
     def _write(self, left: np.ndarray, right: np.ndarray) -> None:
         if self._file is None:
             return
@@ -107,7 +97,7 @@ class CallRecorder:
             self._sync()
 
     def _sync(self) -> None:
-        """Rewrite the sizes in the header and hand the bytes to the OS (a crash now loses nothing)."""
+        """Rewrite the sizes in the header and hand the bytes to the OS (a process crash now loses nothing)."""
         assert self._file is not None
         end = self._file.tell()
         self._file.seek(0)

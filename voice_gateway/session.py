@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 
 from shared import jobs
+from shared.agent_config import LLMConfig
 from shared.audio import PHONE_RATE, STT_RATE, Framer, StreamResampler, float32_to_ulaw, ulaw_to_float32
-from shared.llm.base import ChatMessage, GenerationOptions, LLMError
+from shared.llm.base import ChatMessage, LLMError
 from shared.storage.base import Agent, Call, Storage
+from shared.stt.base import Transcription
 from shared.text import split_clauses
 from voice_gateway.engines import Engines
 from voice_gateway.playback import LEAD_FRAMES, Player, Send
@@ -43,15 +45,9 @@ from voice_gateway.turns import (
 log = logging.getLogger(__name__)
 
 FALLBACK_LINE = "Sorry, I didn't catch that. Could you say it again?"
-# Whisper's classic inventions on noise; dropped unless the VAD was sure enough to keep the audio.
+# Whisper's classic inventions on noise: dropped when Whisper itself doubts there was speech.
 _HALLUCINATIONS = frozenset({"thank you.", "thanks for watching!", "you", "thank you very much.", "."})
 CLAUSE_QUEUE = 8  # bounded: the LLM may run at most a few clauses ahead of speech
-# Speculative STT/LLM start at this pause; the reply is only heard once the full end-of-turn silence
-# confirms it. Shorter means lower latency and more discarded work when the caller goes on.
-EARLY_PAUSE_MS = 150
-# Talking over the agent interrupts it only after this much speech: "mm-hm", "ok", a cough or a
-# line click is shorter, and is stored as a backchannel instead of cutting the agent off.
-BARGE_IN_MIN_MS = 400
 
 
 @dataclass
@@ -88,40 +84,25 @@ class CallSession:
         engines: Engines,
         clock: Callable[[], float] = time.monotonic,
         recordings_dir: Path | None = None,
-        hangup: Callable[[], Awaitable[None]] | None = None,
+        hangup: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.call = call
         self._hangup = hangup
-        self._hangup_task: asyncio.Task[None] | None = None
         self.agent = agent
         self.storage = storage
         self.engines = engines
         self.clock = clock
         self.recorder = self._open_recorder(recordings_dir) if recordings_dir is not None else None
-        self.player = Player(self._recording(send) if self.recorder else send, stream_sid, clock=clock)
+        self.player = Player(send, stream_sid, clock=clock, tap=self.recorder)
         self.player.on_frame_sent = self._on_frame_sent
         self.writer = TranscriptWriter(storage, call.id)
-        agent_settings = agent.settings
-        self.detector = TurnDetector(
-            engines.vad_factory(),
-            TurnConfig(
-                min_speech_ms=int(agent_settings.get("min_speech_ms", 150)),
-                end_of_turn_silence_ms=int(agent_settings.get("end_of_turn_silence_ms", 500)),
-                early_pause_ms=min(EARLY_PAUSE_MS, int(agent_settings.get("end_of_turn_silence_ms", 500))),
-            ),
-        )
+        self.detector = TurnDetector(engines.vad_factory(), TurnConfig.for_agent(agent.settings))
         self._upsampler = StreamResampler(PHONE_RATE, STT_RATE)
         self._fed = 0  # 16 kHz samples handed to the detector
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=512)
         self._history: list[ChatMessage] = []
         self._system = ChatMessage("system", system_prompt(agent))
         self._stt_prompt = stt_prompt(agent)
-        llm = agent.llm
-        self._options = GenerationOptions(
-            model=llm.get("model"),
-            temperature=float(llm.get("temperature", 0.6)),
-            max_tokens=int(llm.get("max_tokens", 80)),
-        )
         self._replies = 0
         self._current: _Reply | None = None
         self._by_id: dict[int, _Reply] = {}
@@ -130,7 +111,9 @@ class CallSession:
         self._started_wall = clock()
         self._started_event: asyncio.Task[None] | None = None
         self._barge_onset: int | None = None
-        self._barge_samples = int(agent.settings.get("barge_in_min_ms", BARGE_IN_MIN_MS)) * STT_RATE // 1000
+        # Talking over the agent interrupts it only after this much speech: "mm-hm", "ok", a cough or
+        # a line click is shorter, and is stored as a backchannel instead of cutting the agent off.
+        self._barge_samples = agent.settings.barge_in_min_ms * STT_RATE // 1000
         self._side_tasks: set[asyncio.Task[None]] = set()
         self.turns: list[dict[str, Any]] = []
         """Per-turn metrics of every reply that played (for logs and benchmarks)."""
@@ -153,7 +136,7 @@ class CallSession:
         """Evaluate the system prompt while the greeting plays, so the first answer reuses its KV cache."""
         messages = [self._system, *self._history, ChatMessage("user", "Hello?")]
         try:
-            async for _ in self.engines.llm.stream(messages, GenerationOptions(max_tokens=1)):
+            async for _ in self.engines.llm.stream(messages, LLMConfig(max_tokens=1)):
                 pass
         except LLMError as exc:
             log.warning("call %s: prompt prefill failed: %s", self.call.id, exc)
@@ -167,9 +150,9 @@ class CallSession:
             reply.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reply.task
-        for side in list(self._side_tasks):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(side, 5)  # a backchannel being transcribed: keep its line
+        for side in list(self._side_tasks):  # a backchannel being transcribed: keep its line
+            with contextlib.suppress(Exception):  # its failure is logged by `_track`
+                await asyncio.wait_for(asyncio.shield(side), 5)
         for pending in list(self._by_id.values()):
             self._commit_caller(pending)
             self._finalize(pending, interrupted=not pending.done_sending or pending.played < len(pending.clauses))
@@ -197,24 +180,13 @@ class CallSession:
             log.exception("call %s: could not queue %s", self.call.id, getattr(notify, "__name__", notify))
 
     def _open_recorder(self, recordings_dir: Path) -> CallRecorder | None:
-        if not self.agent.settings.get("recording", True):
+        if not self.agent.settings.recording:
             return None
         try:
             return CallRecorder.open(recordings_dir, self.call.id)
         except (OSError, ValueError):
             log.exception("call %s: recording disabled (cannot write under %s)", self.call.id, recordings_dir)
             return None
-
-    def _recording(self, send: Send) -> Send:
-        """Every outbound message also goes to the recorder, after it went out (media, clear)."""
-        recorder = self.recorder
-        assert recorder is not None
-
-        async def send_and_record(text: str) -> None:
-            await send(text)
-            recorder.outbound(text)
-
-        return send_and_record
 
     # --- inbound -------------------------------------------------------------------------------------
     async def on_media(self, ulaw: bytes) -> None:
@@ -286,16 +258,21 @@ class CallSession:
 
     async def _backchannel(self, audio: np.ndarray) -> None:
         """Store a short utterance made over the agent (a backchannel) without answering it."""
-        heard = await self.engines.stt.transcribe(audio, prompt=self._stt_prompt)
-        text = heard.text.strip()
-        if text and not (text.lower() in _HALLUCINATIONS and heard.no_speech_prob > 0.5):
+        text = usable_text(await self.engines.stt.transcribe(audio, prompt=self._stt_prompt))
+        if text:
             self.writer.add("caller", text, metrics={"backchannel": True})
             self._history.append(ChatMessage("user", text))
 
     def _track(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run side work (a backchannel's STT, the hang-up) that `close` waits for; failures are logged."""
         task = asyncio.create_task(coro)
         self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
+        task.add_done_callback(self._side_done)
+
+    def _side_done(self, task: asyncio.Task[None]) -> None:
+        self._side_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("call %s: %s failed", self.call.id, task.get_name(), exc_info=task.exception())
 
     # --- replies -------------------------------------------------------------------------------------
     def _new_reply(self, *, confirmed: bool, speech_end_sample: int | None = None) -> _Reply:
@@ -337,8 +314,8 @@ class CallSession:
             started = self.clock()
             heard = await self.engines.stt.transcribe(audio, prompt=self._stt_prompt)
             reply.metrics["stt_ms"] = round((self.clock() - started) * 1000)
-            text = heard.text.strip()
-            if not text or (text.lower() in _HALLUCINATIONS and heard.no_speech_prob > 0.5):
+            text = usable_text(heard)
+            if not text:
                 log.info("call %s: nothing usable heard (%r, no_speech %.2f)", self.call.id, text,
                          heard.no_speech_prob)
                 reply.finalized = True
@@ -364,7 +341,7 @@ class CallSession:
 
         async def tokens() -> AsyncIterator[str]:
             started = self.clock()
-            async for piece in self.engines.llm.stream(messages, self._options):
+            async for piece in self.engines.llm.stream(messages, self.agent.llm):
                 if "llm_first_token_ms" not in reply.metrics:
                     reply.metrics["llm_first_token_ms"] = round((self.clock() - started) * 1000)
                 yield piece
@@ -430,7 +407,7 @@ class CallSession:
         if reply.caller_committed or reply.caller_text is None or not reply.confirmed.is_set():
             return
         reply.caller_committed = True
-        metrics = {k: reply.metrics[k] for k in ("stt_ms", "end_of_turn_ms") if k in reply.metrics}
+        metrics: dict[str, Any] = {k: reply.metrics[k] for k in ("stt_ms", "end_of_turn_ms") if k in reply.metrics}
         self.writer.add("caller", reply.caller_text, metrics=metrics)
         self._history.append(ChatMessage("user", reply.caller_text))
 
@@ -459,7 +436,7 @@ class CallSession:
             # Both said goodbye and the agent's goodbye has played (its marks came back): end the call,
             # as a person would, instead of waiting in silence for the callee to hang up.
             log.info("call %s: goodbye played, hanging up", self.call.id)
-            self._hangup_task = asyncio.create_task(self._hangup(), name=f"hangup-{self.call.id}")
+            self._track(self._hangup())
 
     def _heard_part(self, reply: _Reply, index: int) -> str:
         """The words of a cut clause in proportion to its audio already played.
@@ -484,6 +461,15 @@ class CallSession:
             fed, wall = self._arrivals[-1]
             return wall + (sample - fed) / STT_RATE
         return self.clock()
+
+
+def usable_text(heard: Transcription) -> str:
+    """The caller's words, or "" when Whisper heard nothing or invented one of its classic lines on
+    noise ("Thank you.") while rating the audio more likely silence than speech (no_speech_prob)."""
+    text = heard.text.strip()
+    if text.lower() in _HALLUCINATIONS and heard.no_speech_prob > 0.5:
+        return ""
+    return text
 
 
 _FAREWELL = re.compile(r"\b(good ?bye|bye|have a (nice|good|great) (day|one|evening))\b", re.IGNORECASE)

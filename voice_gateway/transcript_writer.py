@@ -35,8 +35,6 @@ class TranscriptWriter:
         self._call_id = call_id
         self._queue: asyncio.Queue[_Line | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self.failed: list[_Line] = []
-        self.written = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"transcripts-{self._call_id}")
@@ -64,13 +62,11 @@ class TranscriptWriter:
                     self._call_id, line.speaker, line.text,
                     timestamp=line.timestamp, metrics=line.metrics, line_id=line.line_id,
                 )
-                self.written += 1
                 return
             except (StorageError, OSError) as exc:
                 if delay is None:
                     log.error("call %s: transcript line LOST after %d attempts (%s): %s: %r",
                               self._call_id, attempt, exc, line.speaker, line.text)
-                    self.failed.append(line)
                     return
                 log.warning("call %s: transcript write failed (attempt %d, retrying): %s",
                             self._call_id, attempt, exc)

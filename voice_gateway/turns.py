@@ -21,6 +21,7 @@ from enum import Enum
 
 import numpy as np
 
+from shared.agent_config import AgentSettings
 from shared.vad.base import VAD
 
 SAMPLE_RATE = 16000
@@ -70,13 +71,18 @@ class TurnEnded:
 TurnEvent = SpeechStarted | PauseDetected | SpeechResumed | TurnEnded
 
 
+_AGENT_DEFAULTS = AgentSettings()
+
+
 @dataclass(frozen=True)
 class TurnConfig:
-    """Per-agent turn-taking parameters (milliseconds, at 16 kHz)."""
+    """Turn-taking parameters (milliseconds, at 16 kHz); the per-agent ones default to `AgentSettings`'s."""
 
-    min_speech_ms: int = 200
-    end_of_turn_silence_ms: int = 500
-    early_pause_ms: int = 200
+    min_speech_ms: int = _AGENT_DEFAULTS.min_speech_ms
+    end_of_turn_silence_ms: int = _AGENT_DEFAULTS.end_of_turn_silence_ms
+    early_pause_ms: int = 150
+    """Speculative STT/LLM start at this pause; the reply is only heard once the full end-of-turn
+    silence confirms it. Shorter means lower latency and more work thrown away when the caller goes on."""
     pre_roll_ms: int = 300
     """Audio kept before the onset: VADs fire a little late and Whisper needs the first phoneme."""
     post_roll_ms: int = 200
@@ -97,6 +103,15 @@ class TurnConfig:
     def __post_init__(self) -> None:
         if self.early_pause_ms > self.end_of_turn_silence_ms:
             raise ValueError("early_pause_ms must not exceed end_of_turn_silence_ms")
+
+    @classmethod
+    def for_agent(cls, settings: AgentSettings) -> TurnConfig:
+        """The agent's timing; the speculative pause never waits longer than the end of turn itself."""
+        return cls(
+            min_speech_ms=settings.min_speech_ms,
+            end_of_turn_silence_ms=settings.end_of_turn_silence_ms,
+            early_pause_ms=min(cls.early_pause_ms, settings.end_of_turn_silence_ms),
+        )
 
 
 class _State(Enum):
@@ -124,11 +139,6 @@ class TurnDetector:
         self._reset_utterance()
 
     @property
-    def position(self) -> int:
-        """Samples consumed by the VAD so far (the detector's clock)."""
-        return self._position
-
-    @property
     def speech_end(self) -> int:
         """End of the last voiced window of the current utterance (its onset when none yet)."""
         return self._speech_end
@@ -137,12 +147,6 @@ class TurnDetector:
     def speaking(self) -> bool:
         """True between SpeechStarted and TurnEnded."""
         return self._state is _State.SPEAKING
-
-    def reset(self) -> None:
-        """Drop the current utterance and the VAD state (keeps the clock running)."""
-        self.vad.reset()
-        self._pre_roll.clear()
-        self._reset_utterance()
 
     def feed(self, audio: np.ndarray) -> list[TurnEvent]:
         """Add 16 kHz float32 audio of any length; return the events it caused, in order."""

@@ -8,34 +8,22 @@ from fastapi.responses import FileResponse, Response
 from backend.deps import SettingsDep, StorageDep
 from backend.schemas import AnalysisOut, AnalysisRequested, WebhookEventOut
 from shared import jobs
-from shared.errors import NotFound
 from shared.recording import recording_path
-from shared.storage.base import Storage
 
 router = APIRouter(prefix="/calls", tags=["after the call"])
 
 
-async def _require_call(storage: Storage, call_id: str) -> None:
-    try:
-        await storage.get_call(call_id)
-    except NotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call_id} not found") from None
-
-
 @router.get("/{call_id}/analysis", response_model=AnalysisOut)
 async def get_analysis(call_id: str, storage: StorageDep) -> AnalysisOut:
-    await _require_call(storage, call_id)
-    try:
-        row = await storage.get_analysis(call_id)
-    except NotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call_id} has no analysis yet") from None
+    await storage.get_call(call_id)
+    row = await storage.get_analysis(call_id)  # not there yet: 404 "analysis of call … not found"
     return AnalysisOut.model_validate(row.model_dump())
 
 
 @router.post("/{call_id}/analysis", status_code=status.HTTP_202_ACCEPTED, response_model=AnalysisRequested)
 async def rerun_analysis(call_id: str, storage: StorageDep) -> AnalysisRequested:
     """Queue a fresh analysis; it replaces the stored one and sends call.analyzed again."""
-    await _require_call(storage, call_id)
+    await storage.get_call(call_id)
     try:
         request = await jobs.request_analysis(storage, call_id)
     except ValueError as exc:
@@ -46,14 +34,14 @@ async def rerun_analysis(call_id: str, storage: StorageDep) -> AnalysisRequested
 @router.get("/{call_id}/webhooks", response_model=list[WebhookEventOut])
 async def list_webhooks(call_id: str, storage: StorageDep) -> list[WebhookEventOut]:
     """Every event of the call with every delivery attempt (status code or error, duration)."""
-    await _require_call(storage, call_id)
+    await storage.get_call(call_id)
     return [WebhookEventOut.model_validate(e.model_dump()) for e in await storage.list_webhook_events(call_id)]
 
 
 @router.get("/{call_id}/recording", response_class=FileResponse)
 async def get_recording(call_id: str, storage: StorageDep, settings: SettingsDep) -> FileResponse:
     """The two-channel 8 kHz WAV (caller left, agent right); streamed from disk."""
-    await _require_call(storage, call_id)
+    await storage.get_call(call_id)
     path = recording_path(settings.recordings_path, call_id)
     if not path.is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call_id} has no recording")
@@ -62,7 +50,7 @@ async def get_recording(call_id: str, storage: StorageDep, settings: SettingsDep
 
 @router.delete("/{call_id}/recording", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
 async def delete_recording(call_id: str, storage: StorageDep, settings: SettingsDep) -> Response:
-    await _require_call(storage, call_id)
+    await storage.get_call(call_id)
     path = recording_path(settings.recordings_path, call_id)
     try:
         path.unlink()

@@ -13,20 +13,13 @@ from backend.telephony.base import TelephonyError
 from backend.telephony.simulator import parse_script
 from shared import call_status
 from shared.errors import NotFound
-from shared.storage.base import Call, Storage
+from shared.storage.base import Call
 
 router = APIRouter(prefix="/calls", tags=["calls"])
 
 
 def _out(call: Call) -> CallOut:
-    return CallOut.model_validate(call.model_dump())
-
-
-async def _get_call(storage: Storage, call_id: str) -> Call:
-    try:
-        return await storage.get_call(call_id)
-    except NotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call_id} not found") from None
+    return CallOut.model_validate(call, from_attributes=True)
 
 
 @router.post("/outbound", status_code=status.HTTP_201_CREATED, response_model=CallOut)
@@ -49,8 +42,6 @@ async def outbound_call(
             from_number=settings.twilio_from_number,
             metadata=body.metadata,
         )
-    except NotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"agent {body.agent_id} not found") from None
     except TelephonyError as exc:
         detail = {"message": f"the phone provider refused the call: {exc.reason}", "provider_code": exc.code}
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, detail) from None
@@ -84,19 +75,19 @@ async def list_calls(
 
 @router.get("/{call_id}", response_model=CallOut)
 async def get_call(call_id: str, storage: StorageDep) -> CallOut:
-    return _out(await _get_call(storage, call_id))
+    return _out(await storage.get_call(call_id))
 
 
 @router.get("/{call_id}/transcripts", response_model=list[TranscriptOut])
 async def get_transcripts(call_id: str, storage: StorageDep) -> list[TranscriptOut]:
-    await _get_call(storage, call_id)
+    await storage.get_call(call_id)
     lines = await storage.list_transcripts(call_id)
     return [TranscriptOut.model_validate(line.model_dump()) for line in lines]
 
 
 @router.post("/{call_id}/hangup", status_code=status.HTTP_202_ACCEPTED, response_model=CallOut)
 async def hangup(call_id: str, storage: StorageDep, telephony: TelephonyDep) -> CallOut:
-    call = await _get_call(storage, call_id)
+    call = await storage.get_call(call_id)
     if call.status in call_status.TERMINAL:
         raise HTTPException(status.HTTP_409_CONFLICT, f"call {call_id} has already ended ({call.status})")
     try:

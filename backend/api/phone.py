@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from backend.deps import SettingsDep, StorageDep, require_api_key
 from backend.schemas import CallOut
 from shared import call_status, jobs, stream_tokens, twilio_auth
-from shared.errors import NotFound
 from shared.storage.base import Call
 
 router = APIRouter(tags=["phone"])
@@ -74,10 +73,7 @@ async def start_browser_call(
     body: BrowserCallRequest, storage: StorageDep, settings: SettingsDep
 ) -> BrowserCall:
     """Write a `queued` call row; the gateway marks it in-progress when the page's stream starts."""
-    try:
-        agent = await storage.get_agent(body.agent_id)
-    except NotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"agent {body.agent_id} not found") from None
+    agent = await storage.get_agent(body.agent_id)
     metadata: dict[str, Any] = {"channel": "browser"}
     call = await storage.create_call(
         agent_id=agent.id, to_number=BROWSER_NUMBER, from_number=None, metadata=metadata
@@ -97,10 +93,7 @@ async def end_browser_call(call_id: str, storage: StorageDep) -> CallOut:
     A started call needs nothing here: the gateway completes it when the socket closes (with its
     duration), and a call that has already ended is returned unchanged, so a retry is harmless.
     """
-    try:
-        call: Call = await storage.get_call(call_id)
-    except NotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call_id} not found") from None
+    call: Call = await storage.get_call(call_id)
     if call.metadata.get("channel") != "browser":
         raise HTTPException(status.HTTP_409_CONFLICT, f"call {call_id} is not a browser call")
     if call_status.rank(call.status) < call_status.rank("in-progress"):  # queued, initiated or ringing

@@ -13,7 +13,6 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from backend.deps import SettingsDep, StorageDep
 from shared import call_status, jobs, twilio_auth
-from shared.errors import NotFound
 from shared.settings import Settings
 
 router = APIRouter(prefix="/twilio", tags=["twilio webhooks"])
@@ -46,10 +45,7 @@ def connect_twiml(gateway_url: str, call_id: str) -> str:
 @router.post("/voice/{call_id}", response_class=Response)
 async def voice(call_id: str, request: Request, settings: SettingsDep, storage: StorageDep) -> Response:
     await _signed_form(request, settings)
-    try:
-        await storage.get_call(call_id)
-    except NotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call_id} not found") from None
+    await storage.get_call(call_id)
     return Response(connect_twiml(settings.public_gateway_url, call_id), media_type="application/xml")
 
 
@@ -66,15 +62,12 @@ async def status_callback(call_id: str, request: Request, settings: SettingsDep,
     duration = form.get("CallDuration")
     if duration is not None and not duration.isdigit():
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "CallDuration must be a whole number of seconds")
-    try:
-        call = await storage.apply_call_status(
-            call_id,
-            new_status,
-            duration=int(duration) if duration is not None else None,
-            twilio_call_sid=form.get("CallSid"),
-        )
-    except NotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call_id} not found") from None
+    call = await storage.apply_call_status(
+        call_id,
+        new_status,
+        duration=int(duration) if duration is not None else None,
+        twilio_call_sid=form.get("CallSid"),
+    )
     log.info("call %s: %s (seq %s) -> stored %s", call_id, new_status, form.get("SequenceNumber"), call.status)
     try:
         if call.status in call_status.TERMINAL:

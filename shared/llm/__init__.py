@@ -2,41 +2,40 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.llm.base import LLM, ChatMessage, GenerationOptions, LLMError, StructuredLLM
 
 if TYPE_CHECKING:
+    from shared.llm.llama_cpp import LlamaCppLLM
+    from shared.llm.ollama import OllamaLLM
+    from shared.llm.openai_compat import OpenAICompatLLM
     from shared.settings import Settings
 
 __all__ = [
-    "LLM", "ChatMessage", "GenerationOptions", "LLMError", "StructuredLLM", "build_analysis_llm", "build_llm"
+    "LLM",
+    "ChatMessage",
+    "GenerationOptions",
+    "LLMError",
+    "StructuredLLM",
+    "build_analysis_llm",
+    "build_llm",
 ]
 
 
 def build_llm(settings: Settings) -> LLM:
-    """The engine named by settings; the embedded model is loaded once per process, lazily."""
-    if settings.llm_engine == "ollama":
-        from shared.llm.ollama import OllamaLLM
+    """The engine that answers on calls; the embedded model is loaded once per process, lazily.
 
-        return OllamaLLM(settings.ollama_base_url, settings.llm_model, timeout_s=settings.llm_timeout_s)
-    if settings.llm_engine == "openai":
-        from shared.llm.openai_compat import OpenAICompatLLM
-
-        return OpenAICompatLLM(
-            settings.openai_base_url,
-            settings.llm_model,
-            api_key=settings.openai_api_key,
-            timeout_s=settings.llm_timeout_s,
-        )
-    from shared.llm.llama_cpp import LlamaCppLLM
-
-    return LlamaCppLLM(
-        settings.llm_model_path,
-        cache_dir=settings.model_cache_dir,
+    Its timeout is a first-token budget (LLM_TIMEOUT_S): the caller is waiting on the line.
+    """
+    return _build(
+        settings,
+        engine=settings.llm_engine,
+        model=settings.llm_model,
+        model_path=settings.llm_model_path,
         n_ctx=settings.llm_context_tokens,
-        threads=settings.llm_threads,
-        first_token_timeout_s=settings.llm_timeout_s,
+        timeout_s=settings.llm_timeout_s,
     )
 
 
@@ -46,23 +45,40 @@ def build_analysis_llm(settings: Settings) -> StructuredLLM:
     Its timeout is the whole answer's (ANALYSIS_LLM_TIMEOUT_S), not a first-token budget: nobody waits
     on the line, and a larger model may take a while.
     """
-    engine = settings.analysis_llm_engine or settings.llm_engine
-    model = settings.analysis_llm_model or settings.llm_model
-    timeout = settings.analysis_llm_timeout_s
+    return _build(
+        settings,
+        engine=settings.analysis_llm_engine or settings.llm_engine,
+        model=settings.analysis_llm_model or settings.llm_model,
+        model_path=settings.analysis_llm_model_path or settings.llm_model_path,
+        n_ctx=settings.analysis_llm_context_tokens,
+        timeout_s=settings.analysis_llm_timeout_s,
+    )
+
+
+def _build(
+    settings: Settings, *, engine: str, model: str, model_path: Path | None, n_ctx: int, timeout_s: float
+) -> OllamaLLM | OpenAICompatLLM | LlamaCppLLM:
+    """The one rule from an engine name to an engine; calls and analysis differ only in what they pass.
+
+    Server URLs, the API key, the model cache and the thread count are the same for both. Engines are
+    imported here, not above, so a process loads only the one it uses.
+    """
     if engine == "ollama":
         from shared.llm.ollama import OllamaLLM
 
-        return OllamaLLM(settings.ollama_base_url, model, timeout_s=timeout)
+        return OllamaLLM(settings.ollama_base_url, model, timeout_s=timeout_s)
     if engine == "openai":
         from shared.llm.openai_compat import OpenAICompatLLM
 
-        return OpenAICompatLLM(settings.openai_base_url, model, api_key=settings.openai_api_key, timeout_s=timeout)
+        return OpenAICompatLLM(
+            settings.openai_base_url, model, api_key=settings.openai_api_key, timeout_s=timeout_s
+        )
     from shared.llm.llama_cpp import LlamaCppLLM
 
     return LlamaCppLLM(
-        settings.analysis_llm_model_path or settings.llm_model_path,
+        model_path,
         cache_dir=settings.model_cache_dir,
-        n_ctx=settings.analysis_llm_context_tokens,
+        n_ctx=n_ctx,
         threads=settings.llm_threads,
-        first_token_timeout_s=timeout,
+        first_token_timeout_s=timeout_s,
     )

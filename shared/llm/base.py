@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from shared.agent_config import LLMConfig
+
 
 @dataclass(frozen=True)
 class ChatMessage:
@@ -15,13 +17,8 @@ class ChatMessage:
     content: str
 
 
-@dataclass(frozen=True)
-class GenerationOptions:
-    """Per-agent sampling options (the agent's `llm` block)."""
-
-    model: str | None = None
-    temperature: float = 0.6
-    max_tokens: int = 120
+GenerationOptions = LLMConfig
+"""What an engine is handed per request: exactly the agent's `llm` block (one model, one set of defaults)."""
 
 
 class LLMError(Exception):

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
-from shared.llm._http import make_client, to_llm_error, wire_messages
-from shared.llm.base import ChatMessage, GenerationOptions, LLMError
+from shared.llm.base import GenerationOptions
+from shared.llm.http_engine import HTTPEngine, StreamLine
 
 
-class OllamaLLM:
-    """Streams from a local or remote Ollama server."""
+class OllamaLLM(HTTPEngine):
+    """Streams from a local or remote Ollama server; each line's `message.content` until `done`."""
+
+    label = "ollama"
+    model_prefix = "ollama"
+    path = "/api/chat"
 
     def __init__(
         self,
@@ -23,68 +25,22 @@ class OllamaLLM:
         timeout_s: float = 8.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.model = model
-        self.model_name = f"ollama:{model}"
-        self._client = make_client(base_url, timeout_s, transport)
+        super().__init__(base_url, model, timeout_s=timeout_s, transport=transport)
 
-    def warmup(self) -> None:
-        """Nothing to load here: the server owns the model (it loads it on the first request)."""
+    def _sampling_fields(self, options: GenerationOptions) -> dict[str, Any]:
+        return {"options": {"temperature": options.temperature, "num_predict": options.max_tokens}}
 
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._client.aclose()
+    def _schema_fields(self, schema: dict[str, Any]) -> dict[str, Any]:
+        return {"format": schema}  # Ollama constrains the answer to a JSON Schema passed as `format`
 
-    async def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]:
-        """Yield each line's `message.content`; stop at `done`; an `error` line raises LLMError."""
-        body = {
-            "model": options.model or self.model,
-            "messages": wire_messages(messages),
-            "stream": True,
-            "options": {"temperature": options.temperature, "num_predict": options.max_tokens},
-        }
-        try:
-            async with self._client.stream("POST", "/api/chat", json=body) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    response.raise_for_status()
-                async for line in response.aiter_lines():
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    if "error" in event:
-                        raise LLMError(f"ollama: {event['error']}")
-                    piece = (event.get("message") or {}).get("content")
-                    if piece:
-                        yield piece
-                    if event.get("done"):
-                        return
-        except LLMError:
-            raise
-        except (httpx.HTTPError, json.JSONDecodeError) as exc:
-            raise to_llm_error("ollama", exc) from exc
+    def _read_line(self, line: str) -> StreamLine | None:
+        if not line.strip():
+            return None
+        event = self._event(line)
+        return StreamLine(text=(event.get("message") or {}).get("content"), last=bool(event.get("done")))
 
-    async def complete_json(
-        self, messages: list[ChatMessage], schema: dict[str, Any], options: GenerationOptions
-    ) -> str:
-        """One non-streamed answer whose shape Ollama constrains with the schema passed as `format`."""
-        body = {
-            "model": options.model or self.model,
-            "messages": wire_messages(messages),
-            "stream": False,
-            "format": schema,
-            "options": {"temperature": options.temperature, "num_predict": options.max_tokens},
-        }
-        try:
-            response = await self._client.post("/api/chat", json=body)
-            response.raise_for_status()
-            event = response.json()
-        except (httpx.HTTPError, json.JSONDecodeError) as exc:
-            raise to_llm_error("ollama", exc) from exc
-        if not isinstance(event, dict):
-            raise LLMError("ollama: the answer is not a JSON object")
-        if "error" in event:
-            raise LLMError(f"ollama: {event['error']}")
-        content = (event.get("message") or {}).get("content")
+    def _answer_text(self, answer: dict[str, Any]) -> str:
+        content = (answer.get("message") or {}).get("content")
         if not isinstance(content, str):
-            raise LLMError("ollama: the answer has no message.content")
+            raise self._fail("the answer has no message.content")
         return content

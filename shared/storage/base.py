@@ -6,14 +6,27 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+from shared.agent_config import AgentSettings, LLMConfig, known_keys_only
+from shared.errors import NotFound
 
 Speaker = Literal["agent", "caller"]
+# Which database is behind the seam: the job queue needs to know (procrastinate runs on PostgreSQL only).
+StorageKind = Literal["sqlite", "postgres", "supabase"]
 
 
 def new_id() -> str:
     """Row ids are UUIDs so that rows can be created by any process without coordination."""
     return str(uuid.uuid4())
+
+
+def parse_id(value: object) -> uuid.UUID:
+    """Ids are UUIDs; a malformed one names no row, so it reads as not found."""
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except ValueError:
+        raise NotFound(f"row with id {value!r}") from None
 
 
 def utcnow() -> datetime:
@@ -22,7 +35,7 @@ def utcnow() -> datetime:
 
 
 class Agent(BaseModel):
-    """A phone agent: its prompt, voice and model configuration."""
+    """A stored phone agent: its prompt, voice and typed configuration (`shared.agent_config`)."""
 
     id: str
     name: str
@@ -30,10 +43,20 @@ class Agent(BaseModel):
     greeting: str | None = None
     voice: str | None = None
     language: str = "en"
-    llm: dict[str, Any] = Field(default_factory=dict)
-    settings: dict[str, Any] = Field(default_factory=dict)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    settings: AgentSettings = Field(default_factory=AgentSettings)
     created_at: datetime
     updated_at: datetime
+
+    @field_validator("llm", mode="before")
+    @classmethod
+    def _stored_llm(cls, value: Any) -> Any:
+        return known_keys_only(LLMConfig, value, "llm")
+
+    @field_validator("settings", mode="before")
+    @classmethod
+    def _stored_settings(cls, value: Any) -> Any:
+        return known_keys_only(AgentSettings, value, "settings")
 
 
 class Call(BaseModel):
@@ -134,6 +157,16 @@ AGENT_MUTABLE_FIELDS = frozenset({"name", "prompt", "greeting", "voice", "langua
 
 class Storage(Protocol):
     """Async access to agents, calls, transcripts and analyses, whatever the database."""
+
+    @property
+    def kind(self) -> StorageKind:
+        """Which database this is."""
+        ...
+
+    @property
+    def dsn(self) -> str | None:
+        """The PostgreSQL connection string (procrastinate's job queue connects with it); None elsewhere."""
+        ...
 
     async def open(self) -> None: ...
 

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from shared.errors import StorageError
+from shared.storage.base import StorageKind
 from shared.storage.sql import SQLStorage, default_migrations_dir
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -70,10 +71,11 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 class PostgresStorage(SQLStorage):
     """A pool of asyncpg connections; row locks make status updates safe across processes."""
 
+    kind: StorageKind = "postgres"
     lock_clause = " for update"
 
     def __init__(self, database_url: str, migrations_dir: Path | None = None, *, max_size: int = 10) -> None:
-        self.dsn = asyncpg_dsn(database_url)
+        self.dsn: str = asyncpg_dsn(database_url)  # procrastinate's job queue connects with it too
         self.migrations_dir = migrations_dir or default_migrations_dir()
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None

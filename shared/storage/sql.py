@@ -16,9 +16,8 @@ from typing import Any, Protocol
 
 from shared import call_status
 from shared.errors import NotFound
+from shared.storage import rows
 from shared.storage.base import (
-    AGENT_MUTABLE_FIELDS,
-    CALL_MUTABLE_FIELDS,
     Agent,
     Call,
     CallAnalysis,
@@ -28,13 +27,11 @@ from shared.storage.base import (
     WebhookAttempt,
     WebhookEvent,
     new_id,
+    parse_id,
     utcnow,
 )
 
 JSON_COLUMNS = frozenset({"llm", "settings", "metadata", "metrics", "key_points", "data", "payload", "args"})
-_ANALYSIS_FIELDS = (
-    "status", "summary", "key_points", "sentiment", "outcome", "data", "error", "model", "condensed", "attempts"
-)
 MIGRATION_NAME = re.compile(r"^(\d{14})_(\w+)\.sql$")
 
 
@@ -93,11 +90,7 @@ class SQLStorage(ABC):
     # --- helpers -----------------------------------------------------------------------------------
     @staticmethod
     def _uuid(value: Any) -> uuid.UUID:
-        """Ids are UUIDs; a malformed one names no row, so it reads as not found."""
-        try:
-            return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-        except ValueError:
-            raise NotFound(f"no row has id {value!r}") from None
+        return parse_id(value)
 
     @staticmethod
     def _decode(row: dict[str, Any]) -> dict[str, Any]:
@@ -144,13 +137,7 @@ class SQLStorage(ABC):
 
     # --- agents ------------------------------------------------------------------------------------
     async def create_agent(self, data: dict[str, Any]) -> Agent:
-        now = utcnow()
-        values = {key: data[key] for key in AGENT_MUTABLE_FIELDS if key in data and data[key] is not None}
-        values.setdefault("llm", {})
-        values.setdefault("settings", {})
-        values.setdefault("language", "en")
-        values.update(id=new_id(), created_at=now, updated_at=now)
-        sql, args = self._insert("agents", values)
+        sql, args = self._insert("agents", rows.new_agent(data))
         async with self._connection() as conn:
             row = await self._one(conn, sql, *args, what="agent")
         return Agent.model_validate(row)
@@ -175,8 +162,7 @@ class SQLStorage(ABC):
         return [Agent.model_validate(self._decode(r)) for r in rows]
 
     async def update_agent(self, agent_id: str, changes: dict[str, Any]) -> Agent:
-        values = {k: v for k, v in changes.items() if k in AGENT_MUTABLE_FIELDS}
-        values["updated_at"] = utcnow()
+        values = rows.agent_changes(changes)
         sql, args = self._update("agents", agent_id, values, where=" and deleted_at is null")
         async with self._connection() as conn:
             row = await self._one(conn, sql, *args, what=f"agent {agent_id}")
@@ -199,18 +185,7 @@ class SQLStorage(ABC):
     async def create_call(
         self, *, agent_id: str, to_number: str, from_number: str | None, metadata: dict[str, Any]
     ) -> Call:
-        now = utcnow()
-        values: dict[str, Any] = {
-            "id": new_id(),
-            "agent_id": agent_id,
-            "to_number": to_number,
-            "from_number": from_number,
-            "status": "queued",
-            "metadata": metadata,
-            "created_at": now,
-            "updated_at": now,
-        }
-        sql, args = self._insert("calls", values)
+        sql, args = self._insert("calls", rows.new_call(agent_id, to_number, from_number, metadata))
         async with self._connection() as conn:
             row = await self._one(conn, sql, *args, what="call")
         return Call.model_validate(row)
@@ -257,9 +232,7 @@ class SQLStorage(ABC):
         return [Call.model_validate(self._decode(r)) for r in rows]
 
     async def update_call(self, call_id: str, changes: dict[str, Any]) -> Call:
-        values = {k: v for k, v in changes.items() if k in CALL_MUTABLE_FIELDS}
-        values["updated_at"] = utcnow()
-        sql, args = self._update("calls", call_id, values)
+        sql, args = self._update("calls", call_id, rows.call_changes(changes))
         async with self._connection() as conn:
             row = await self._one(conn, sql, *args, what=f"call {call_id}")
         return Call.model_validate(row)
@@ -306,14 +279,7 @@ class SQLStorage(ABC):
         line_id: str | None = None,
     ) -> TranscriptLine:
         """Insert one line; a retried write with the same `line_id` is stored once."""
-        values: dict[str, Any] = {
-            "id": line_id or new_id(),
-            "call_id": call_id,
-            "speaker": speaker,
-            "text": text,
-            "timestamp": timestamp or utcnow(),
-            "metrics": metrics or {},
-        }
+        values = rows.new_transcript_line(call_id, speaker, text, timestamp, metrics, line_id)
         sql, args = self._insert("transcripts", values, "on conflict (id) do nothing")
         async with self._connection() as conn:
             await conn.execute(sql, *args)
@@ -337,9 +303,8 @@ class SQLStorage(ABC):
     async def upsert_analysis(self, call_id: str, values: dict[str, Any]) -> CallAnalysis:
         """One row per call: a re-run replaces the previous analysis instead of adding a row."""
         now = utcnow()
-        fields = {k: values[k] for k in _ANALYSIS_FIELDS if k in values}
-        row_values: dict[str, Any] = {"id": new_id(), "call_id": call_id, **fields}
-        row_values.update(created_at=now, updated_at=now)
+        fields = rows.analysis_fields(values)
+        row_values = {"id": new_id(), "call_id": call_id, **fields, "created_at": now, "updated_at": now}
         updates = ", ".join(f"{c} = excluded.{c}" for c in [*fields, "updated_at"])
         sql, args = self._insert("call_analysis", row_values, f"on conflict (call_id) do update set {updates} returning *")
         async with self._connection() as conn:
@@ -361,13 +326,7 @@ class SQLStorage(ABC):
         self, *, call_id: str, type: str, url: str, payload: dict[str, Any], dedupe_key: str
     ) -> WebhookEvent:
         """Insert the event once per `dedupe_key`; a re-run (a retried job) gets the existing row back."""
-        now = utcnow()
-        event_id = new_id()
-        values: dict[str, Any] = {
-            "id": event_id, "call_id": call_id, "type": type, "dedupe_key": dedupe_key, "url": url,
-            "payload": {**payload, "id": event_id}, "status": "pending", "attempts": 0,
-            "created_at": now, "updated_at": now,
-        }
+        values = rows.new_webhook_event(call_id, type, url, payload, dedupe_key)
         sql, args = self._insert("webhook_events", values, "on conflict (dedupe_key) do nothing")
         async with self._connection() as conn:
             await conn.execute(sql, *args)
@@ -396,22 +355,13 @@ class SQLStorage(ABC):
     ) -> WebhookEvent:
         """Log one attempt and move the event on, in one transaction (a repeated attempt number is kept once)."""
         now = utcnow()
+        log_row = rows.new_webhook_attempt(event_id, attempt, status_code, error, duration_ms, now)
+        insert, insert_args = self._insert("webhook_attempts", log_row, "on conflict (event_id, attempt) do nothing")
+        changes = rows.attempt_outcome(outcome, attempt, error, now)
+        update, update_args = self._update("webhook_events", event_id, changes)
         async with self._transaction() as conn:
-            await conn.execute(
-                "insert into webhook_attempts (id, event_id, attempt, status_code, error, duration_ms, created_at) "
-                "values (?, ?, ?, ?, ?, ?, ?) on conflict (event_id, attempt) do nothing",
-                self._encode("id", new_id()), self._encode("event_id", event_id), attempt, status_code,
-                error, duration_ms, self._encode("created_at", now),
-            )
-            row = await self._one(
-                conn,
-                "update webhook_events set status = ?, attempts = ?, last_error = ?, updated_at = ?, "
-                "delivered_at = ? where id = ? returning *",
-                outcome, attempt, error, self._encode("updated_at", now),
-                self._encode("delivered_at", now if outcome == "delivered" else None),
-                self._encode("id", event_id),
-                what=f"webhook event {event_id}",
-            )
+            await conn.execute(insert, *insert_args)
+            row = await self._one(conn, update, *update_args, what=f"webhook event {event_id}")
         return WebhookEvent.model_validate(row)
 
     async def list_webhook_events(self, call_id: str) -> list[WebhookEvent]:
@@ -441,11 +391,7 @@ class SQLStorage(ABC):
         self, task: str, args: dict[str, Any], *, dedupe_key: str | None = None, run_at: datetime | None = None
     ) -> bool:
         """Add a pending job; False when a job with the same `dedupe_key` was ever enqueued."""
-        now = utcnow()
-        values: dict[str, Any] = {
-            "id": new_id(), "task": task, "args": args, "dedupe_key": dedupe_key, "status": "pending",
-            "attempts": 0, "run_at": run_at or now, "created_at": now, "updated_at": now,
-        }
+        values = rows.new_job(task, args, dedupe_key, run_at)
         sql, params = self._insert("relayx_jobs", values, "on conflict do nothing")
         async with self._connection() as conn:
             count = await conn.execute(sql, *params)

@@ -14,6 +14,7 @@ from typing import Any
 import aiosqlite
 
 from shared.errors import StorageError
+from shared.storage.base import StorageKind
 from shared.storage.sql import JSON_COLUMNS, SQLStorage, default_migrations_dir
 
 _MIGRATIONS_TABLE = """
@@ -52,6 +53,8 @@ class _Conn:
 class SQLiteStorage(SQLStorage):
     """One connection per process, WAL mode so the backend and the gateway share the file."""
 
+    kind: StorageKind = "sqlite"
+    dsn: str | None = None  # no PostgreSQL: jobs are rows of `relayx_jobs`, run by the backend itself
     transcript_order = "timestamp, seq"
 
     def __init__(self, database_url: str, migrations_dir: Path | None = None) -> None:

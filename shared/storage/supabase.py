@@ -13,7 +13,6 @@ PostgreSQL connection string, or with the Supabase CLI (`supabase db push`), whi
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
@@ -25,26 +24,22 @@ from supabase._async.client import SupabaseException
 
 from shared import call_status
 from shared.errors import ConfigurationError, NotFound, StorageError
+from shared.storage import rows
 from shared.storage.base import (
-    AGENT_MUTABLE_FIELDS,
-    CALL_MUTABLE_FIELDS,
     Agent,
     Call,
     CallAnalysis,
     Job,
     Speaker,
+    StorageKind,
     TranscriptLine,
     WebhookAttempt,
     WebhookEvent,
-    new_id,
+    parse_id,
     utcnow,
 )
 
 log = logging.getLogger(__name__)
-
-_ANALYSIS_FIELDS = (
-    "status", "summary", "key_points", "sentiment", "outcome", "data", "error", "model", "condensed", "attempts"
-)
 # A conditional PATCH loses only to a concurrent write of the same row; a handful of re-reads is plenty
 # (each loss means another writer made progress).
 _MAX_RACES = 8
@@ -55,11 +50,8 @@ class _Query(Protocol):
 
 
 def _uuid(value: str) -> str:
-    """Ids are UUIDs; a malformed one names no row, so it reads as not found (as on SQL)."""
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise NotFound(f"no row has id {value!r}") from None
+    """An id as PostgREST filters on it; a malformed one is NotFound, as on SQL."""
+    return str(parse_id(value))
 
 
 def _error(exc: APIError, what: str) -> StorageError:
@@ -75,6 +67,9 @@ def _error(exc: APIError, what: str) -> StorageError:
 
 class SupabaseStorage:
     """The `Storage` Protocol over Supabase's PostgREST API with the service role key (which bypasses RLS)."""
+
+    kind: StorageKind = "supabase"
+    dsn: str | None = None  # no PostgreSQL connection: jobs use the `relayx_jobs` table, as on SQLite
 
     def __init__(self, url: str, service_role_key: str, *, timeout_s: float = 10.0) -> None:
         self.url = url
@@ -135,13 +130,7 @@ class SupabaseStorage:
 
     # --- agents ------------------------------------------------------------------------------------
     async def create_agent(self, data: dict[str, Any]) -> Agent:
-        now = utcnow()
-        values = {key: data[key] for key in AGENT_MUTABLE_FIELDS if key in data and data[key] is not None}
-        values.setdefault("llm", {})
-        values.setdefault("settings", {})
-        values.setdefault("language", "en")
-        values.update(id=new_id(), created_at=now, updated_at=now)
-        row = await self._one(self._table("agents").insert(values), what="creating an agent")
+        row = await self._one(self._table("agents").insert(rows.new_agent(data)), what="creating an agent")
         return Agent.model_validate(row)
 
     async def get_agent(self, agent_id: str) -> Agent:
@@ -156,8 +145,7 @@ class SupabaseStorage:
         return [Agent.model_validate(r) for r in await self._rows(query, what="listing agents")]
 
     async def update_agent(self, agent_id: str, changes: dict[str, Any]) -> Agent:
-        values = {k: v for k, v in changes.items() if k in AGENT_MUTABLE_FIELDS}
-        values["updated_at"] = utcnow()
+        values = rows.agent_changes(changes)
         query = self._table("agents").update(values).eq("id", _uuid(agent_id)).is_("deleted_at", "null")
         return Agent.model_validate(await self._one(query, what=f"agent {agent_id}"))
 
@@ -174,11 +162,7 @@ class SupabaseStorage:
     async def create_call(
         self, *, agent_id: str, to_number: str, from_number: str | None, metadata: dict[str, Any]
     ) -> Call:
-        now = utcnow()
-        values: dict[str, Any] = {
-            "id": new_id(), "agent_id": _uuid(agent_id), "to_number": to_number, "from_number": from_number,
-            "status": "queued", "metadata": metadata, "created_at": now, "updated_at": now,
-        }
+        values = rows.new_call(_uuid(agent_id), to_number, from_number, metadata)
         return Call.model_validate(await self._one(self._table("calls").insert(values), what="creating a call"))
 
     async def get_call(self, call_id: str) -> Call:
@@ -212,9 +196,7 @@ class SupabaseStorage:
         return [Call.model_validate({k: v for k, v in r.items() if k != "call_analysis"}) for r in rows]
 
     async def update_call(self, call_id: str, changes: dict[str, Any]) -> Call:
-        values = {k: v for k, v in changes.items() if k in CALL_MUTABLE_FIELDS}
-        values["updated_at"] = utcnow()
-        query = self._table("calls").update(values).eq("id", _uuid(call_id))
+        query = self._table("calls").update(rows.call_changes(changes)).eq("id", _uuid(call_id))
         return Call.model_validate(await self._one(query, what=f"call {call_id}"))
 
     async def apply_call_status(
@@ -265,10 +247,9 @@ class SupabaseStorage:
         line_id: str | None = None,
     ) -> TranscriptLine:
         """Insert one line; a retried write with the same `line_id` is stored once."""
-        values: dict[str, Any] = {
-            "id": _uuid(line_id) if line_id else new_id(), "call_id": _uuid(call_id), "speaker": speaker,
-            "text": text, "timestamp": timestamp or utcnow(), "metrics": metrics or {},
-        }
+        values = rows.new_transcript_line(
+            _uuid(call_id), speaker, text, timestamp, metrics, _uuid(line_id) if line_id else None
+        )
         inserted = await self._rows(
             self._table("transcripts").upsert(values, on_conflict="id", ignore_duplicates=True),
             what=f"adding a transcript line to call {call_id}",
@@ -291,10 +272,7 @@ class SupabaseStorage:
         `id` and `created_at` are left to the column defaults: a merge sets every column it is sent,
         and the first row's id and creation time must survive a re-run.
         """
-        row_values: dict[str, Any] = {
-            "call_id": _uuid(call_id), **{k: values[k] for k in _ANALYSIS_FIELDS if k in values},
-            "updated_at": utcnow(),
-        }
+        row_values = {"call_id": _uuid(call_id), **rows.analysis_fields(values), "updated_at": utcnow()}
         query = self._table("call_analysis").upsert(row_values, on_conflict="call_id")
         return CallAnalysis.model_validate(await self._one(query, what=f"analysis of call {call_id}"))
 
@@ -307,13 +285,7 @@ class SupabaseStorage:
         self, *, call_id: str, type: str, url: str, payload: dict[str, Any], dedupe_key: str
     ) -> WebhookEvent:
         """Insert the event once per `dedupe_key`; a re-run (a retried job) gets the existing row back."""
-        now = utcnow()
-        event_id = new_id()
-        values: dict[str, Any] = {
-            "id": event_id, "call_id": _uuid(call_id), "type": type, "dedupe_key": dedupe_key, "url": url,
-            "payload": {**payload, "id": event_id}, "status": "pending", "attempts": 0,
-            "created_at": now, "updated_at": now,
-        }
+        values = rows.new_webhook_event(_uuid(call_id), type, url, payload, dedupe_key)
         inserted = await self._rows(
             self._table("webhook_events").upsert(values, on_conflict="dedupe_key", ignore_duplicates=True),
             what="creating a webhook event",
@@ -344,20 +316,14 @@ class SupabaseStorage:
         """
         now = utcnow()
         key = _uuid(event_id)
-        attempt_row = {
-            "id": new_id(), "event_id": key, "attempt": attempt, "status_code": status_code, "error": error,
-            "duration_ms": duration_ms, "created_at": now,
-        }
+        attempt_row = rows.new_webhook_attempt(key, attempt, status_code, error, duration_ms, now)
         await self._rows(
             self._table("webhook_attempts").upsert(
                 attempt_row, on_conflict="event_id,attempt", ignore_duplicates=True, returning=ReturnMethod.minimal
             ),
             what=f"logging attempt {attempt} of webhook event {event_id}",
         )
-        changes = {
-            "status": outcome, "attempts": attempt, "last_error": error, "updated_at": now,
-            "delivered_at": now if outcome == "delivered" else None,
-        }
+        changes = rows.attempt_outcome(outcome, attempt, error, now)
         query = self._table("webhook_events").update(changes).eq("id", key)
         return WebhookEvent.model_validate(await self._one(query, what=f"webhook event {event_id}"))
 
@@ -383,11 +349,7 @@ class SupabaseStorage:
         self, task: str, args: dict[str, Any], *, dedupe_key: str | None = None, run_at: datetime | None = None
     ) -> bool:
         """Add a pending job; False when a job with the same `dedupe_key` was ever enqueued."""
-        now = utcnow()
-        values: dict[str, Any] = {
-            "id": new_id(), "task": task, "args": args, "dedupe_key": dedupe_key, "status": "pending",
-            "attempts": 0, "run_at": run_at or now, "created_at": now, "updated_at": now,
-        }
+        values = rows.new_job(task, args, dedupe_key, run_at)
         table = self._table("relayx_jobs")
         query = (
             table.upsert(values, on_conflict="dedupe_key", ignore_duplicates=True) if dedupe_key else table.insert(values)

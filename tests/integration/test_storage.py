@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from shared.agent_config import AgentSettings, LLMConfig
 from shared.errors import NotFound, StorageError
 from shared.storage.base import Storage
 
@@ -26,10 +27,16 @@ async def test_agent_round_trip_keeps_json_fields(storage: Storage) -> None:
          "settings": {"end_of_turn_silence_ms": 400}}
     )
     loaded = await storage.get_agent(agent.id)
-    assert loaded.llm == {"model": "x", "max_tokens": 80}
-    assert loaded.settings == {"end_of_turn_silence_ms": 400}
+    assert loaded.llm == LLMConfig(model="x", max_tokens=80)
+    assert loaded.settings == AgentSettings(end_of_turn_silence_ms=400)
     assert loaded.greeting == "Hi!"
     assert [a.id for a in await storage.list_agents()] == [agent.id]
+
+
+async def test_storage_says_which_database_it_is(storage: Storage, database_url: str) -> None:
+    # The job queue picks procrastinate from these: a DSN on PostgreSQL only.
+    assert storage.kind == ("sqlite" if database_url.startswith("sqlite") else "postgres")
+    assert (storage.dsn is not None) == (storage.kind == "postgres")
 
 
 async def test_update_agent_changes_only_given_fields(storage: Storage) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.agent_config import AgentSettings, LLMConfig
 from shared.errors import NotFound, StorageError
 from shared.storage import build_storage
 from shared.storage.supabase import SupabaseStorage
@@ -70,8 +71,8 @@ async def test_supabase_rest_fake_postgrest_agent_crud_and_soft_delete(store: Su
                                       "llm": {"model": "x", "max_tokens": 80},
                                       "settings": {"end_of_turn_silence_ms": 400}})
     loaded = await store.get_agent(agent.id)
-    assert loaded.llm == {"model": "x", "max_tokens": 80}
-    assert loaded.settings == {"end_of_turn_silence_ms": 400} and loaded.language == "en"
+    assert loaded.llm == LLMConfig(model="x", max_tokens=80)
+    assert loaded.settings == AgentSettings(end_of_turn_silence_ms=400) and loaded.language == "en"
     updated = await store.update_agent(agent.id, {"greeting": "Hello there", "id": "ignored"})
     assert updated.greeting == "Hello there" and updated.prompt == "p" and updated.id == agent.id
     call_id = await _call(store, agent.id)
@@ -230,6 +231,7 @@ async def test_supabase_rest_fake_postgrest_job_queue_claims_each_job_once(store
 
 async def test_supabase_rest_fake_postgrest_migrate_applies_nothing_and_ping_works(store: SupabaseStorage) -> None:
     assert await store.migrate() == []
+    assert store.kind == "supabase" and store.dsn is None  # jobs go to relayx_jobs, as on SQLite
     await store.ping()
 
 

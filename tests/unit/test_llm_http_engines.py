@@ -8,9 +8,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from shared.llm import build_analysis_llm, build_llm
 from shared.llm.base import ChatMessage, GenerationOptions, LLMError
+from shared.llm.llama_cpp import LlamaCppLLM
 from shared.llm.ollama import OllamaLLM
 from shared.llm.openai_compat import OpenAICompatLLM
+from shared.settings import Settings
 
 Handler = Callable[[dict, asyncio.StreamWriter], Awaitable[None]]
 MESSAGES = [ChatMessage("system", "You are Ava of Bright Smile Dental."), ChatMessage("user", "Hi")]
@@ -59,6 +62,17 @@ class FakeServer:
         self._server.close()
 
 
+def _one_chunk(payload: bytes, *, status: str = "200 OK", ctype: str = "application/json") -> Handler:
+    """A handler that answers every request with `payload` as the whole body."""
+
+    async def handler(body: dict, writer: asyncio.StreamWriter) -> None:
+        await _start(writer, status=status, ctype=ctype)
+        await _chunk(writer, payload)
+        await _end(writer)
+
+    return handler
+
+
 async def _collect(stream: AsyncIterator[str]) -> list[str]:
     return [piece async for piece in stream]
 
@@ -91,19 +105,6 @@ async def test_ollama_wire_fake_server_streams_tokens() -> None:
     assert body["stream"] is True and body["model"] == "qwen2.5:0.5b"
     assert body["options"] == {"temperature": 0.3, "num_predict": 50}
     assert body["messages"][0] == {"role": "system", "content": "You are Ava of Bright Smile Dental."}
-
-
-async def test_ollama_wire_error_line_raises_llm_error() -> None:
-    async def handler(body: dict, writer: asyncio.StreamWriter) -> None:
-        await _start(writer, ctype="application/x-ndjson")
-        await _chunk(writer, b'{"error":"model \\"nope\\" not found"}\n')
-        await _end(writer)
-
-    async with FakeServer(handler) as url:
-        llm = OllamaLLM(url, "nope")
-        with pytest.raises(LLMError, match="not found"):
-            await _collect(llm.stream(MESSAGES, GenerationOptions()))
-        await llm.aclose()
 
 
 async def _openai_sse(body: dict, writer: asyncio.StreamWriter) -> None:
@@ -144,15 +145,37 @@ async def test_openai_wire_fake_server_streams_sse_deltas() -> None:
     assert body["stream"] is True and body["max_tokens"] == 20 and body["temperature"] == 0.1
 
 
-async def test_openai_wire_http_error_raises_llm_error() -> None:
-    async def handler(body: dict, writer: asyncio.StreamWriter) -> None:
-        await _start(writer, status="500 Internal Server Error", ctype="application/json")
-        await _chunk(writer, b'{"error":{"message":"boom"}}')
-        await _end(writer)
+_SSE_ERROR = b'data: {"error": {"message": "context length exceeded"}}\n\n'
 
+
+@pytest.mark.parametrize(
+    ("engine", "handler", "match"),
+    [
+        (
+            OllamaLLM,
+            _one_chunk(b'{"error":"model \\"nope\\" not found"}\n', ctype="application/x-ndjson"),
+            "^ollama: .*not found",
+        ),
+        (OllamaLLM, _one_chunk(b"<html>proxy error</html>\n", ctype="text/html"), "^ollama: JSONDecodeError"),
+        (
+            OpenAICompatLLM,
+            _one_chunk(b'{"error":{"message":"boom"}}', status="500 Internal Server Error"),
+            "^openai-compatible: HTTP 500",
+        ),
+        (
+            OpenAICompatLLM,
+            _one_chunk(_SSE_ERROR, ctype="text/event-stream"),
+            "^openai-compatible: .*context length exceeded",
+        ),
+    ],
+    ids=["ollama-error-line", "ollama-not-json", "openai-http-500", "openai-error-event"],
+)
+async def test_a_failed_stream_raises_llm_error_naming_engine_and_cause(
+    engine: type[OllamaLLM | OpenAICompatLLM], handler: Handler, match: str
+) -> None:
     async with FakeServer(handler) as url:
-        llm = OpenAICompatLLM(url, "qwen")
-        with pytest.raises(LLMError, match="HTTP 500"):
+        llm = engine(url, "nope")
+        with pytest.raises(LLMError, match=match):
             await _collect(llm.stream(MESSAGES, GenerationOptions()))
         await llm.aclose()
 
@@ -178,3 +201,89 @@ async def test_nothing_listening_raises_llm_error() -> None:
     with pytest.raises(LLMError):
         await _collect(llm.stream(MESSAGES, GenerationOptions()))
     await llm.aclose()
+
+
+SCHEMA = {"type": "object", "properties": {"outcome": {"type": "string"}}, "required": ["outcome"]}
+ANSWER = '{"outcome": "booked"}'
+
+
+async def test_ollama_complete_json_passes_the_schema_as_format() -> None:
+    reply = {"model": "qwen2.5:0.5b", "message": {"role": "assistant", "content": ANSWER}, "done": True}
+    server = FakeServer(_one_chunk(json.dumps(reply).encode()))
+    async with server as url:
+        llm = OllamaLLM(url, "qwen2.5:0.5b")
+        text = await llm.complete_json(MESSAGES, SCHEMA, GenerationOptions(temperature=0.0, max_tokens=200))
+        await llm.aclose()
+    assert text == ANSWER
+    assert llm.model_name == "ollama:qwen2.5:0.5b"
+    path, body, _ = server.requests[0]
+    assert path == "/api/chat"
+    assert body["stream"] is False and body["format"] == SCHEMA
+    assert body["options"] == {"temperature": 0.0, "num_predict": 200}
+
+
+async def test_openai_complete_json_passes_a_strict_json_schema_response_format() -> None:
+    reply = {"id": "c2", "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER}}]}
+    server = FakeServer(_one_chunk(json.dumps(reply).encode()))
+    async with server as url:
+        llm = OpenAICompatLLM(url + "/v1", "qwen", api_key="sk-test")
+        text = await llm.complete_json(MESSAGES, SCHEMA, GenerationOptions(temperature=0.0, max_tokens=200))
+        await llm.aclose()
+    assert text == ANSWER
+    assert llm.model_name == "openai:qwen"
+    path, body, headers = server.requests[0]
+    assert path == "/v1/chat/completions" and headers["authorization"] == "Bearer sk-test"
+    assert body["stream"] is False and body["temperature"] == 0.0 and body["max_tokens"] == 200
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "call_analysis", "schema": SCHEMA, "strict": True},
+    }
+
+
+@pytest.mark.parametrize(
+    ("engine", "payload", "match"),
+    [
+        (OllamaLLM, b'{"error": "model not found"}', "^ollama: model not found"),
+        (OllamaLLM, b'{"done": true}', "^ollama: the answer has no message.content"),
+        (OllamaLLM, b"[1, 2]", "^ollama: the answer is not a JSON object"),
+        (OpenAICompatLLM, b'{"choices": []}', r"^openai-compatible: the answer has no choices\[0\]"),
+        (OpenAICompatLLM, b'{"choices": [{"message": {"content": null}}]}', "is not text"),
+        (OpenAICompatLLM, b"not json", "^openai-compatible: JSONDecodeError"),
+    ],
+)
+async def test_complete_json_an_answer_without_text_raises_llm_error(
+    engine: type[OllamaLLM | OpenAICompatLLM], payload: bytes, match: str
+) -> None:
+    async with FakeServer(_one_chunk(payload)) as url:
+        llm = engine(url, "m")
+        with pytest.raises(LLMError, match=match):
+            await llm.complete_json(MESSAGES, SCHEMA, GenerationOptions())
+        await llm.aclose()
+
+
+async def test_calls_and_analysis_pick_their_engine_by_the_same_rule() -> None:
+    settings = Settings(
+        _env_file=None,
+        LLM_ENGINE="ollama",
+        LLM_MODEL="qwen2.5:0.5b",
+        LLM_TIMEOUT_S=3.0,
+        ANALYSIS_LLM_ENGINE="openai",
+        ANALYSIS_LLM_MODEL="big",
+        ANALYSIS_LLM_TIMEOUT_S=90.0,
+        OPENAI_API_KEY="sk-test",
+    )
+    calls, analysis = build_llm(settings), build_analysis_llm(settings)
+    assert isinstance(calls, OllamaLLM) and calls.model_name == "ollama:qwen2.5:0.5b"
+    assert isinstance(analysis, OpenAICompatLLM) and analysis.model_name == "openai:big"
+    assert calls._client.timeout.read == 3.0 and analysis._client.timeout.read == 90.0
+    assert analysis._client.headers["authorization"] == "Bearer sk-test"
+    await calls.aclose()
+    await analysis.aclose()
+
+
+def test_analysis_falls_back_to_the_call_engine_with_its_own_context_and_timeout() -> None:
+    settings = Settings(_env_file=None, LLM_ENGINE="llama-cpp", ANALYSIS_LLM_TIMEOUT_S=120.0)
+    analysis = build_analysis_llm(settings)
+    assert isinstance(analysis, LlamaCppLLM)
+    assert analysis.n_ctx == settings.analysis_llm_context_tokens
+    assert analysis.first_token_timeout_s == 120.0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import wave
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,6 +87,15 @@ async def test_private_targets_are_refused_unless_allowed(url: str) -> None:
     with pytest.raises(webhooks.WebhookURLError, match="private"):
         await webhooks.check_target(url, allow_private=False)
     await webhooks.check_target(url, allow_private=True)
+
+
+def test_queueing_jobs_loads_no_analysis_or_webhook_code() -> None:
+    """The gateway queues jobs through `shared.jobs` but never runs them: it must not load what they need."""
+    code = ("import sys; from shared import jobs; import shared.jobs.enqueue; jobs.notify_call_ended; "
+            "print(sorted({'shared.analysis', 'shared.webhooks', 'shared.jobs.tasks'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.strip() == "[]"
 
 
 def test_backoff_doubles_and_spans_about_an_hour() -> None:

@@ -47,7 +47,7 @@ def _kinds(events: list) -> list[str]:
 
 @pytest.mark.parametrize("chunk", [160, 320, 1000, 16000])
 def test_one_utterance_gives_start_pause_end_whatever_the_chunk_size(chunk: int) -> None:
-    detector = TurnDetector(EnergyVAD(), TurnConfig(end_of_turn_silence_ms=500, early_pause_ms=200))
+    detector = TurnDetector(EnergyVAD(), TurnConfig(min_speech_ms=200, end_of_turn_silence_ms=500, early_pause_ms=200))
     audio = np.concatenate([_silence(1000), _speech(1200), _silence(1000)])
     events = _feed(detector, audio, chunk)
     assert _kinds(events) == ["SpeechStarted", "PauseDetected", "TurnEnded"]

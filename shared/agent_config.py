@@ -1,0 +1,158 @@
+"""One typed agent configuration, with one set of defaults, for every process.
+
+The REST API validates an agent against these models (unknown keys are a 422 naming them), storage
+keeps them as JSON, and the gateway, the turn detector, the engines and the post-call jobs read the
+typed fields, never `dict.get("key", default)`. New agent features (voicemail, tools, transfer,
+campaign variables) add a field or a sub-model here, and nowhere else.
+
+Rows stored by an older RelayX may hold keys this version no longer knows: reading a stored agent
+drops them with a warning (`Agent` in `shared.storage.base`) instead of refusing the whole call.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+log = logging.getLogger(__name__)
+
+# The agent's own fields, as types: POST /agents and PATCH /agents share them.
+AgentName = Annotated[str, Field(min_length=1, max_length=200)]
+Prompt = Annotated[str, Field(min_length=1, max_length=20_000)]
+Greeting = Annotated[str, Field(max_length=1000, description="Spoken as soon as the call connects")]
+Voice = Annotated[str, Field(max_length=200, description="A speaker of a multi-speaker TTS model; empty = its default speaker")]
+Language = Annotated[str, Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")]
+
+
+class _Strict(BaseModel):
+    """Refuses unknown keys: a misspelt setting must fail loudly at the API, not be ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class LLMConfig(_Strict):
+    """How the agent's replies are generated (the agent's `llm` block; also what an engine is handed)."""
+
+    model: str | None = Field(default=None, description="Engine-specific model name; empty = the engine's default")
+    temperature: float = Field(default=0.6, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=80, ge=1, le=4096, description="A phone reply is short: 80 tokens ≈ 3 sentences")
+
+
+class AnalysisConfig(_Strict):
+    """Post-call analysis: the outcome labels and the JSON Schema of the data to extract.
+
+    Normalised when validated (labels to a {label: description} map, the schema shorthand
+    {"name": "type"} to a full object schema), so every stored spec is one the engines can enforce.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    outcomes: dict[str, str] = Field(
+        description="Outcome labels (a list, or a map of label to description); the default set when absent"
+    )
+    data_schema: dict[str, Any] = Field(
+        alias="schema", description='JSON Schema (or the shorthand {"field": "type"}) of the data to extract'
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalize(cls, value: Any) -> Any:
+        from shared import analysis  # lazy: jsonschema is only needed where agents are validated
+
+        if not isinstance(value, dict):
+            return value
+        unknown = sorted(set(value) - {"outcomes", "schema", "data_schema"})
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(unknown)} (expected outcomes, schema)")
+        try:
+            return {
+                "outcomes": analysis.normalize_outcomes(value.get("outcomes")),
+                "schema": analysis.normalize_data_schema(value.get("schema", value.get("data_schema"))),
+            }
+        except analysis.SchemaProblem as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Stored and returned under its public name `schema` (`BaseModel.schema` is taken)."""
+        data: dict[str, Any] = handler(self)
+        if "data_schema" in data:  # not there when dumped by_alias
+            data["schema"] = data.pop("data_schema")
+        return data
+
+
+class AgentSettings(_Strict):
+    """Per-agent knobs, grouped by what reads them. The defaults here are the only defaults."""
+
+    # --- turn-taking (voice_gateway.turns, voice_gateway.session) --------------------------------
+    end_of_turn_silence_ms: int = Field(
+        default=500, ge=100, le=5000, description="Silence after the caller's speech that ends their turn"
+    )
+    min_speech_ms: int = Field(
+        default=150, ge=20, le=3000, description="Voiced audio needed before a turn starts (clicks are ignored)"
+    )
+    barge_in_min_ms: int = Field(
+        default=400, ge=100, le=3000,
+        description="Speech over the agent interrupts it after this long; shorter is a backchannel",
+    )
+    # --- context for the models (voice_gateway.prompts) -------------------------------------------
+    business: str | None = Field(default=None, max_length=200, description="Business name, given to STT and the LLM")
+    expected_answers: list[str] = Field(
+        default_factory=list, max_length=100, description="Words STT should expect (names, products)"
+    )
+    # --- after the call (shared.webhooks, shared.jobs, voice_gateway.recorder) -------------------
+    webhook_url: str | None = Field(
+        default=None, max_length=2000, description="Where this agent's call events go (else WEBHOOK_URL)"
+    )
+    recording: bool = Field(default=True, description="Record calls as two-channel WAV (caller left, agent right)")
+    analysis: AnalysisConfig | None = Field(
+        default=None,
+        description='Post-call analysis: {"outcomes": [labels], "schema": JSON Schema of the data to extract}',
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        from shared import webhooks  # lazy: keeps the gateway's import of this module light
+
+        if value is None or value == "":
+            return None
+        try:
+            return webhooks.check_url_syntax(value)
+        except webhooks.WebhookURLError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class AgentConfig(_Strict):
+    """Everything that defines an agent (the body of POST /agents; a stored agent adds id and times)."""
+
+    name: AgentName
+    prompt: Prompt
+    greeting: Greeting | None = None
+    voice: Voice | None = None
+    language: Language = "en"
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    settings: AgentSettings = Field(default_factory=AgentSettings)
+
+
+def known_keys_only(model: type[BaseModel], value: Any, where: str) -> Any:
+    """Drop (and log) keys `model` does not know from a stored dict, so that an agent saved by another
+    RelayX version still loads; the API refuses such keys on the way in."""
+    if not isinstance(value, dict):
+        return value
+    fields = set(model.model_fields) | {info.alias for info in model.model_fields.values() if info.alias}
+    unknown = sorted(set(value) - fields)
+    if not unknown:
+        return value
+    log.warning("stored agent %s: ignoring unknown key(s) %s", where, ", ".join(unknown))
+    return {k: v for k, v in value.items() if k in fields}

@@ -1,0 +1,153 @@
+"""What the two HTTP engines share: the client, the request loop and the mapping of failures to LLMError.
+
+Ollama and OpenAI-compatible servers differ only in their wire format (the path, how sampling and the
+schema are spelled, how a streamed line and a whole answer carry the text); a subclass writes just that.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httpx
+
+from shared.llm.base import ChatMessage, GenerationOptions, LLMError
+
+
+@dataclass(frozen=True)
+class StreamLine:
+    """What one line of a streamed answer carried: a text piece (maybe none) and whether it was the last."""
+
+    text: str | None = None
+    last: bool = False
+
+
+class HTTPEngine(ABC):
+    """A model behind an HTTP server: streams a reply, answers one JSON-constrained completion.
+
+    The server owns the model, so there is nothing to load or warm here; this class holds the connection
+    pool and turns every transport, status or decoding failure into an `LLMError` naming the engine.
+    """
+
+    label: ClassVar[str]
+    """How errors name the engine ("ollama", "openai-compatible")."""
+    model_prefix: ClassVar[str]
+    """Prefix of `model_name`, as stored with each analysis ("ollama", "openai")."""
+    path: ClassVar[str]
+    """The chat route, relative to the base URL."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        timeout_s: float,
+        transport: httpx.AsyncBaseTransport | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.model = model
+        self.model_name = f"{self.model_prefix}:{model}"
+        # timeout_s bounds each wait for bytes: on a call it is the first-token budget, and a stream that
+        # stalls after starting trips it too. Connecting gets at most 5 s of it.
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
+            transport=transport,
+            headers=headers,
+        )
+
+    def warmup(self) -> None:
+        """Nothing to load here: the server owns the model (Ollama loads it on the first request)."""
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+    async def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]:
+        """Yield text pieces as they arrive; an error event or a non-200 answer raises LLMError."""
+        body = self._body(messages, options, stream=True)
+        try:
+            async with self._client.stream("POST", self.path, json=body) as response:
+                if response.status_code != 200:
+                    await response.aread()  # so the HTTPStatusError carries the server's explanation
+                    response.raise_for_status()
+                async for raw in response.aiter_lines():
+                    line = self._read_line(raw)
+                    if line is None:
+                        continue
+                    if line.text:
+                        yield line.text
+                    if line.last:
+                        return
+        except LLMError:
+            raise
+        except (httpx.HTTPError, json.JSONDecodeError) as exc:
+            raise self._error(exc) from exc
+
+    async def complete_json(
+        self, messages: list[ChatMessage], schema: dict[str, Any], options: GenerationOptions
+    ) -> str:
+        """One non-streamed answer whose shape the server constrains with `schema`."""
+        body = self._body(messages, options, stream=False) | self._schema_fields(schema)
+        try:
+            response = await self._client.post(self.path, json=body)
+            response.raise_for_status()
+            answer = response.json()
+        except (httpx.HTTPError, json.JSONDecodeError) as exc:
+            raise self._error(exc) from exc
+        return self._answer_text(self._checked(answer))
+
+    # --- the wire format: what a subclass writes ----------------------------------------------------
+
+    @abstractmethod
+    def _sampling_fields(self, options: GenerationOptions) -> dict[str, Any]:
+        """Temperature and token limit, spelled the server's way."""
+
+    @abstractmethod
+    def _schema_fields(self, schema: dict[str, Any]) -> dict[str, Any]:
+        """The fields that constrain a non-streamed answer to `schema`."""
+
+    @abstractmethod
+    def _read_line(self, line: str) -> StreamLine | None:
+        """One line of the streamed body; None for a line that carries no event (blank, comment)."""
+
+    @abstractmethod
+    def _answer_text(self, answer: dict[str, Any]) -> str:
+        """The text of a whole (non-streamed) answer; LLMError when it has none."""
+
+    # --- helpers for subclasses ---------------------------------------------------------------------
+
+    def _event(self, data: str) -> dict[str, Any]:
+        """Decode one streamed JSON event; an `error` in it raises LLMError."""
+        return self._checked(json.loads(data))
+
+    def _checked(self, event: Any) -> dict[str, Any]:
+        """The event as an object, unless it is not one or the server reported an error in it."""
+        if not isinstance(event, dict):
+            raise self._fail("the answer is not a JSON object")
+        if "error" in event:
+            raise self._fail(str(event["error"]))
+        return event
+
+    def _fail(self, reason: str) -> LLMError:
+        return LLMError(f"{self.label}: {reason}")
+
+    def _body(
+        self, messages: list[ChatMessage], options: GenerationOptions, *, stream: bool
+    ) -> dict[str, Any]:
+        return {
+            "model": options.model or self.model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "stream": stream,
+        } | self._sampling_fields(options)
+
+    def _error(self, exc: Exception) -> LLMError:
+        """Name the failure so the session's log says which engine and why."""
+        if isinstance(exc, httpx.TimeoutException):
+            return self._fail(f"timed out ({type(exc).__name__})")
+        if isinstance(exc, httpx.HTTPStatusError):
+            return self._fail(f"HTTP {exc.response.status_code}")
+        return self._fail(f"{type(exc).__name__}: {exc}")

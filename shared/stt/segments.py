@@ -1,0 +1,45 @@
+"""Which Whisper segments count as speech, and how an utterance's segments become one Transcription.
+
+Both Whisper engines decode with `no_speech_threshold=None` so that every segment comes back with its
+signals; the rule below then drops the ones Whisper itself would call silence, and the worst and mean
+signals still reach the session, which gates hallucinated stock phrases on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.stt.base import Transcription
+
+NO_SPEECH_THRESHOLD = 0.6
+"""Whisper's own cut-off: above it (with a low log-prob) a segment is a hallucination on silence."""
+LOGPROB_THRESHOLD = -1.0
+"""Whisper's own cut-off: a segment decoded with less mean confidence than this is not trusted."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One decoded segment, as either engine reports it (faster-whisper objects, openai-whisper dicts)."""
+
+    text: str
+    no_speech_prob: float
+    avg_logprob: float
+
+
+def is_speech(segment: Segment) -> bool:
+    """Whisper's silence rule: a segment is dropped only when it is both likely silence and unsure."""
+    return not (segment.no_speech_prob > NO_SPEECH_THRESHOLD and segment.avg_logprob < LOGPROB_THRESHOLD)
+
+
+def summarise(segments: Sequence[Segment]) -> Transcription:
+    """Join the speech segments; report the worst no-speech and the mean log-prob over all of them."""
+    if not segments:
+        return Transcription(text="", no_speech_prob=1.0, avg_logprob=-10.0)
+    return Transcription(
+        text=" ".join(s.text.strip() for s in segments if is_speech(s)).strip(),
+        no_speech_prob=max(s.no_speech_prob for s in segments),
+        avg_logprob=float(np.mean([s.avg_logprob for s in segments])),
+    )
