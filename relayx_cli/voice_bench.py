@@ -16,6 +16,7 @@ from typing import Any
 
 from backend.telephony.caller_voice import synthesize_caller
 from backend.telephony.virtual_phone import CallerLine, PhoneReport, VirtualPhone
+from shared import stream_tokens, twilio_auth
 from shared.settings import Settings
 from shared.storage import build_storage
 
@@ -74,8 +75,10 @@ async def run_calls(
                                       metadata={"bench": True})
             for _ in range(concurrent)
         ]
+        secret = twilio_auth.signing_token(settings)
         phones = [
-            VirtualPhone(f"{gateway_ws}/media", custom_parameters={"call_id": c.id}, lines=lines,
+            VirtualPhone(stream_tokens.stream_url(f"{gateway_ws}/media", secret, c.id),
+                         custom_parameters={"call_id": c.id}, lines=lines,
                          reply_timeout_s=30, on_event=on_event)
             for c in calls
         ]

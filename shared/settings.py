@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     # --- API ------------------------------------------------------------------------------------
     relayx_api_key: str | None = Field(default=None, alias="RELAYX_API_KEY")
 
+    # --- rate limits (shared.rate_limit) ---------------------------------------------------------
+    # Per API key on the REST API (per address when the key is missing or wrong); 0 disables.
+    api_rate_limit_per_minute: int = Field(default=600, ge=0, alias="API_RATE_LIMIT_PER_MINUTE")
+    api_rate_limit_burst: int = Field(default=60, ge=1, alias="API_RATE_LIMIT_BURST")
+
     # --- telephony ------------------------------------------------------------------------------
     telephony_provider: Literal["twilio", "simulator"] = Field(default="simulator", alias="TELEPHONY_PROVIDER")
     twilio_account_sid: str | None = Field(default=None, alias="TWILIO_ACCOUNT_SID")
@@ -87,6 +92,10 @@ class Settings(BaseSettings):
     worker_heartbeat_s: float = Field(default=10.0, gt=0, alias="WORKER_HEARTBEAT_S")
     worker_stalled_after_s: float = Field(default=30.0, gt=0, alias="WORKER_STALLED_AFTER_S")
 
+    # --- durability: the gateway's spool ----------------------------------------------------------
+    spool_dir: Path | None = Field(default=None, alias="SPOOL_DIR")
+    spool_retry_s: float = Field(default=1.0, gt=0, le=60, alias="SPOOL_RETRY_S")
+
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
 
     @field_validator("public_base_url", "public_gateway_url", "twilio_api_base_url")
@@ -118,6 +127,11 @@ class Settings(BaseSettings):
         path.write_text(secret + "\n")
         path.chmod(0o600)
         return secret
+
+    @property
+    def spool_path(self) -> Path:
+        """The gateway's spool file (writes the database could not take): SPOOL_DIR, else <data dir>/spool."""
+        return (self.spool_dir or self.data_dir / "spool") / "gateway-spool.db"
 
     @property
     def recordings_path(self) -> Path:

@@ -1,8 +1,9 @@
-"""Short-lived tokens that let a browser open a Media Stream for one call.
+"""Short-lived tokens that let a client other than Twilio open a Media Stream for one call.
 
-Twilio authenticates its stream upgrade with X-Twilio-Signature; a browser cannot set headers on a
-WebSocket, so the backend hands the browser phone a token in the stream URL instead: the call id and
-an expiry, HMAC-signed with the same secret that signs Twilio's requests.
+Twilio authenticates its stream upgrade with X-Twilio-Signature. Every other client (the browser
+phone, which cannot set headers on a WebSocket; the simulated line; benchmarks) brings a token in
+the stream URL instead: the call id and an expiry, HMAC-signed with the secret that signs Twilio's
+requests (`twilio_auth.signing_token`). The gateway accepts a stream only with one or the other.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ TOKEN_TTL_S = 120  # long enough to open the socket; the call itself may last an
 def issue(secret: str, call_id: str, *, now: float | None = None) -> str:
     expires = int((now or time.time()) + TOKEN_TTL_S)
     return f"{call_id}.{expires}.{_mac(secret, call_id, expires)}"
+
+
+def stream_url(media_url: str, secret: str, call_id: str) -> str:
+    """The gateway's /media URL with a fresh token for `call_id`."""
+    return f"{media_url}{'&' if '?' in media_url else '?'}token={issue(secret, call_id)}"
 
 
 def verify(secret: str, token: str | None, *, now: float | None = None) -> str | None:

@@ -1,4 +1,5 @@
-"""Webhook events: their JSON bodies, Stripe-style signatures, the SSRF guard, and one delivery attempt.
+"""Webhook events: their JSON bodies, Stripe-style signatures, the SSRF guard, and one delivery attempt
+to the address it checked (shared/webhook_transport.py).
 
 Retries are not a loop here: each attempt is a job of its own (see shared/jobs/), so a restart or
 a crash between attempts loses nothing and every attempt is recorded.
@@ -13,13 +14,16 @@ import ipaddress
 import json
 import socket
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 
 from shared.storage.base import Agent, Call, CallAnalysis, TranscriptLine, WebhookEvent
+from shared.webhook_transport import PinnedBackend, WebhookTransport
 
 SIGNATURE_HEADER = "RelayX-Signature"
 EVENT_TYPES = ("call.started", "call.ended", "call.analyzed")
@@ -91,29 +95,61 @@ def literal_host_is_private(url: str) -> bool:
         return False
 
 
-async def check_target(url: str, *, allow_private: bool) -> None:
+async def resolve(host: str, port: int) -> list[str]:
+    """The host's addresses as the system resolver answers them (getaddrinfo order, no repeats)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
+
+
+@dataclass(frozen=True)
+class CheckedTarget:
+    """A webhook host and every address it resolved to, all public: the only addresses to connect to."""
+
+    host: str
+    addresses: tuple[str, ...]
+
+
+def _private(why: str) -> WebhookURLError:
+    return WebhookURLError(f"webhook {why} (set WEBHOOK_ALLOW_PRIVATE=true to allow it)")
+
+
+async def check_target(url: str, *, allow_private: bool, resolver: Resolver = resolve) -> CheckedTarget | None:
     """Refuse a target that resolves to loopback, private or link-local addresses (SSRF guard).
 
-    Checked at every attempt, since DNS can change between attempts.
+    The host is looked up once, here, at every attempt (DNS can change between attempts); the
+    delivery then connects to these addresses only (shared/webhook_transport.py), so a second,
+    different DNS answer never reaches a socket. None when private targets are allowed: no check,
+    the client resolves and connects as usual.
     """
     check_url_syntax(url)
     if allow_private:
-        return
-    parts = urlsplit(url)
-    host = parts.hostname or ""
+        return None
     if literal_host_is_private(url):
-        raise WebhookURLError(f"webhook target {host} is a private or loopback address "
-                              "(set WEBHOOK_ALLOW_PRIVATE=true to allow it)")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+        raise _private(f"target {urlsplit(url).hostname} is a private or loopback address")
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise WebhookURLError(f"webhook host {host} does not resolve: {exc}") from None
-    for info in infos:
-        address = str(info[4][0])
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise WebhookURLError(f"webhook URL is not valid: {exc}") from None
+    # The host exactly as httpx will hand it to the connection (IDNA-encoded, lower case, no brackets).
+    host = parsed.raw_host.decode("ascii")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        ipaddress.ip_address(host)
+        addresses: Sequence[str] = [host]
+    except ValueError:
+        try:
+            addresses = await resolver(host, port)
+        except socket.gaierror as exc:
+            raise WebhookURLError(f"webhook host {host} does not resolve: {exc}") from None
+    if not addresses:
+        raise WebhookURLError(f"webhook host {host} does not resolve: no addresses")
+    for address in addresses:
         if not _is_public(address):
-            raise WebhookURLError(f"webhook host {host} resolves to private address {address} "
-                                  "(set WEBHOOK_ALLOW_PRIVATE=true to allow it)")
+            raise _private(f"host {host} resolves to private address {address}")
+    return CheckedTarget(host, tuple(addresses))
 
 
 def target_url(agent: Agent, default_url: str | None) -> str | None:
@@ -182,10 +218,15 @@ async def attempt_delivery(
     max_attempts: int,
     timeout_s: float,
     allow_private: bool,
-    transport: httpx.AsyncBaseTransport | None = None,
+    resolver: Resolver = resolve,
+    network_backend: httpcore.AsyncNetworkBackend | None = None,
 ) -> AttemptResult:
     """POST the event once, signed now. 2xx is delivered; a refused target fails at once; a timeout,
-    connection error or other answer is retried until `max_attempts`."""
+    connection error or other answer (a redirect too: it is never followed) is retried until `max_attempts`.
+
+    The connection goes to an address `check_target` checked, not to a second look-up of the name.
+    `resolver` and `network_backend` replace DNS and sockets in tests.
+    """
     started = time.monotonic()
 
     def done(code: int | None, error: str | None, outcome: Literal["pending", "delivered", "failed"]) -> AttemptResult:
@@ -194,9 +235,14 @@ async def attempt_delivery(
         return AttemptResult(code, error, round((time.monotonic() - started) * 1000), outcome)
 
     try:
-        await check_target(event.url, allow_private=allow_private)
+        target = await check_target(event.url, allow_private=allow_private, resolver=resolver)
     except WebhookURLError as exc:
         return done(None, f"refused: {exc}", "failed")
+    transport: httpx.AsyncBaseTransport | None = None
+    if target is not None:
+        transport = WebhookTransport(PinnedBackend(target.host, target.addresses, network_backend))
+    elif network_backend is not None:
+        transport = WebhookTransport(network_backend)
     body = json.dumps(event.payload, separators=(",", ":"), sort_keys=True).encode()
     headers = {
         "Content-Type": "application/json",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from shared import stream_tokens, twilio_auth
 from shared.settings import Settings
 from shared.storage import build_storage
 from shared.storage.base import Storage
@@ -49,6 +50,12 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     }
     values.update({k: v for k, v in overrides.items()})
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+def media_url(settings: Settings, port: int, call_id: str) -> str:
+    """A local gateway's /media URL carrying a stream token for `call_id` (what the simulated line,
+    the browser phone and benchmarks bring; every stream needs a token or Twilio's signature)."""
+    return stream_tokens.stream_url(f"ws://127.0.0.1:{port}/media", twilio_auth.signing_token(settings), call_id)
 
 
 @pytest.fixture

@@ -1,7 +1,10 @@
-"""The gateway's app factory and its `/media` WebSocket: `uvicorn voice_gateway.main:create_app --factory --port 8001`.
+"""The gateway's app factory and its `/media` WebSocket.
 
-The route only parses Twilio's messages and hands them to a `CallSession`; a bad signature, an
-unknown call or a malformed message closes that one socket with a logged reason.
+Run: `uvicorn voice_gateway.main:create_app --factory --port 8001`.
+
+The route only authenticates the stream, parses Twilio's messages and hands them to a
+`CallSession`; a bad signature or token, an unknown call or a malformed message closes that one
+socket with an exact close code and a logged reason, and the process goes on serving.
 """
 
 from __future__ import annotations
@@ -35,11 +38,17 @@ from voice_gateway.media_stream import (
 )
 from voice_gateway.playback import Send
 from voice_gateway.session import CallSession
+from voice_gateway.spool import Spool, SpoolReplayer
 
 log = logging.getLogger(__name__)
 
+# A Media Streams message is a few hundred bytes (a 20 ms media frame is ~300, `start` ~1 KB);
+# anything far larger is not one, and reading it whole would let one peer spend memory.
+MAX_MESSAGE_CHARS = 64 * 1024
+
+
 def create_app(settings: Settings | None = None, engines: Engines | None = None) -> FastAPI:
-    """Build the gateway; storage opens and every model loads and warms once, in the lifespan."""
+    """Build the gateway; storage and the spool open and every model loads and warms once, in the lifespan."""
     settings = settings or Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -47,14 +56,22 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         storage = build_storage(settings)
         await storage.open()
+        spool = Spool(settings.spool_path)
+        await spool.open()
+        replayer = SpoolReplayer(spool, storage, retry_s=settings.spool_retry_s)
+        replaying = asyncio.create_task(replayer.run(), name="spool-replayer")  # at once: writes of a past run
         try:
             app.state.storage = storage
+            app.state.spool = spool
+            app.state.replayer = replayer
             # Some engines load their model when built (Piper, Coqui): off the event loop, like warm-up.
             app.state.engines = engines or await asyncio.to_thread(build_engines, settings)
             app.state.warmup = await warm(app.state.engines)
             app.state.sessions = set()
             yield
         finally:
+            await _stop_replayer(replaying)
+            await spool.close()
             await jobs.enqueuer_for(storage).aclose()  # the job queue's pool, if a call opened one
             await storage.close()
 
@@ -63,12 +80,17 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
 
     @app.get("/health")
     async def health() -> JSONResponse:
+        """503 while the database is down (calls in progress go on; their writes wait in the spool)."""
+        spool: Spool = app.state.spool
+        body: dict[str, Any] = {"status": "ok", "service": "gateway", "database": "ok",
+                                "active_calls": len(app.state.sessions), "warmup_s": app.state.warmup,
+                                "spool": {"pending": spool.depth, "set_aside": spool.dead}}
         try:
             await app.state.storage.ping()
         except (StorageError, OSError) as exc:
-            return JSONResponse({"status": "degraded", "database": f"error: {exc}"}, status_code=503)
-        return JSONResponse({"status": "ok", "service": "gateway", "database": "ok",
-                             "active_calls": len(app.state.sessions), "warmup_s": app.state.warmup})
+            body.update(status="degraded", database=f"error: {exc}")
+            return JSONResponse(body, status_code=503)
+        return JSONResponse(body)
 
     @app.websocket("/media")
     async def media(websocket: WebSocket) -> None:
@@ -80,15 +102,10 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
 async def handle_media_stream(websocket: WebSocket, app: FastAPI) -> None:
     """One Twilio Media Stream, from the upgrade to `stop` (or a dropped connection)."""
     settings: Settings = app.state.settings
-    token_call_id: str | None = None  # a browser phone's stream is bound to the call its token names
-    if settings.twilio_auth_token:
-        url = settings.public_gateway_url + websocket.url.path
-        signature = websocket.headers.get("x-twilio-signature")
-        token_call_id = stream_tokens.verify(settings.twilio_auth_token, websocket.query_params.get("token"))
-        if token_call_id is None and not twilio_auth.is_valid(settings.twilio_auth_token, url, {}, signature):
-            log.warning("media stream refused: bad or missing X-Twilio-Signature (or token) for %s", url)
-            await websocket.close(code=CloseCode.POLICY_VIOLATION, reason="invalid X-Twilio-Signature")
-            return
+    authorized, token_call_id = _authenticate(websocket, settings)
+    if not authorized:
+        await websocket.close(code=CloseCode.POLICY_VIOLATION, reason="invalid X-Twilio-Signature or stream token")
+        return
     await websocket.accept()
     send_lock = asyncio.Lock()
 
@@ -100,7 +117,7 @@ async def handle_media_stream(websocket: WebSocket, app: FastAPI) -> None:
     session: CallSession | None = None
     try:
         while True:
-            message = parse_message(await websocket.receive_text())
+            message = parse_message(await _receive_text(websocket))
             if isinstance(message, Media):
                 if session is None:
                     raise policy_violation("media before start")
@@ -125,8 +142,8 @@ async def handle_media_stream(websocket: WebSocket, app: FastAPI) -> None:
                 continue
     except WebSocketDisconnect:
         log.info("media stream disconnected")
-    except StorageError as exc:
-        log.error("media stream closed: storage failed: %s", exc)
+    except StorageError as exc:  # only before the call started: a started call spools its writes
+        log.error("media stream refused: storage failed: %s", exc)
         await _close(websocket, CloseCode.INTERNAL_ERROR, "storage unavailable")
     except ProtocolError as exc:
         log.warning("media stream closed: %s", exc)
@@ -136,6 +153,51 @@ async def handle_media_stream(websocket: WebSocket, app: FastAPI) -> None:
             app.state.sessions.discard(session)
             await session.close()
     await _close(websocket, CloseCode.NORMAL, "stream ended")
+
+
+def _authenticate(websocket: WebSocket, settings: Settings) -> tuple[bool, str | None]:
+    """Whether the upgrade may open a stream, and the call a stream token binds it to.
+
+    Real Twilio signs the upgrade (X-Twilio-Signature over the public URL, keyed with the auth token);
+    everyone else (the simulated line, the browser phone, benchmarks) brings a short-lived token in
+    the URL, issued by the backend for one call id. No credential, no stream, in every mode.
+    """
+    secret = twilio_auth.signing_token(settings)
+    token_call_id = stream_tokens.verify(secret, websocket.query_params.get("token"))
+    if token_call_id is not None:
+        return True, token_call_id
+    url = settings.public_gateway_url + websocket.url.path
+    signature = websocket.headers.get("x-twilio-signature")
+    if settings.twilio_auth_token and twilio_auth.is_valid(settings.twilio_auth_token, url, {}, signature):
+        return True, None
+    client = websocket.client.host if websocket.client else "?"
+    log.warning("media stream from %s refused: no valid X-Twilio-Signature or stream token for %s", client, url)
+    return False, None
+
+
+async def _receive_text(websocket: WebSocket) -> str:
+    """The next text frame; a binary or oversized frame is a protocol error with its own close code."""
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", CloseCode.NORMAL), message.get("reason"))
+    text = message.get("text")
+    if text is None:
+        raise ProtocolError("binary frames are not Media Streams messages", CloseCode.UNSUPPORTED_DATA)
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise ProtocolError(f"message of {len(text)} characters (at most {MAX_MESSAGE_CHARS})",
+                            CloseCode.MESSAGE_TOO_BIG)
+    return str(text)
+
+
+async def _stop_replayer(task: asyncio.Task[None]) -> None:
+    """Shutdown: stop replaying (what is left stays in the spool file for the next start)."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        log.exception("the spool replayer had failed")
 
 
 def _hangup(websocket: WebSocket) -> Callable[[], Coroutine[Any, Any, None]]:
@@ -166,7 +228,8 @@ async def _open_session(
     log.info("call %s: stream %s started (agent %s)", call.id, start.stream_sid, agent.name)
     return CallSession(
         call=call, agent=agent, stream_sid=start.stream_sid, send=send,
-        storage=storage, engines=app.state.engines, recordings_dir=app.state.settings.recordings_path,
+        storage=storage, spool=app.state.spool, engines=app.state.engines,
+        recordings_dir=app.state.settings.recordings_path,
         hangup=hangup,
     )
 

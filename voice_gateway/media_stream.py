@@ -20,10 +20,13 @@ class CloseCode(IntEnum):
     """WebSocket close codes the gateway ends a stream with (RFC 6455, section 7.4.1)."""
 
     NORMAL = 1000
+    UNSUPPORTED_DATA = 1003
+    """A binary frame: Media Streams messages are text."""
     INVALID_DATA = 1007
     """The frame is not valid Media Streams JSON."""
     POLICY_VIOLATION = 1008
     """Valid JSON the gateway refuses: out of order, for an unknown or ended call, or not authorised."""
+    MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
 
 
@@ -128,7 +131,9 @@ def parse_message(text: str | bytes) -> Connected | Start | Media | Mark | Dtmf 
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"not JSON: {exc.msg if hasattr(exc, 'msg') else exc}") from exc
+        raise ProtocolError(f"not JSON: {exc.msg if hasattr(exc, 'msg') else exc}") from None
+    except RecursionError:  # json's parser recurses per level: thousands of nested brackets
+        raise ProtocolError("not JSON: nested too deeply") from None
     if not isinstance(data, dict) or "event" not in data:
         raise ProtocolError("a Media Streams message is a JSON object with an `event`")
     try:

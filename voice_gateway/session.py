@@ -13,25 +13,25 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from shared import jobs
 from shared.agent_config import LLMConfig
 from shared.audio import PHONE_RATE, STT_RATE, Framer, StreamResampler, float32_to_ulaw, ulaw_to_float32
 from shared.llm.base import ChatMessage, LLMError
 from shared.storage.base import Agent, Call, Storage
 from shared.stt.base import Transcription
 from shared.text import split_clauses
+from voice_gateway.call_writer import CallWriter
 from voice_gateway.engines import Engines
 from voice_gateway.playback import LEAD_FRAMES, Player, Send
 from voice_gateway.prompts import stt_prompt, system_prompt
 from voice_gateway.recorder import CallRecorder
-from voice_gateway.transcript_writer import TranscriptWriter
+from voice_gateway.spool import Spool
 from voice_gateway.turns import (
     PauseDetected,
     SpeechResumed,
@@ -81,6 +81,7 @@ class CallSession:
         stream_sid: str,
         send: Send,
         storage: Storage,
+        spool: Spool,
         engines: Engines,
         clock: Callable[[], float] = time.monotonic,
         recordings_dir: Path | None = None,
@@ -95,7 +96,7 @@ class CallSession:
         self.recorder = self._open_recorder(recordings_dir) if recordings_dir is not None else None
         self.player = Player(send, stream_sid, clock=clock, tap=self.recorder)
         self.player.on_frame_sent = self._on_frame_sent
-        self.writer = TranscriptWriter(storage, call.id)
+        self.writer = CallWriter(storage, call.id, spool)
         self.detector = TurnDetector(engines.vad_factory(), TurnConfig.for_agent(agent.settings))
         self._upsampler = StreamResampler(PHONE_RATE, STT_RATE)
         self._fed = 0  # 16 kHz samples handed to the detector
@@ -109,7 +110,6 @@ class CallSession:
         self._pacer: asyncio.Task[None] | None = None
         self._prefill: asyncio.Task[None] | None = None
         self._started_wall = clock()
-        self._started_event: asyncio.Task[None] | None = None
         self._barge_onset: int | None = None
         # Talking over the agent interrupts it only after this much speech: "mm-hm", "ok", a cough or
         # a line click is shorter, and is stored as a backchannel instead of cutting the agent off.
@@ -127,7 +127,7 @@ class CallSession:
         self.writer.start()
         self._pacer = asyncio.create_task(self.player.run(), name=f"pacer-{self.call.id}")
         self._prefill = asyncio.create_task(self._prefill_prompt(), name=f"prefill-{self.call.id}")
-        self._started_event = asyncio.create_task(self._notify(jobs.notify_call_started), name="call-started")
+        self.writer.job("call_started")
         if self.agent.greeting:
             reply = self._new_reply(confirmed=True)
             reply.task = asyncio.create_task(self._speak(reply, fixed=self.agent.greeting))
@@ -142,42 +142,29 @@ class CallSession:
             log.warning("call %s: prompt prefill failed: %s", self.call.id, exc)
 
     async def close(self) -> None:
-        """The stream ended: keep what was played, flush every line, close the call row."""
-        if self._prefill is not None:
-            self._prefill.cancel()
+        """The stream ended. Whatever failed before (a pacer that died on a dropped socket, a reply
+        that raised), every step still runs: keep what was played, close the recording, then write
+        every line, the final status and the post-call job (to the database, else to the spool)."""
+        await _step(self.call.id, "stopping the prompt prefill", _stop(self._prefill))
         reply = self._current
-        if reply is not None and reply.task is not None:
-            reply.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reply.task
+        await _step(self.call.id, "stopping the reply", _stop(reply.task if reply is not None else None))
         for side in list(self._side_tasks):  # a backchannel being transcribed: keep its line
-            with contextlib.suppress(Exception):  # its failure is logged by `_track`
-                await asyncio.wait_for(asyncio.shield(side), 5)
+            await _step(self.call.id, "waiting for side work", asyncio.wait_for(asyncio.shield(side), 5))
         for pending in list(self._by_id.values()):
-            self._commit_caller(pending)
-            self._finalize(pending, interrupted=not pending.done_sending or pending.played < len(pending.clauses))
-        if self._pacer is not None:
-            self._pacer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pacer
+            try:
+                self._commit_caller(pending)
+                self._finalize(pending, interrupted=not pending.done_sending or pending.played < len(pending.clauses))
+            except Exception:
+                log.exception("call %s: could not keep reply %d", self.call.id, pending.id)
+        await _step(self.call.id, "stopping the pacer", _stop(self._pacer))
         if self.recorder is not None:
-            self.recorder.close()
-        await self.writer.close()
-        duration = max(0, round(self.clock() - self._started_wall))
-        try:
-            await self.storage.apply_call_status(self.call.id, "completed", duration=duration)
-        except Exception:
-            log.exception("call %s: could not mark the call completed", self.call.id)
-        if self._started_event is not None:
-            await self._started_event
-        await self._notify(jobs.notify_call_ended)  # after the flush: the analysis sees every line
-
-    async def _notify(self, notify: Callable[[Storage, str], Any]) -> None:
-        """Queue a post-call job (webhook, analysis); a failure is logged, the call is unaffected."""
-        try:
-            await notify(self.storage, self.call.id)
-        except Exception:  # any failure: post-call work must never break the call itself
-            log.exception("call %s: could not queue %s", self.call.id, getattr(notify, "__name__", notify))
+            try:
+                self.recorder.close()
+            except Exception:
+                log.exception("call %s: could not close the recording", self.call.id)
+        self.writer.status("completed", duration=max(0, round(self.clock() - self._started_wall)))
+        self.writer.job("call_ended")  # after the last line: the analysis sees every line
+        await _step(self.call.id, "writing the call's records", self.writer.close())
 
     def _open_recorder(self, recordings_dir: Path) -> CallRecorder | None:
         if not self.agent.settings.recording:
@@ -482,4 +469,21 @@ def is_farewell(text: str | None) -> bool:
 
 async def _one(text: str) -> AsyncIterator[str]:
     yield text
+
+
+async def _stop(task: asyncio.Task[None] | None) -> None:
+    """Cancel a task and wait until it has finished; an error it had already died of is raised here."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _step(call_id: str, what: str, work: Awaitable[Any]) -> None:
+    """One step of closing a call: its failure is logged and the next steps still run."""
+    try:
+        await work
+    except Exception:
+        log.exception("call %s: %s failed (closing goes on)", call_id, what)
 

@@ -23,7 +23,7 @@ import numpy as np
 from backend.telephony.base import PlacedCall, TelephonyError, status_url, voice_url
 from backend.telephony.caller_voice import synthesize_caller
 from backend.telephony.virtual_phone import CallerLine, VirtualPhone
-from shared import twilio_auth
+from shared import stream_tokens, twilio_auth
 from shared.audio import int16_to_float32, phone_line
 from shared.settings import Settings
 from shared.storage.base import Agent, Call
@@ -122,9 +122,11 @@ class SimulatedCall:
                 stream_url, parameters = await self._fetch_twiml(client)
                 self._answered_at = time.monotonic()
                 await self._status(client, "in-progress")
+                # Twilio would sign the upgrade; the simulated line brings a token bound to this call.
+                secret = twilio_auth.signing_token(self.settings)
                 phone = VirtualPhone(
-                    stream_url, custom_parameters=parameters, lines=lines, call_sid=self.sid,
-                    account_sid=SIM_ACCOUNT_SID, headers=self._stream_headers(stream_url),
+                    stream_tokens.stream_url(stream_url, secret, self.call.id), custom_parameters=parameters,
+                    lines=lines, call_sid=self.sid, account_sid=SIM_ACCOUNT_SID,
                 )
                 await phone.run()
                 await self._status(client, "completed")
@@ -174,8 +176,3 @@ class SimulatedCall:
             raise TelephonyError("the TwiML has no <Connect><Stream url=…>")
         parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("./Parameter")}
         return str(stream.get("url")), parameters
-
-    def _stream_headers(self, stream_url: str) -> dict[str, str]:
-        """Twilio signs the WebSocket upgrade too (over the stream URL, no parameters)."""
-        token = twilio_auth.signing_token(self.settings)
-        return {"X-Twilio-Signature": twilio_auth.sign(token, stream_url, {})}

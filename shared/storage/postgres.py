@@ -17,6 +17,9 @@ from shared.storage.base import StorageKind
 from shared.storage.sql import SQLStorage, default_migrations_dir
 
 _PLACEHOLDER = re.compile(r"\?")
+# What a database that is down, restarting or unreachable raises: a refused or dropped connection
+# (OSError, asyncpg's InterfaceError), a server shutting down (PostgresError), a timeout.
+_UNAVAILABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 _MIGRATIONS_TABLE = """
 create table if not exists public.relayx_schema_migrations (
   version text primary key, name text not null, applied_at timestamptz not null default now()
@@ -50,14 +53,14 @@ class _Conn:
     async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         try:
             rows = await self._conn.fetch(to_dollar_params(sql), *args)
-        except asyncpg.PostgresError as exc:
+        except _UNAVAILABLE as exc:
             raise StorageError(str(exc)) from exc
         return [dict(row) for row in rows]
 
     async def execute(self, sql: str, *args: Any) -> int:
         try:
             status = await self._conn.execute(to_dollar_params(sql), *args)
-        except asyncpg.PostgresError as exc:
+        except _UNAVAILABLE as exc:
             raise StorageError(str(exc)) from exc
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
@@ -84,8 +87,10 @@ class PostgresStorage(SQLStorage):
         extra: dict[str, Any] = {}
         if uses_transaction_pooler(self.dsn):
             extra["statement_cache_size"] = 0
+        # No connection is opened here (min_size=0): a gateway started while its database is down
+        # must still come up, refuse new calls cleanly and replay its spool once the database answers.
         self._pool = await asyncpg.create_pool(
-            self.dsn, min_size=1, max_size=self._max_size, init=_init_connection, **extra
+            self.dsn, min_size=0, max_size=self._max_size, init=_init_connection, **extra
         )
 
     async def close(self) -> None:
@@ -100,13 +105,19 @@ class PostgresStorage(SQLStorage):
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[_Conn]:
-        async with self._require().acquire() as conn:
-            yield _Conn(conn)
+        try:
+            async with self._require().acquire() as conn:
+                yield _Conn(conn)
+        except _UNAVAILABLE as exc:  # callers see one error for "the database did not take it"
+            raise StorageError(f"database unavailable: {exc}") from exc
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[_Conn]:
-        async with self._require().acquire() as conn, conn.transaction():
-            yield _Conn(conn)
+        try:
+            async with self._require().acquire() as conn, conn.transaction():
+                yield _Conn(conn)
+        except _UNAVAILABLE as exc:
+            raise StorageError(f"database unavailable: {exc}") from exc
 
     def _encode(self, column: str, value: Any) -> Any:
         if (column == "id" or column.endswith("_id")) and value is not None:

@@ -24,6 +24,7 @@ from shared.llm.base import ChatMessage
 from shared.storage import build_storage
 from shared.vad import build_vad
 from tests.conftest import make_settings
+from tests.conftest import media_url as _media_url
 from tests.support.servers import free_port, serve
 from voice_gateway.engines import Engines
 from voice_gateway.main import create_app as create_gateway
@@ -110,7 +111,7 @@ async def test_gateway_runs_an_agent_without_settings_on_the_documented_defaults
     engines = Engines(stt=InstantSTT(), llm=llm, tts=InstantTTS(), vad_factory=lambda: build_vad(settings))
     port = free_port()
     with serve(create_gateway(settings, engines=engines), port):
-        phone = VirtualPhone(f"ws://127.0.0.1:{port}/media", custom_parameters={"call_id": call.id},
+        phone = VirtualPhone(_media_url(settings, port, call.id), custom_parameters={"call_id": call.id},
                              lines=[CallerLine("hello", _tone(800)), CallerLine("and again", _tone(600))],
                              reply_timeout_s=15)
         await asyncio.wait_for(phone.run(), 60)

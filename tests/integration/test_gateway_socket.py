@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import websockets
 
 from relayx_cli.instant_engines import instant_engines
 from shared import stream_tokens, twilio_auth
+from shared.settings import Settings
 from shared.storage import build_storage
 from shared.storage.base import Call
 from tests.conftest import make_settings
@@ -116,3 +118,87 @@ async def test_valid_stream_is_greeted_after_bad_ones(gateway: tuple[str, str], 
             events.append(json.loads(await asyncio.wait_for(ws.recv(), 10))["event"])
         assert set(events) == {"media"}
         await ws.send(json.dumps({"event": "stop", "streamSid": "MZ1", "stop": {}}))
+
+
+@pytest.fixture
+def default_gateway(tmp_path: Path) -> Iterator[tuple[str, Settings]]:
+    """The embedded default: simulated line, no TWILIO_AUTH_TOKEN; streams still need a token."""
+    port = free_port()
+    settings = make_settings(tmp_path)
+    asyncio.run(_migrate(settings))
+    with serve(create_app(settings, engines=instant_engines(settings)), port):
+        yield f"ws://127.0.0.1:{port}/media", settings
+
+
+async def _default_call(settings: Settings) -> Call:
+    storage = build_storage(settings)
+    await storage.open()
+    try:
+        agent = await storage.create_agent({"name": "Ava", "prompt": "Be brief.", "greeting": "Hello there."})
+        return await storage.create_call(agent_id=agent.id, to_number="+15550001111", from_number=None, metadata={})
+    finally:
+        await storage.close()
+
+
+async def _greeted(url: str, call_id: str) -> None:
+    """A stream for `call_id` is accepted and the agent's greeting comes back as media."""
+    async with websockets.connect(url) as ws:
+        await ws.send(_start(call_id))
+        event = json.loads(await asyncio.wait_for(ws.recv(), 10))["event"]
+        assert event == "media"
+        await ws.send(json.dumps({"event": "stop", "streamSid": "MZ1", "stop": {}}))
+
+
+async def test_default_mode_refuses_streams_without_a_token_for_the_call(
+    default_gateway: tuple[str, Settings],
+) -> None:
+    url, settings = default_gateway
+    call = await _default_call(settings)
+    secret = twilio_auth.signing_token(settings)
+    refused = [
+        url,  # no credential at all: anyone who learns a call id could speak into the call
+        f"{url}?token=garbage",
+        f"{url}?token={stream_tokens.issue('another-secret', call.id)}",  # forged
+        f"{url}?token={stream_tokens.issue(secret, call.id, now=time.time() - 3600)}",  # expired
+    ]
+    for attempt in refused:
+        with pytest.raises(websockets.InvalidStatus) as caught:
+            async with websockets.connect(attempt):
+                pass
+        assert caught.value.response.status_code == 403, attempt
+    # A Twilio-style signature means nothing without TWILIO_AUTH_TOKEN (there is no auth token to check it).
+    with pytest.raises(websockets.InvalidStatus):
+        async with websockets.connect(url, additional_headers={
+                "X-Twilio-Signature": twilio_auth.sign(secret, settings.public_gateway_url + "/media", {})}):
+            pass
+    other = stream_tokens.stream_url(url, secret, "some-other-call")
+    code, reason = await _closed_with(other, [_start(call.id)], headers={})
+    assert code == 1008 and "another call" in reason
+    await _greeted(stream_tokens.stream_url(url, secret, call.id), call.id)
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "reason"),
+    [
+        (b"\x00\x01binary", 1003, "binary"),
+        ("[" * 100_000 + "]" * 100_000, 1009, "at most"),  # oversize before anything is parsed
+        ("[" * 20_000 + "]" * 20_000, 1007, "nested too deeply"),
+        ('{"event": "start", "start": ' + '{"a": ' * 5000 + "1" + "}" * 5001, 1007, "nested too deeply"),
+        ('{"event": "media", "media": {"payload": "' + "A" * 70_000 + '"}}', 1009, "at most"),
+    ],
+)
+async def test_malformed_frames_get_exact_close_codes_and_the_gateway_keeps_serving(
+    default_gateway: tuple[str, Settings], frame: str | bytes, code: int, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, settings = default_gateway
+    call = await _default_call(settings)
+    stream = stream_tokens.stream_url(url, twilio_auth.signing_token(settings), call.id)
+    async with websockets.connect(stream, max_size=None) as ws:
+        await ws.send(frame)
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                await asyncio.wait_for(ws.recv(), 10)
+        assert ws.close_code == code and reason in (ws.close_reason or ""), (ws.close_code, ws.close_reason)
+    assert "Traceback" not in caplog.text
+    fresh = await _default_call(settings)
+    await _greeted(stream_tokens.stream_url(url, twilio_auth.signing_token(settings), fresh.id), fresh.id)

@@ -13,6 +13,7 @@ from relayx_cli.instant_engines import instant_engines
 from shared.audio import float32_to_ulaw
 from shared.storage import build_storage
 from tests.conftest import make_settings
+from tests.conftest import media_url as _media_url
 from tests.support.servers import free_port, serve
 from voice_gateway.main import create_app
 
@@ -39,7 +40,7 @@ async def test_short_speech_over_the_agent_is_a_backchannel_long_speech_interrup
     ]
     port = free_port()
     with serve(create_app(settings, engines=instant_engines(settings)), port):
-        phone = VirtualPhone(f"ws://127.0.0.1:{port}/media", custom_parameters={"call_id": call.id}, lines=lines,
+        phone = VirtualPhone(_media_url(settings, port, call.id), custom_parameters={"call_id": call.id}, lines=lines,
                              reply_timeout_s=15)
         report = await asyncio.wait_for(phone.run(), 60)
     transcript = await storage.list_transcripts(call.id)

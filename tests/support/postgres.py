@@ -27,39 +27,55 @@ def _pg_bin(name: str) -> str:
     raise RuntimeError(f"{name} not found: install PostgreSQL 15's server (postgresql-15)")
 
 
+class PostgresCluster:
+    """A private cluster on a free port; `stop()` and `start()` take it down and bring it back
+    (the outage tests), keeping its data."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="relayx-pg-"))
+        self.data = self.root / "data"
+        self.port = _free_port()
+        self.url = f"postgresql://relayx@127.0.0.1:{self.port}/postgres"
+        self._run_as: list[str] = []
+        if os.geteuid() == 0:
+            # PostgreSQL refuses to run as root: hand the directory to an unprivileged user.
+            user = "postgres" if _user_exists("postgres") else "nobody"
+            shutil.chown(self.root, user=user)
+            self._run_as = ["runuser", "-u", user, "--"]
+        subprocess.run(
+            [*self._run_as, _pg_bin("initdb"), "-D", str(self.data), "-U", "relayx", "--auth=trust", "-E", "UTF8"],
+            check=True, capture_output=True,
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100"
+        subprocess.run(
+            [*self._run_as, _pg_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "log"),
+             "-w", "start"],
+            check=True, capture_output=True,
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        """`pg_ctl stop`: `fast` ends open connections (an outage), `immediate` is a crash."""
+        subprocess.run(
+            [*self._run_as, _pg_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"],
+            check=False, capture_output=True,
+        )
+
+    def remove(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 @contextmanager
 def postgres_cluster() -> Iterator[str]:
     """Start a private cluster on a free port; yield its admin URL; stop and delete it afterwards."""
-    root = Path(tempfile.mkdtemp(prefix="relayx-pg-"))
-    data = root / "data"
-    port = _free_port()
-    env = dict(os.environ)
-    run_as: list[str] = []
-    if os.geteuid() == 0:
-        # PostgreSQL refuses to run as root: hand the directory to an unprivileged user.
-        user = "postgres" if _user_exists("postgres") else "nobody"
-        shutil.chown(root, user=user)
-        run_as = ["runuser", "-u", user, "--"]
-    subprocess.run(
-        [*run_as, _pg_bin("initdb"), "-D", str(data), "-U", "relayx", "--auth=trust", "-E", "UTF8"],
-        check=True,
-        capture_output=True,
-        env=env,
-    )
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100"
-    subprocess.run(
-        [*run_as, _pg_bin("pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"],
-        check=True,
-        capture_output=True,
-        env=env,
-    )
+    cluster = PostgresCluster()
+    cluster.start()
     try:
-        yield f"postgresql://relayx@127.0.0.1:{port}/postgres"
+        yield cluster.url
     finally:
-        subprocess.run(
-            [*run_as, _pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], check=False, capture_output=True
-        )
-        shutil.rmtree(root, ignore_errors=True)
+        cluster.remove()
 
 
 def _user_exists(name: str) -> bool:
