@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     # Per API key on the REST API (per address when the key is missing or wrong); 0 disables.
     api_rate_limit_per_minute: int = Field(default=600, ge=0, alias="API_RATE_LIMIT_PER_MINUTE")
     api_rate_limit_burst: int = Field(default=60, ge=1, alias="API_RATE_LIMIT_BURST")
+    # Media Streams opened per source address on the gateway (Twilio's media servers are few and many
+    # calls share one address: generous); 0 disables.
+    stream_rate_limit_per_minute: int = Field(default=300, ge=0, alias="STREAM_RATE_LIMIT_PER_MINUTE")
+    stream_rate_limit_burst: int = Field(default=60, ge=1, alias="STREAM_RATE_LIMIT_BURST")
 
     # --- telephony ------------------------------------------------------------------------------
     telephony_provider: Literal["twilio", "simulator"] = Field(default="simulator", alias="TELEPHONY_PROVIDER")

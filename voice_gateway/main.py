@@ -16,11 +16,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.websockets import WebSocketState
 
 from shared import call_status, jobs, stream_tokens, twilio_auth
 from shared.errors import NotFound, StorageError
+from shared.rate_limit import RateLimiter
 from shared.settings import Settings
 from shared.storage import build_storage
 from voice_gateway.engines import Engines, build_engines, warm
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
 
     app = FastAPI(title="RelayX voice gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
+    app.state.stream_limiter = RateLimiter(settings.stream_rate_limit_per_minute, settings.stream_rate_limit_burst)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -102,9 +104,16 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
 async def handle_media_stream(websocket: WebSocket, app: FastAPI) -> None:
     """One Twilio Media Stream, from the upgrade to `stop` (or a dropped connection)."""
     settings: Settings = app.state.settings
+    client = websocket.client.host if websocket.client else "unknown"
+    allowance = app.state.stream_limiter.check(client)
+    if not allowance.allowed:
+        log.warning("media stream from %s refused: over STREAM_RATE_LIMIT_PER_MINUTE", client)
+        await _deny(websocket, 429, "too many streams opened from this address",
+                    {"Retry-After": str(allowance.retry_after_s)})
+        return
     authorized, token_call_id = _authenticate(websocket, settings)
     if not authorized:
-        await websocket.close(code=CloseCode.POLICY_VIOLATION, reason="invalid X-Twilio-Signature or stream token")
+        await _deny(websocket, 403, "invalid X-Twilio-Signature or stream token")
         return
     await websocket.accept()
     send_lock = asyncio.Lock()
@@ -173,6 +182,14 @@ def _authenticate(websocket: WebSocket, settings: Settings) -> tuple[bool, str |
     client = websocket.client.host if websocket.client else "?"
     log.warning("media stream from %s refused: no valid X-Twilio-Signature or stream token for %s", client, url)
     return False, None
+
+
+async def _deny(websocket: WebSocket, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+    """Refuse the upgrade with an HTTP answer (a client sees why); a bare 403 where the server cannot."""
+    try:
+        await websocket.send_denial_response(PlainTextResponse(reason, status_code=status, headers=headers))
+    except RuntimeError:  # no websocket.http.response extension in this server
+        await websocket.close(code=CloseCode.POLICY_VIOLATION, reason=reason)
 
 
 async def _receive_text(websocket: WebSocket) -> str:

@@ -202,3 +202,25 @@ async def test_malformed_frames_get_exact_close_codes_and_the_gateway_keeps_serv
     assert "Traceback" not in caplog.text
     fresh = await _default_call(settings)
     await _greeted(stream_tokens.stream_url(url, twilio_auth.signing_token(settings), fresh.id), fresh.id)
+
+
+async def test_one_address_opening_streams_too_fast_gets_429_with_retry_after(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, STREAM_RATE_LIMIT_PER_MINUTE="60", STREAM_RATE_LIMIT_BURST="2")
+    await _migrate(settings)
+    call = await _default_call(settings)
+    app = create_app(settings, engines=instant_engines(settings))
+    now = [1000.0]
+    app.state.stream_limiter.clock = lambda: now[0]  # a fake clock: the refill is stepped, not waited for
+    port = free_port()
+    with serve(app, port):
+        url = stream_tokens.stream_url(f"ws://127.0.0.1:{port}/media", twilio_auth.signing_token(settings), call.id)
+        for _ in range(2):  # the burst
+            async with websockets.connect(url):
+                pass
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(url):
+                pass
+        assert refused.value.response.status_code == 429
+        assert refused.value.response.headers["Retry-After"] == "1"
+        now[0] += 1.0  # one stream a second comes back
+        await _greeted(url, call.id)
