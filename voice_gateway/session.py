@@ -126,14 +126,22 @@ class CallSession:
             self._history.append(ChatMessage("user" if line.speaker == "caller" else "assistant", line.text))
         self.writer.start()
         self._pacer = asyncio.create_task(self.player.run(), name=f"pacer-{self.call.id}")
-        self._prefill = asyncio.create_task(self._prefill_prompt(), name=f"prefill-{self.call.id}")
         self.writer.job("call_started")
+        greeting: asyncio.Task[None] | None = None
         if self.agent.greeting:
             reply = self._new_reply(confirmed=True)
-            reply.task = asyncio.create_task(self._speak(reply, fixed=self.agent.greeting))
+            reply.task = greeting = asyncio.create_task(self._speak(reply, fixed=self.agent.greeting))
+        self._prefill = asyncio.create_task(self._prefill_prompt(after=greeting), name=f"prefill-{self.call.id}")
 
-    async def _prefill_prompt(self) -> None:
-        """Evaluate the system prompt while the greeting plays, so the first answer reuses its KV cache."""
+    async def _prefill_prompt(self, *, after: asyncio.Task[None] | None) -> None:
+        """Evaluate the system prompt while the greeting plays, so the first answer reuses its KV cache.
+
+        It starts once the greeting is synthesised (`after`), not beside it: on two cores the two
+        would share the CPU and the greeting's second clause could arrive after its first had played,
+        a hole the caller hears. The greeting plays for seconds; the prefill takes a fraction of that.
+        """
+        if after is not None:
+            await asyncio.wait({after})  # finished, failed or cancelled (barge-in): prefill either way
         messages = [self._system, *self._history, ChatMessage("user", "Hello?")]
         try:
             async for _ in self.engines.llm.stream(messages, LLMConfig(max_tokens=1)):

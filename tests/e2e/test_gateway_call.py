@@ -1,8 +1,9 @@
 """A whole phone call through the gateway on the real default models, stored in real PostgreSQL.
 
 The caller is the virtual phone: it speaks Twilio's Media Streams protocol exactly (connected,
-start, continuous 20 ms μ-law media, mark echoes after playback, clear, stop), playing espeak-ng
-speech through a 300–3400 Hz phone band.
+start, continuous 20 ms μ-law media, mark echoes after playback, clear, stop), playing the
+simulator's callee voice (Piper, pitched up) through a 300–3400 Hz phone band. What the caller said
+is checked as a word error rate, never exact words: STT decodes differently on different CPUs.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from backend.telephony.caller_voice import espeak_available, espeak_ulaw
 from backend.telephony.virtual_phone import CallerLine, VirtualPhone
+from shared import stream_tokens, twilio_auth
 from shared.storage import build_storage
 from tests.conftest import make_settings
 from tests.support.servers import serve
+from tests.support.speech import caller_ulaw
+from tests.support.wer import wer
 from voice_gateway.main import create_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.models, pytest.mark.postgres]
@@ -33,13 +36,7 @@ AGENT = {
 }
 
 
-def _words(text: str) -> set[str]:
-    return set(re.findall(r"[a-z]+", text.lower()))
-
-
 async def test_call_with_real_models_stores_every_turn_in_postgres(postgres_url: str, tmp_path: Path) -> None:
-    if not espeak_available():
-        pytest.skip("espeak-ng is not installed")
     settings = make_settings(tmp_path, DATABASE_URL=postgres_url)
     storage = build_storage(settings)
     await storage.open()
@@ -49,13 +46,15 @@ async def test_call_with_real_models_stores_every_turn_in_postgres(postgres_url:
 
     lines = [
         # Barge into the greeting: the gateway must send `clear` and keep only what was played.
-        CallerLine("Sorry, one moment please.", espeak_ulaw("Sorry, one moment please."), barge_in_after_ms=900),
-        CallerLine("What are your opening hours on Monday?", espeak_ulaw("What are your opening hours on Monday?")),
-        CallerLine("How much does a cleaning cost?", espeak_ulaw("How much does a cleaning cost?")),
+        CallerLine("Sorry, one moment please.", caller_ulaw("Sorry, one moment please."), barge_in_after_ms=900),
+        CallerLine("What are your opening hours on Monday?", caller_ulaw("What are your opening hours on Monday?")),
+        CallerLine("How much does a cleaning cost?", caller_ulaw("How much does a cleaning cost?")),
     ]
     with serve(create_app(settings), timeout_s=300) as base:
-        phone = VirtualPhone(base.replace("http", "ws") + "/media", custom_parameters={"call_id": call.id},
-                             lines=lines, reply_timeout_s=60)
+        # Not Twilio, so no signature: the stream brings a token for this call, as the simulator's does.
+        media = stream_tokens.stream_url(base.replace("http", "ws") + "/media",
+                                         twilio_auth.signing_token(settings), call.id)
+        phone = VirtualPhone(media, custom_parameters={"call_id": call.id}, lines=lines, reply_timeout_s=60)
         report = await asyncio.wait_for(phone.run(), 240)
 
     transcript = await storage.list_transcripts(call.id)
@@ -67,9 +66,14 @@ async def test_call_with_real_models_stores_every_turn_in_postgres(postgres_url:
     assert report.clears >= 1, "barging into the greeting must produce a clear"
     caller = [line.text for line in transcript if line.speaker == "caller"]
     agent_lines = [line for line in transcript if line.speaker == "agent"]
-    heard = _words(" ".join(caller))
-    assert {"monday"} <= heard or {"hours"} <= heard, caller
-    assert {"cost"} <= heard or {"cleaning"} <= heard, caller
+    # Every spoken line was heard as (at least) one non-empty caller turn, and the words are right
+    # within a bound, not exactly (STT decodes differently on different CPUs): measured 0.0 to 0.06
+    # over five runs (tiny.en hears "a cleaning" as "the cleaning" on some takes). 0.35 leaves room
+    # for another CPU's decoding; a lost line costs 0.24 to 0.41 and fails the count, and a line read
+    # at a wrong rate comes back as nothing or as a loop ("right, right, right…", WER 16 alone).
+    assert len(caller) >= len(lines) and all(text.strip() for text in caller), caller
+    said = " ".join(line.text for line in lines)
+    assert wer(said, " ".join(caller)) <= 0.35, caller
     assert len(agent_lines) >= 3, [(l.speaker, l.text) for l in transcript]
     # The cut greeting is stored as interrupted, and only as much of it as was played.
     greeting = agent_lines[0]

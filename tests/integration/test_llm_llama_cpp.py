@@ -8,6 +8,7 @@ import pytest
 
 from shared.llm.base import ChatMessage, GenerationOptions
 from shared.llm.llama_cpp import MODEL_FILENAME, LlamaCppLLM, slice_paths
+from tests.support.wer import normalize
 
 pytestmark = pytest.mark.models
 
@@ -23,8 +24,13 @@ async def test_llama_cpp_streams_an_answer_in_pieces(llm: LlamaCppLLM) -> None:
     pieces = [p async for p in llm.stream(messages, GenerationOptions(temperature=0.0, max_tokens=40))]
     assert len(pieces) > 1
     reply = "".join(pieces).strip()
-    assert reply
-    assert "ava" in reply.lower() or "bright smile" in reply.lower()
+    # The system prompt reached the model: it names the agent or the business. A property, not exact
+    # words (llama.cpp's kernels differ by CPU, so even greedy text may); it held on 24 of 24 replies
+    # sampled at temperature 1.0, a far larger change than any CPU's rounding. Matched on whole words,
+    # so "available" is not "Ava".
+    words = normalize(reply)
+    assert len(words) >= 3, reply
+    assert "ava" in words or "bright smile" in " ".join(words), reply
 
 
 async def test_cancelling_the_consumer_stops_generation_and_frees_the_model(llm: LlamaCppLLM) -> None:

@@ -1,8 +1,10 @@
-"""faster-whisper on phone-band speech: the words survive μ-law, 8 kHz and resampling."""
+"""faster-whisper on phone-band speech: the words survive μ-law, 8 kHz and resampling.
+
+The caller is the simulator's own callee (Piper, pitched up) and the check is a word error rate,
+not exact words: int8 kernels decode differently on different CPUs (see tests/support/wer.py).
+"""
 
 from __future__ import annotations
-
-import re
 
 import numpy as np
 import pytest
@@ -10,31 +12,38 @@ import pytest
 from shared.settings import Settings
 from shared.stt import build_stt
 from shared.stt.faster_whisper import FasterWhisperSTT
-from tests.integration.conftest import through_phone
+from tests.support.speech import caller_ulaw, gateway_hears
+from tests.support.wer import wer
 
 pytestmark = pytest.mark.models
 
+BOOKING = "I would like to book an appointment for Tuesday morning."
+GREETING = "Good morning, Bright Smile Dental, how can I help you?"
 
-def _words(text: str) -> set[str]:
-    return set(re.findall(r"[a-z]+", text.lower()))
 
-
-async def test_phone_band_speech_is_transcribed(stt: FasterWhisperSTT, espeak) -> None:
-    signal, rate = espeak("I would like to book an appointment for Tuesday morning.")
-    result = await stt.transcribe(through_phone(signal, rate))
-    assert {"appointment", "tuesday", "morning"} <= _words(result.text)
+async def test_phone_band_speech_is_transcribed(stt: FasterWhisperSTT) -> None:
+    result = await stt.transcribe(gateway_hears(caller_ulaw(BOOKING)))
+    # Measured 0.0 on 22 Piper takes under five CTranslate2 kernel sets (oneDNN and MKL int8 GEMM,
+    # CT2_FORCE_CPU_ISA=AVX2/AVX/GENERIC); espeak-ng's robotic take of the same line scored 0.2 here
+    # and 0.8 on an AVX-512 CPU. 0.35 allows three wrong words of ten; the line read at a wrong rate
+    # (8 kHz as 16 kHz, or half speed) comes back as a loop of "you're right…" or "yeah…", WER 11.
+    assert wer(BOOKING, result.text) <= 0.35, result.text
     assert result.no_speech_prob < 0.6
 
 
 async def test_silence_gives_no_text(stt: FasterWhisperSTT) -> None:
     result = await stt.transcribe(np.zeros(16000, dtype=np.float32))
-    assert result.text == ""
+    # Exactly "": on zeros tiny.en decodes one segment, " .", at a mean log-prob of -1.16 to -1.30
+    # depending on the kernels; a segment without a word is never speech (shared/stt/segments.py).
+    assert result.text == "", result.text
     assert result.no_speech_prob > 0.6
 
 
-async def test_prompt_is_accepted_and_factory_builds_the_default(stt: FasterWhisperSTT, espeak) -> None:
-    signal, rate = espeak("Bright Smile Dental, good morning.")
-    result = await stt.transcribe(through_phone(signal, rate), prompt="Bright Smile Dental")
-    assert "smile" in _words(result.text)
+async def test_prompt_is_accepted_and_factory_builds_the_default(stt: FasterWhisperSTT) -> None:
+    result = await stt.transcribe(gateway_hears(caller_ulaw(GREETING)), prompt="Bright Smile Dental")
+    # Measured 0.0 on 8 takes. The line is longer than the prompt on purpose: audio read twice too
+    # fast comes back as words of the prompt only ("Dental": 0.9 here; on the bare greeting "Bright
+    # Smile Dental, good morning." the echo "Bright Smile Dental" scored 0.4, too near the bound).
+    assert wer(GREETING, result.text) <= 0.35, result.text
     built = build_stt(Settings(_env_file=None))
     assert isinstance(built, FasterWhisperSTT) and built.model_name == stt.model_name

@@ -7,6 +7,7 @@ import pytest
 
 from shared import audio
 from shared.tts.piper import PiperTTS
+from tests.support.wer import wer
 
 pytestmark = pytest.mark.models
 
@@ -31,6 +32,9 @@ async def test_piper_audio_frames_to_phone_ulaw(tts: PiperTTS) -> None:
 
 
 async def test_piper_output_is_understood_by_whisper(tts: PiperTTS, stt) -> None:
-    pcm = np.concatenate([c async for c in tts.synthesize("Your appointment is on Friday.")])
+    said = "Your appointment is on Friday."
+    pcm = np.concatenate([c async for c in tts.synthesize(said)])
     heard = await stt.transcribe(audio.resample(pcm, tts.sample_rate, audio.STT_RATE))
-    assert "friday" in heard.text.lower()
+    # A word error rate, not exact words (Whisper's int8 kernels differ by CPU). Measured 0.0 on every
+    # take; 0.35 allows one wrong word of five, while silence or noise from a broken voice scores 1.0.
+    assert wer(said, heard.text) <= 0.35, heard.text

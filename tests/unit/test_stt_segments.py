@@ -44,3 +44,9 @@ def test_dropped_segments_lose_their_text_but_keep_their_signals() -> None:
 def test_only_silence_gives_empty_text_with_the_worst_signal() -> None:
     heard = summarise([Segment(" you", 0.8, -1.2)])
     assert heard.text == "" and heard.no_speech_prob == 0.8
+
+
+@pytest.mark.parametrize("text", [" .", "...", " ?! ", ""])
+def test_a_segment_without_a_word_is_never_speech_however_sure(text: str) -> None:
+    assert is_speech(Segment(text, 0.01, -0.1)) is False
+    assert summarise([Segment(text, 0.01, -0.1), Segment(" Yes.", 0.05, -0.2)]).text == "Yes."
