@@ -6,20 +6,27 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from backend import errors
 from backend.api import agents, analysis, calls, health, phone, twilio_webhooks
 from backend.deps import require_api_key
 from backend.telephony import build_telephony
 from shared import jobs
-from shared.errors import NotFound
+from shared.errors import NotFound, StorageError
+from shared.rate_limit import RateLimiter
 from shared.settings import Settings
 from shared.storage import build_storage
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the backend for `settings`; storage opens (and migrates) in the lifespan, once."""
+def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> FastAPI:
+    """Build the backend for `settings`; storage opens (and migrates) in the lifespan, once.
+
+    `run_jobs=False` leaves post-call jobs queued but unrun (on SQLite, where this process would run
+    them): for tests of the HTTP surface alone, so that no webhook leaves the machine.
+    """
     settings = settings or Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -35,7 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.storage = storage
             app.state.telephony = telephony
             # Post-call jobs: run here on SQLite (a restart resumes them); `relayx worker` on PostgreSQL.
-            background = await jobs.start_background(settings, storage)
+            if run_jobs:
+                background = await jobs.start_background(settings, storage)
             yield
         finally:
             if background is not None:
@@ -51,17 +59,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.add_exception_handler(NotFound, _not_found)
+    # Swapped by tests for one on a fake clock; per API key, or per address while the key is wrong.
+    app.state.rate_limiter = RateLimiter(settings.api_rate_limit_per_minute, settings.api_rate_limit_burst)
+    app.add_exception_handler(NotFound, errors.not_found)
+    app.add_exception_handler(StorageError, errors.storage_unavailable)
+    app.add_exception_handler(RequestValidationError, errors.invalid_request)
+    app.add_exception_handler(StarletteHTTPException, errors.http_error)
     protected = [Depends(require_api_key)]
     app.include_router(health.router)
-    app.include_router(agents.router, dependencies=protected)
-    app.include_router(calls.router, dependencies=protected)
-    app.include_router(analysis.router, dependencies=protected)
+    app.include_router(agents.router, dependencies=protected, responses=errors.API_KEY_ROUTES)
+    app.include_router(calls.router, dependencies=protected, responses=errors.API_KEY_ROUTES)
+    app.include_router(analysis.router, dependencies=protected, responses=errors.API_KEY_ROUTES)
     app.include_router(twilio_webhooks.router)
     app.include_router(phone.router)
     return app
-
-
-async def _not_found(request: Request, exc: Exception) -> JSONResponse:
-    """Any row a route asked storage for and did not find is a 404 naming it ("call 42 not found")."""
-    return JSONResponse({"detail": str(exc)}, status_code=404)

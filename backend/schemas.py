@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from typing_extensions import TypeAliasType
 
+from backend.analysis_input import AnalysisSpecInput
 from shared.agent_config import (
+    NUL_FREE,
     AgentConfig,
     AgentName,
     AgentSettings,
+    AnalysisConfig,
     Greeting,
     Language,
     LLMConfig,
@@ -20,25 +24,114 @@ from shared.agent_config import (
 )
 from shared.storage.base import Agent, Call
 
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+CallStatusName = Literal[
+    "queued", "initiated", "ringing", "in-progress", "busy", "canceled", "completed", "failed", "no-answer"
+]
+"""`shared.call_status.ALL_STATUSES` as a type the OpenAPI can publish (a test keeps the two equal)."""
+MAX_OFFSET = 2**31 - 1
+"""The largest `offset` a list accepts: any real page, and far inside what both databases can bind."""
+_SEPARATORS = r"[ ().-]"
+E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+# The same rule as a pattern the OpenAPI can publish: E.164 once spaces, dots, dashes and
+# parentheses are removed (ASCII digits only: `\d` would let other scripts' digits through).
+PHONE_NUMBER = rf"^{_SEPARATORS}*\+{_SEPARATORS}*[1-9](?:{_SEPARATORS}*[0-9]){{6,14}}{_SEPARATORS}*$"
+
+
+def _keys_without_nul(value: dict[str, Any]) -> dict[str, Any]:
+    if any("\x00" in key for key in value):
+        raise ValueError("keys must not contain NUL (\\x00) characters")
+    return value
+
+
+# Free-form JSON the API stores (call metadata): anything JSON can say, but what PostgreSQL's jsonb
+# refuses, refused here first with a 422: NUL characters in text or keys, NaN and infinities.
+_Text = Annotated[str, Field(pattern=NUL_FREE)]
+_Number = Annotated[float, Field(allow_inf_nan=False)]
+_KEYS_CHECKED = AfterValidator(_keys_without_nul)
+_KEYS_DOCUMENTED = Field(json_schema_extra={"propertyNames": {"pattern": NUL_FREE}})
+JSONValue = TypeAliasType("JSONValue", "_Text | int | _Number | bool | None | list[JSONValue] | JSONObject")
+JSONObject = TypeAliasType("JSONObject", "Annotated[dict[str, JSONValue], _KEYS_CHECKED, _KEYS_DOCUMENTED]")
+
+
+# Numbers and booleans as JSON writes them: "500" for a number, 1 for true, are refused (pydantic's lax
+# mode would take them while the published schema says they are wrong). Stored rows are read with the
+# lenient shared models; only what clients send is held to this.
+_AS_JSON = ConfigDict(extra="forbid", strict=True)
+
+
+def _whole_number(value: Any) -> Any:
+    """500.0 is an integer in JSON Schema; strict mode would refuse it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _as_sent(value: Any) -> Any:
+    return value
+
+
+class LLMConfigInput(LLMConfig):
+    """`LLMConfig` as a client sends it (JSON types)."""
+
+    model_config = _AS_JSON
+
+    _max_tokens = field_validator("max_tokens", mode="before")(_whole_number)
+
+
+class AgentSettingsInput(AgentSettings):
+    """`AgentSettings` as a client sends it: the same fields and rules, JSON types; `analysis` is published
+    in the forms it is accepted in (`backend.analysis_input`), not in its stored, normalised form."""
+
+    model_config = _AS_JSON
+
+    analysis: Annotated[
+        AnalysisConfig | None, BeforeValidator(_as_sent, json_schema_input_type=AnalysisSpecInput | None)
+    ] = Field(
+        default=None,
+        description='Post-call analysis: {"outcomes": [labels], "schema": JSON Schema of the data to extract}',
+    )
+
+    _whole_ms = field_validator("end_of_turn_silence_ms", "min_speech_ms", "barge_in_min_ms", mode="before")(
+        _whole_number
+    )
 
 
 class AgentCreate(AgentConfig):
     """Body of POST /agents: the whole typed agent configuration (`shared.agent_config`)."""
 
+    model_config = _AS_JSON
+
+    llm: LLMConfigInput = Field(default_factory=LLMConfigInput)
+    settings: AgentSettingsInput = Field(default_factory=AgentSettingsInput)
+
+
+def _never_null(schema: dict[str, Any]) -> None:
+    """Publish a PATCH field without `null` (and without a default): omitting it keeps the value."""
+    schema.pop("default", None)
+    variants = [v for v in schema.pop("anyOf", []) if v.get("type") != "null"]
+    if len(variants) == 1:
+        schema.update(variants[0])
+    elif variants:
+        schema["anyOf"] = variants
+
 
 class AgentUpdate(BaseModel):
-    """Body of PATCH /agents/{id}: only the fields given change."""
+    """Body of PATCH /agents/{id}: only the fields given change; only `greeting` and `voice` take null."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _AS_JSON
 
-    name: AgentName | None = None
-    prompt: Prompt | None = None
+    name: AgentName | None = Field(default=None, json_schema_extra=_never_null)
+    prompt: Prompt | None = Field(default=None, json_schema_extra=_never_null)
     greeting: Greeting | None = None
     voice: Voice | None = None
-    language: Language | None = None
-    llm: LLMConfig | None = None
-    settings: AgentSettings | None = None
+    language: Language | None = Field(default=None, json_schema_extra=_never_null)
+    llm: LLMConfigInput | None = Field(default=None, json_schema_extra=_never_null)
+    settings: AgentSettingsInput | None = Field(default=None, json_schema_extra=_never_null)
+
+    @field_validator("name", "prompt", "language", "llm", "settings", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("cannot be null: leave the field out to keep its value")
+        return value
 
 
 class AgentOut(Agent):
@@ -51,14 +144,17 @@ class OutboundCallRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     agent_id: str = Field(min_length=1)
-    to_number: str = Field(description="E.164, e.g. +14155550100")
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    to_number: str = Field(
+        description="E.164, e.g. +14155550100 (spaces, dots, dashes, parentheses ignored)",
+        json_schema_extra={"pattern": PHONE_NUMBER},  # checked below, with a message that says E.164
+    )
+    metadata: JSONObject = Field(default_factory=dict, description="Yours: stored with the call, returned as given")
 
     @field_validator("to_number")
     @classmethod
     def _e164(cls, value: str) -> str:
-        compact = re.sub(r"[\s().-]", "", value)
-        if not E164.match(compact):
+        compact = re.sub(_SEPARATORS, "", value)
+        if not E164.fullmatch(compact):  # the same rule as PHONE_NUMBER
             raise ValueError("to_number must be an E.164 number such as +14155550100")
         return compact
 

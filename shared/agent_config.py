@@ -12,6 +12,7 @@ drops them with a warning (`Agent` in `shared.storage.base`) instead of refusing
 from __future__ import annotations
 
 import logging
+import re
 from typing import Annotated, Any
 
 from pydantic import (
@@ -26,11 +27,24 @@ from pydantic import (
 
 log = logging.getLogger(__name__)
 
+# Text that is stored must not hold NUL: PostgreSQL's text and jsonb cannot (SQLite would, unevenly).
+NUL_FREE = r"^[^\x00]*$"
+# What `shared.webhooks.check_url_syntax` accepts, as a pattern the OpenAPI can publish: http(s), a
+# host without credentials; the host may not hold what urlsplit refuses (brackets, characters that
+# NFKC-normalise to / ? # @ :). "" means no URL.
+WEBHOOK_URL = (
+    r"^(?:[Hh][Tt][Tt][Pp][Ss]?://[^\x00-\x20\x7f/?#@:\[\]\\\u2047-\u2049\u2100\u2101\u2105\u2106\u2a74"
+    r"\ufe13\ufe16\ufe55\ufe56\ufe5f\ufe6b\uff03\uff0f\uff1a\uff1f\uff20]+(?::[0-9]*)?(?:[/?#][^\x00]*)?)?$"
+)
+
 # The agent's own fields, as types: POST /agents and PATCH /agents share them.
-AgentName = Annotated[str, Field(min_length=1, max_length=200)]
-Prompt = Annotated[str, Field(min_length=1, max_length=20_000)]
-Greeting = Annotated[str, Field(max_length=1000, description="Spoken as soon as the call connects")]
-Voice = Annotated[str, Field(max_length=200, description="A speaker of a multi-speaker TTS model; empty = its default speaker")]
+AgentName = Annotated[str, Field(min_length=1, max_length=200, pattern=NUL_FREE)]
+Prompt = Annotated[str, Field(min_length=1, max_length=20_000, pattern=NUL_FREE)]
+Greeting = Annotated[str, Field(max_length=1000, pattern=NUL_FREE, description="Spoken as soon as the call connects")]
+Voice = Annotated[
+    str,
+    Field(max_length=200, pattern=NUL_FREE, description="A speaker of a multi-speaker TTS model; empty = its default speaker"),
+]
 Language = Annotated[str, Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")]
 
 
@@ -43,7 +57,9 @@ class _Strict(BaseModel):
 class LLMConfig(_Strict):
     """How the agent's replies are generated (the agent's `llm` block; also what an engine is handed)."""
 
-    model: str | None = Field(default=None, description="Engine-specific model name; empty = the engine's default")
+    model: str | None = Field(
+        default=None, pattern=NUL_FREE, description="Engine-specific model name; empty = the engine's default"
+    )
     temperature: float = Field(default=0.6, ge=0.0, le=2.0)
     max_tokens: int = Field(default=80, ge=1, le=4096, description="A phone reply is short: 80 tokens ≈ 3 sentences")
 
@@ -74,13 +90,25 @@ class AnalysisConfig(_Strict):
         unknown = sorted(set(value) - {"outcomes", "schema", "data_schema"})
         if unknown:
             raise ValueError(f"unknown key(s) {', '.join(unknown)} (expected outcomes, schema)")
+        outcomes, schema = value.get("outcomes"), value.get("schema", value.get("data_schema"))
+        # A stored spec is read back through here, so the normalised form must normalise to itself: the
+        # default "no data" schema has no properties, and `no_conversation` is added beyond the 30 labels.
+        if schema == analysis.AnalysisSpec().data_schema:
+            schema = None
+        extra: dict[str, Any] = {}
+        if isinstance(outcomes, dict) and len(outcomes) > 1 and analysis.NO_CONVERSATION in outcomes:
+            outcomes = dict(outcomes)
+            extra[analysis.NO_CONVERSATION] = outcomes.pop(analysis.NO_CONVERSATION)
         try:
-            return {
-                "outcomes": analysis.normalize_outcomes(value.get("outcomes")),
-                "schema": analysis.normalize_data_schema(value.get("schema", value.get("data_schema"))),
+            normalized = {
+                "outcomes": {**analysis.normalize_outcomes(outcomes), **extra},
+                "schema": analysis.normalize_data_schema(schema),
             }
         except analysis.SchemaProblem as exc:
             raise ValueError(str(exc)) from None
+        if _unstorable(normalized):  # what is stored: labels, descriptions, enum values
+            raise ValueError("analysis: text must be UTF-8 without NUL (\\x00) characters")
+        return normalized
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -106,13 +134,16 @@ class AgentSettings(_Strict):
         description="Speech over the agent interrupts it after this long; shorter is a backchannel",
     )
     # --- context for the models (voice_gateway.prompts) -------------------------------------------
-    business: str | None = Field(default=None, max_length=200, description="Business name, given to STT and the LLM")
-    expected_answers: list[str] = Field(
+    business: str | None = Field(
+        default=None, max_length=200, pattern=NUL_FREE, description="Business name, given to STT and the LLM"
+    )
+    expected_answers: list[Annotated[str, Field(pattern=NUL_FREE)]] = Field(
         default_factory=list, max_length=100, description="Words STT should expect (names, products)"
     )
     # --- after the call (shared.webhooks, shared.jobs, voice_gateway.recorder) -------------------
     webhook_url: str | None = Field(
-        default=None, max_length=2000, description="Where this agent's call events go (else WEBHOOK_URL)"
+        default=None, max_length=2000, json_schema_extra={"pattern": WEBHOOK_URL},
+        description="Where this agent's call events go (else WEBHOOK_URL); private hosts need WEBHOOK_ALLOW_PRIVATE",
     )
     recording: bool = Field(default=True, description="Record calls as two-channel WAV (caller left, agent right)")
     analysis: AnalysisConfig | None = Field(
@@ -128,9 +159,13 @@ class AgentSettings(_Strict):
         if value is None or value == "":
             return None
         try:
-            return webhooks.check_url_syntax(value)
+            webhooks.check_url_syntax(value)
         except webhooks.WebhookURLError as exc:
             raise ValueError(str(exc)) from None
+        if not re.fullmatch(WEBHOOK_URL, value) or _unstorable(value):  # what urlsplit lets through but no host can hold
+            raise ValueError("webhook URL is malformed: a space, control or bracket in the host, a port that is "
+                             "not a number, or a NUL")
+        return value
 
 
 class AgentConfig(_Strict):
@@ -143,6 +178,25 @@ class AgentConfig(_Strict):
     language: Language = "en"
     llm: LLMConfig = Field(default_factory=LLMConfig)
     settings: AgentSettings = Field(default_factory=AgentSettings)
+
+
+def _unstorable(value: Any) -> bool:
+    """Text no database keeps as given: a NUL, or a lone surrogate (not UTF-8) anywhere in `value`."""
+    if isinstance(value, str):
+        return "\x00" in value or (not value.isascii() and _not_utf8(value))
+    if isinstance(value, dict):
+        return any(_unstorable(k) or _unstorable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_unstorable(item) for item in value)
+    return False
+
+
+def _not_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def known_keys_only(model: type[BaseModel], value: Any, where: str) -> Any:

@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.deps import SettingsDep, StorageDep, require_api_key
+from backend.errors import API_KEY_ROUTES, CONFLICT, MALFORMED_BODY, NOT_FOUND
 from backend.schemas import CallOut
 from shared import call_status, jobs, stream_tokens, twilio_auth
 from shared.storage.base import Call
@@ -68,6 +69,7 @@ async def phone_asset(name: str) -> FileResponse:
     status_code=status.HTTP_201_CREATED,
     response_model=BrowserCall,
     dependencies=[Depends(require_api_key)],
+    responses={**API_KEY_ROUTES, **NOT_FOUND, **MALFORMED_BODY},
 )
 async def start_browser_call(
     body: BrowserCallRequest, storage: StorageDep, settings: SettingsDep
@@ -86,6 +88,7 @@ async def start_browser_call(
     "/phone/calls/{call_id}/end",
     response_model=CallOut,
     dependencies=[Depends(require_api_key)],
+    responses={**API_KEY_ROUTES, **NOT_FOUND, **CONFLICT},
 )
 async def end_browser_call(call_id: str, storage: StorageDep) -> CallOut:
     """Hang up from the page: a call whose stream never started is `canceled`.
