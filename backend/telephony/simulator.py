@@ -14,6 +14,7 @@ import logging
 import secrets
 import time
 import wave
+from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
@@ -82,6 +83,11 @@ def parse_script(raw: Any) -> list[dict[str, Any]]:
         line = {"text": item} if isinstance(item, str) else item
         if not isinstance(line, dict) or not (line.get("text") or line.get("wav")):
             raise TelephonyError(f"bad simulated line {item!r}: give text or wav")
+        if line.get("wav") is not None:
+            # The backend reads this path on its own disk: only WAV recordings, never any other file.
+            wav = Path(str(line["wav"]))
+            if wav.suffix.lower() != ".wav" or not wav.is_file():
+                raise TelephonyError(f"bad simulated line {item!r}: wav must name an existing .wav file")
         lines.append(line)
     return lines
 

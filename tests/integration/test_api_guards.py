@@ -266,3 +266,14 @@ def test_every_api_key_route_documents_401_429_503_and_lookups_404(tmp_path: Pat
 def test_published_statuses_match_the_lifecycle() -> None:
     assert set(get_args(CallStatusName)) == set(call_status.ALL_STATUSES)
     assert {call_status.normalize(s) for s in TWILIO_CALL_STATUSES} == set(call_status.ALL_STATUSES)
+
+
+async def test_a_simulated_line_may_only_play_an_existing_wav_file(client: httpx.AsyncClient, tmp_path: Path) -> None:
+    agent = await _agent(client)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for callers")
+    for wav in (str(secret), "/etc/passwd", str(tmp_path / "missing.wav")):
+        response = await client.post("/calls/outbound", headers=AUTH, json={
+            "agent_id": agent["id"], "to_number": "+14155550100", "metadata": {"simulate": [{"wav": wav}]}})
+        assert response.status_code == 422 and "existing .wav" in response.text, response.text
+    assert (await client.get("/calls", headers=AUTH)).json()["data"] == []
