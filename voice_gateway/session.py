@@ -303,7 +303,7 @@ class CallSession:
         """Produce one reply; frames wait for `confirmed` so a speculative reply is never heard early."""
         try:
             if fixed is not None:
-                await self._synthesize(reply, split_clauses(_one(fixed)))
+                await self._synthesize(reply, split_clauses(_one(fixed)), whole=True)
                 return
             assert audio is not None
             started = self.clock()
@@ -364,10 +364,16 @@ class CallSession:
             with contextlib.suppress(asyncio.CancelledError):
                 await producer
 
-    async def _synthesize(self, reply: _Reply, clauses: AsyncIterator[str]) -> None:
+    async def _synthesize(self, reply: _Reply, clauses: AsyncIterator[str], *, whole: bool = False) -> None:
+        """Speak clauses as they come. With `whole` (a fixed line such as the greeting, whose text is all
+        known), nothing plays until every clause is synthesised: a short first clause ("Hi,") would
+        otherwise play alone while the next is still being made, and on a busy machine the caller hears
+        the hole. It costs the greeting a fraction of a second before it starts; a reply, whose text
+        arrives token by token, still starts at its first clause."""
         tts = self.engines.tts
         resampler = StreamResampler(tts.sample_rate, PHONE_RATE)
         framer = Framer()
+        held: list[tuple[int, list[bytes]] | str] | None = [] if whole else None
         async for clause in clauses:
             index = len(reply.clauses)
             reply.clauses.append(clause)
@@ -376,18 +382,32 @@ class CallSession:
             async for chunk in tts.synthesize(clause, voice=self.agent.voice):
                 if "tts_first_audio_ms" not in reply.metrics:
                     reply.metrics["tts_first_audio_ms"] = round((self.clock() - started) * 1000)
-                await self._emit(reply, index, framer.push(float32_to_ulaw(resampler.process(chunk))))
+                await self._emit(reply, index, framer.push(float32_to_ulaw(resampler.process(chunk))), held)
             # The clause's last partial frame is padded with silence so its mark lands at its end.
-            await self._emit(reply, index, framer.flush())
-            self.player.push_mark(f"{reply.id}:{index}")
+            await self._emit(reply, index, framer.flush(), held)
+            mark = f"{reply.id}:{index}"
+            if held is None:
+                self.player.push_mark(mark)
+            else:
+                held.append(mark)
+        for item in held or ():
+            if isinstance(item, str):
+                self.player.push_mark(item)
+            else:
+                self.player.push(item[1], tag=(reply.id, item[0]))
 
-    async def _emit(self, reply: _Reply, index: int, frames: list[bytes]) -> None:
+    async def _emit(
+        self, reply: _Reply, index: int, frames: list[bytes], held: list[tuple[int, list[bytes]] | str] | None
+    ) -> None:
         if not frames:
             return
         if not reply.confirmed.is_set():
             await reply.confirmed.wait()
         reply.clause_frames[index] += len(frames)
-        self.player.push(frames, tag=(reply.id, index))
+        if held is not None:
+            held.append((index, frames))
+        else:
+            self.player.push(frames, tag=(reply.id, index))
 
     def _on_frame_sent(self, wall: float) -> None:
         reply = self._current
