@@ -37,6 +37,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
   # torch first, pinned: anything that pulls a bare `torch` would otherwise fetch a multi-GB CUDA build.
   .venv/bin/pip install -q torch==2.13.0
   .venv/bin/pip install -q -e '.[voice,dev,whisper,queue,coqui,supabase]'
+  # Smart Turn v3's ONNX (shared/turn) ships inside Pipecat's wheel; only the file is used, never its
+  # code, so none of its dependencies (which would downgrade soxr) are installed.
+  .venv/bin/pip install -q --no-deps pipecat-ai==1.14.0
   # PyPI's torchaudio is a CUDA build: its compiled ops cannot load beside the CPU torch, and Coqui's
   # VITS never calls them; without them `import torchaudio` is pure Python and works.
   rm -f "$(.venv/bin/python -c 'import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec("torchaudio").origin).parent / "lib")')"/*.so

@@ -1,0 +1,99 @@
+"""TurnBands: a Smart Turn score becomes a verdict and a silence to wait, ordered for any agent setting."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from shared.turn.bands import TurnBands, TurnWait, Verdict
+
+BANDS = TurnBands(
+    done_threshold=0.9,
+    not_done_threshold=0.2,
+    done_silence_ms=200,
+    not_done_silence_ms=1500,
+    max_silence_ms=3000,
+)
+
+
+@pytest.mark.parametrize(
+    ("probability", "verdict"),
+    [
+        (1.0, Verdict.DONE),
+        (0.9, Verdict.DONE),
+        (0.89, Verdict.UNSURE),
+        (0.5, Verdict.UNSURE),
+        (0.21, Verdict.UNSURE),
+        (0.2, Verdict.NOT_DONE),
+        (0.0, Verdict.NOT_DONE),
+    ],
+)
+def test_thresholds_themselves_are_confident(probability: float, verdict: Verdict) -> None:
+    assert BANDS.verdict(probability) is verdict
+
+
+def test_each_band_waits_its_own_silence_with_the_default_agent() -> None:
+    assert BANDS.wait(0.95, 500) == TurnWait(Verdict.DONE, 200)
+    assert BANDS.wait(0.5, 500) == TurnWait(Verdict.UNSURE, 500)
+    assert BANDS.wait(0.1, 500) == TurnWait(Verdict.NOT_DONE, 1500)
+
+
+@pytest.mark.parametrize("normal_ms", [0, 100, 150, 200, 500, 800, 1500, 2000, 3000, 5000])
+def test_done_never_waits_longer_than_unsure_nor_unsure_than_not_done(normal_ms: int) -> None:
+    done = BANDS.wait(0.99, normal_ms).silence_ms
+    unsure = BANDS.wait(0.5, normal_ms).silence_ms
+    not_done = BANDS.wait(0.01, normal_ms).silence_ms
+    assert done <= unsure == normal_ms <= not_done
+    assert done <= BANDS.done_silence_ms
+
+
+def test_a_confident_done_never_makes_a_snappy_agent_slower() -> None:
+    assert BANDS.wait(0.99, 120).silence_ms == 120
+
+
+def test_not_done_never_shortens_an_agent_that_already_waits_longer() -> None:
+    assert BANDS.wait(0.0, 2000).silence_ms == 2000
+
+
+def test_the_cap_bounds_every_wait_unless_the_agent_asks_for_more() -> None:
+    for normal_ms in (100, 500, 1500, 3000):
+        assert all(
+            BANDS.wait(p, normal_ms).silence_ms <= BANDS.cap_ms(normal_ms) == 3000 for p in (0.0, 0.5, 1.0)
+        )
+    assert BANDS.cap_ms(4000) == 4000
+
+
+def test_equal_thresholds_leave_no_unsure_band() -> None:
+    split = TurnBands(done_threshold=0.6, not_done_threshold=0.6)
+    assert split.verdict(0.6) is Verdict.DONE
+    assert split.verdict(0.59) is Verdict.NOT_DONE
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"done_threshold": 0.3, "not_done_threshold": 0.4},
+        {"done_threshold": 1.1},
+        {"not_done_threshold": -0.1},
+        {"done_silence_ms": 1600},
+        {"not_done_silence_ms": 3500},
+        {"done_silence_ms": -1},
+    ],
+)
+def test_contradictory_bands_are_refused(fields: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        TurnBands(**fields)  # type: ignore[arg-type]
+
+
+def test_negative_agent_silence_is_refused() -> None:
+    with pytest.raises(ValueError):
+        BANDS.wait(0.5, -1)
+
+
+def test_defaults_are_ordered_and_frozen() -> None:
+    bands = TurnBands()
+    assert 0.0 < bands.not_done_threshold < bands.done_threshold < 1.0
+    assert bands.done_silence_ms < bands.not_done_silence_ms <= bands.max_silence_ms
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        bands.done_threshold = 0.5  # type: ignore[misc]
