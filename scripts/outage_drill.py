@@ -24,21 +24,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import asyncpg
-import numpy as np
 
 from backend.telephony.virtual_phone import CallerLine, VirtualPhone
 from relayx_cli.instant_engines import instant_engines
-from shared.audio import float32_to_ulaw
 from shared.storage import build_storage
 from tests.conftest import make_settings, media_url
 from tests.support.postgres import PostgresCluster, fresh_database
 from tests.support.servers import free_port, serve
+from tests.support.speech import tone_ulaw
 from voice_gateway.main import create_app
-
-
-def _tone(ms: int) -> bytes:
-    t = np.arange(8 * ms) / 8000
-    return float32_to_ulaw((0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32))
 
 
 async def drill(outage_s: float, n_lines: int) -> int:
@@ -78,7 +72,7 @@ async def drill(outage_s: float, n_lines: int) -> int:
         port = free_port()
         with serve(app, port):
             phone = VirtualPhone(media_url(settings, port, call.id), custom_parameters={"call_id": call.id},
-                                 lines=[CallerLine(f"line {i}", _tone(900)) for i in range(n_lines)],
+                                 lines=[CallerLine(f"line {i}", tone_ulaw(900)) for i in range(n_lines)],
                                  reply_timeout_s=30, on_event=on_event)
             report = await phone.run()
             ended = time.monotonic()

@@ -12,20 +12,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 from backend.main import create_app as create_backend
 from backend.telephony.virtual_phone import CallerLine, VirtualPhone
 from relayx_cli.instant_engines import InstantSTT, InstantTTS
 from shared.agent_config import AgentSettings, LLMConfig
-from shared.audio import float32_to_ulaw
 from shared.llm.base import ChatMessage
 from shared.storage import build_storage
 from shared.vad import build_vad
 from tests.conftest import make_settings
 from tests.conftest import media_url as _media_url
 from tests.support.servers import free_port, serve
+from tests.support.speech import tone_ulaw
 from voice_gateway.engines import Engines
 from voice_gateway.main import create_app as create_gateway
 from voice_gateway.turns import TurnConfig
@@ -94,10 +93,6 @@ class RecordingLLM:
         return None
 
 
-def _tone(ms: int) -> bytes:
-    """Caller 'speech' the energy VAD cannot miss: a 300 Hz tone at 8 kHz μ-law."""
-    t = np.arange(8 * ms) / 8000
-    return float32_to_ulaw((0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32))
 
 
 async def test_gateway_runs_an_agent_without_settings_on_the_documented_defaults(tmp_path: Path) -> None:
@@ -112,7 +107,7 @@ async def test_gateway_runs_an_agent_without_settings_on_the_documented_defaults
     port = free_port()
     with serve(create_gateway(settings, engines=engines), port):
         phone = VirtualPhone(_media_url(settings, port, call.id), custom_parameters={"call_id": call.id},
-                             lines=[CallerLine("hello", _tone(800)), CallerLine("and again", _tone(600))],
+                             lines=[CallerLine("hello", tone_ulaw(800)), CallerLine("and again", tone_ulaw(600))],
                              reply_timeout_s=15)
         await asyncio.wait_for(phone.run(), 60)
     transcript = await storage.list_transcripts(call.id)

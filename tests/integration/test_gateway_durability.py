@@ -20,18 +20,17 @@ from typing import Any
 
 import asyncpg
 import httpx
-import numpy as np
 import pytest
 
 from backend.telephony.virtual_phone import CallerLine, VirtualPhone
 from relayx_cli.instant_engines import instant_engines
-from shared.audio import float32_to_ulaw
 from shared.settings import Settings
 from shared.storage import build_storage
 from shared.storage.base import Call, Storage, TranscriptLine
 from tests.conftest import make_settings, media_url
 from tests.support.postgres import PostgresCluster, fresh_database
 from tests.support.servers import free_port, serve
+from tests.support.speech import tone_ulaw
 from voice_gateway.main import create_app
 from voice_gateway.session import CallSession
 from voice_gateway.spool import Spool
@@ -40,10 +39,6 @@ pytestmark = pytest.mark.postgres
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _tone(ms: int) -> bytes:
-    """Caller 'speech' the energy VAD cannot miss: a 300 Hz tone at 8 kHz μ-law."""
-    t = np.arange(8 * ms) / 8000
-    return float32_to_ulaw((0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32))
 
 
 @pytest.fixture
@@ -123,7 +118,7 @@ async def test_database_down_mid_call_loses_no_line_no_status_no_job(tmp_path: P
             outage.append(asyncio.ensure_future(asyncio.sleep(0)))
 
     port = free_port()
-    lines = [CallerLine(f"line {i}", _tone(700)) for i in range(7)]
+    lines = [CallerLine(f"line {i}", tone_ulaw(700)) for i in range(7)]
     with serve(app, port):
         phone = VirtualPhone(media_url(settings, port, call.id), custom_parameters={"call_id": call.id},
                              lines=lines, reply_timeout_s=20, on_event=on_event)
@@ -184,7 +179,7 @@ async def test_spool_survives_the_gateway_killed_during_the_outage(tmp_path: Pat
                 gateway.send_signal(signal.SIGKILL)  # mid-call, with turns 3 and 4 only in the spool
                 killed.set()
 
-        lines = [CallerLine(f"line {i}", _tone(700)) for i in range(6)]
+        lines = [CallerLine(f"line {i}", tone_ulaw(700)) for i in range(6)]
         phone = VirtualPhone(media_url(settings, port, call.id), custom_parameters={"call_id": call.id},
                              lines=lines, reply_timeout_s=20, on_event=on_event)
         with contextlib.suppress(Exception):  # the socket dies with the gateway

@@ -6,22 +6,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import numpy as np
-
 from backend.telephony.virtual_phone import CallerLine, VirtualPhone
 from relayx_cli.instant_engines import instant_engines
-from shared.audio import float32_to_ulaw
 from shared.storage import build_storage
 from tests.conftest import make_settings
 from tests.conftest import media_url as _media_url
 from tests.support.servers import free_port, serve
+from tests.support.speech import tone_ulaw
 from voice_gateway.main import create_app
-
-
-def _tone(ms: int) -> bytes:
-    """Caller 'speech' the energy VAD cannot miss: a 300 Hz tone at 8 kHz μ-law."""
-    t = np.arange(8 * ms) / 8000
-    return float32_to_ulaw((0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32))
 
 
 async def test_short_speech_over_the_agent_is_a_backchannel_long_speech_interrupts(tmp_path: Path) -> None:
@@ -35,8 +27,8 @@ async def test_short_speech_over_the_agent_is_a_backchannel_long_speech_interrup
     })
     call = await storage.create_call(agent_id=agent.id, to_number="+15550001111", from_number=None, metadata={})
     lines = [
-        CallerLine("mm-hm", _tone(250), barge_in_after_ms=300),  # shorter than barge_in_min_ms
-        CallerLine("wait, stop", _tone(1200), barge_in_after_ms=900),  # longer: interrupts
+        CallerLine("mm-hm", tone_ulaw(250), barge_in_after_ms=300),  # shorter than barge_in_min_ms
+        CallerLine("wait, stop", tone_ulaw(1200), barge_in_after_ms=900),  # longer: interrupts
     ]
     port = free_port()
     with serve(create_app(settings, engines=instant_engines(settings)), port):

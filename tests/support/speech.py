@@ -33,3 +33,10 @@ def gateway_hears(ulaw: bytes) -> np.ndarray:
     up = audio.StreamResampler(audio.PHONE_RATE, audio.STT_RATE)
     frames = [ulaw[i : i + audio.FRAME_BYTES] for i in range(0, len(ulaw), audio.FRAME_BYTES)]
     return np.concatenate([*(up.process(audio.ulaw_to_float32(f)) for f in frames), up.flush()])
+
+
+def tone_ulaw(ms: int) -> bytes:
+    """Caller 'speech' the energy VAD cannot miss: a 300 Hz tone, 8 kHz μ-law (for tests of the
+    gateway's rules, run on instant engines, where the words do not matter)."""
+    t = np.arange(8 * ms) / 8000
+    return audio.float32_to_ulaw((0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32))
