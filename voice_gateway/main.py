@@ -157,6 +157,9 @@ async def handle_media_stream(websocket: WebSocket, app: FastAPI) -> None:
     except ProtocolError as exc:
         log.warning("media stream closed: %s", exc)
         await _close(websocket, exc.code, str(exc))
+    except Exception:  # a bug, or a storage that failed in a way it should have named: this stream only
+        log.exception("media stream closed: unexpected error")
+        await _close(websocket, CloseCode.INTERNAL_ERROR, "internal error")
     finally:
         if session is not None:
             app.state.sessions.discard(session)

@@ -224,3 +224,26 @@ async def test_one_address_opening_streams_too_fast_gets_429_with_retry_after(tm
         assert refused.value.response.headers["Retry-After"] == "1"
         now[0] += 1.0  # one stream a second comes back
         await _greeted(url, call.id)
+
+
+async def test_an_unexpected_error_closes_that_stream_with_1011_and_the_next_is_served(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    await _migrate(settings)
+    call = await _default_call(settings)
+    app = create_app(settings, engines=instant_engines(settings))
+    port = free_port()
+    with serve(app, port):
+        storage = app.state.storage
+        real_get_call = storage.get_call
+        failures = [RuntimeError("a storage failing in a way it did not name")]
+
+        async def get_call(call_id: str) -> Call:
+            if failures:
+                raise failures.pop()
+            return await real_get_call(call_id)
+
+        storage.get_call = get_call
+        url = stream_tokens.stream_url(f"ws://127.0.0.1:{port}/media", twilio_auth.signing_token(settings), call.id)
+        code, reason = await _closed_with(url, [_start(call.id)], headers={})
+        assert code == 1011 and reason == "internal error"
+        await _greeted(url, call.id)
