@@ -20,5 +20,13 @@ class StorageError(RelayXError):
     """The database refused or failed a write; callers retry with a bound or surface it."""
 
 
+class StorageUnavailable(StorageError):
+    """The database could not be reached (down, restarting, unreachable): the write may succeed later.
+
+    A plain `StorageError` is a database that answered and refused; callers that must tell the two
+    apart (the SID check of a status callback) catch this one first.
+    """
+
+
 class ConfigurationError(RelayXError):
     """Settings are missing or contradictory (a model file absent, a bad URL)."""

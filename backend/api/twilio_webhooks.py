@@ -19,7 +19,7 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 from backend.deps import SettingsDep, StorageDep
 from backend.errors import CONFLICT, NOT_FOUND, STORAGE_DOWN, ErrorOut
 from shared import call_status, jobs, twilio_auth
-from shared.errors import StorageError
+from shared.errors import StorageError, StorageUnavailable
 from shared.settings import Settings
 from shared.storage.base import Storage
 
@@ -95,7 +95,9 @@ async def _attach_sid(storage: Storage, call_id: str, sid: str) -> None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"CallSid {sid} is not the SID of call {call_id}")
     try:
         await storage.update_call(call_id, {"twilio_call_sid": sid})
-    except StorageError as exc:  # the SID is unique: another call holds it
+    except StorageUnavailable:
+        raise  # the database is down (503), not a conflict
+    except StorageError as exc:  # it answered and refused: the SID is unique, another call holds it
         log.warning("call %s: could not record CallSid %s: %s", call_id, sid, exc)
         raise HTTPException(status.HTTP_409_CONFLICT, f"CallSid {sid} belongs to another call") from None
 

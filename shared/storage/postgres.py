@@ -12,14 +12,17 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from shared.errors import StorageError
+from shared.errors import StorageError, StorageUnavailable
 from shared.storage.base import StorageKind
 from shared.storage.sql import SQLStorage, default_migrations_dir
 
 _PLACEHOLDER = re.compile(r"\?")
 # What a database that is down, restarting or unreachable raises: a refused or dropped connection
-# (OSError, asyncpg's InterfaceError), a server shutting down (PostgresError), a timeout.
-_UNAVAILABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# (OSError, asyncpg's InterfaceError, SQLSTATE class 08), a server starting or shutting down, a timeout.
+_UNREACHABLE = (
+    asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, OSError, TimeoutError,
+)
 _MIGRATIONS_TABLE = """
 create table if not exists public.relayx_schema_migrations (
   version text primary key, name text not null, applied_at timestamptz not null default now()
@@ -53,14 +56,18 @@ class _Conn:
     async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         try:
             rows = await self._conn.fetch(to_dollar_params(sql), *args)
-        except _UNAVAILABLE as exc:
+        except _UNREACHABLE as exc:
+            raise StorageUnavailable(f"database unavailable: {exc}") from exc
+        except asyncpg.PostgresError as exc:
             raise StorageError(str(exc)) from exc
         return [dict(row) for row in rows]
 
     async def execute(self, sql: str, *args: Any) -> int:
         try:
             status = await self._conn.execute(to_dollar_params(sql), *args)
-        except _UNAVAILABLE as exc:
+        except _UNREACHABLE as exc:
+            raise StorageUnavailable(f"database unavailable: {exc}") from exc
+        except asyncpg.PostgresError as exc:
             raise StorageError(str(exc)) from exc
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
@@ -108,16 +115,16 @@ class PostgresStorage(SQLStorage):
         try:
             async with self._require().acquire() as conn:
                 yield _Conn(conn)
-        except _UNAVAILABLE as exc:  # callers see one error for "the database did not take it"
-            raise StorageError(f"database unavailable: {exc}") from exc
+        except _UNREACHABLE as exc:  # getting a connection (or committing) failed: one named error
+            raise StorageUnavailable(f"database unavailable: {exc}") from exc
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[_Conn]:
         try:
             async with self._require().acquire() as conn, conn.transaction():
                 yield _Conn(conn)
-        except _UNAVAILABLE as exc:
-            raise StorageError(f"database unavailable: {exc}") from exc
+        except _UNREACHABLE as exc:
+            raise StorageUnavailable(f"database unavailable: {exc}") from exc
 
     def _encode(self, column: str, value: Any) -> Any:
         if (column == "id" or column.endswith("_id")) and value is not None:

@@ -87,9 +87,7 @@ class SQLiteStorage(SQLStorage):
         async with self._lock:
             try:
                 yield _Conn(self._require())
-            except sqlite3.IntegrityError as exc:
-                raise StorageError(str(exc)) from exc
-            except sqlite3.OperationalError as exc:
+            except (sqlite3.IntegrityError, sqlite3.OperationalError) as exc:
                 raise StorageError(str(exc)) from exc
 
     @asynccontextmanager
@@ -100,8 +98,10 @@ class SQLiteStorage(SQLStorage):
             await db.execute("begin immediate")
             try:
                 yield _Conn(db)
-            except BaseException:
+            except BaseException as exc:
                 await db.execute("rollback")
+                if isinstance(exc, (sqlite3.IntegrityError, sqlite3.OperationalError)):
+                    raise StorageError(str(exc)) from exc  # named as `_connection` names it
                 raise
             else:
                 await db.execute("commit")

@@ -23,7 +23,7 @@ from supabase import AsyncClient, AsyncClientOptions, acreate_client
 from supabase._async.client import SupabaseException
 
 from shared import call_status
-from shared.errors import ConfigurationError, NotFound, StorageError
+from shared.errors import ConfigurationError, NotFound, StorageError, StorageUnavailable
 from shared.storage import rows
 from shared.storage.base import (
     Agent,
@@ -118,8 +118,8 @@ class SupabaseStorage:
             response = await query.execute()
         except APIError as exc:
             raise _error(exc, what) from exc
-        except httpx.HTTPError as exc:
-            raise StorageError(f"Supabase REST request failed while {what}: {exc!r}") from exc
+        except httpx.HTTPError as exc:  # no answer from the gateway: the write may succeed later
+            raise StorageUnavailable(f"Supabase REST request failed while {what}: {exc!r}") from exc
         return [dict(row) for row in response.data if isinstance(row, dict)]
 
     async def _one(self, query: _Query, *, what: str) -> dict[str, Any]:

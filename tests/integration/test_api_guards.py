@@ -15,6 +15,7 @@ from backend.api.twilio_webhooks import TWILIO_CALL_STATUSES
 from backend.main import create_app
 from backend.schemas import CallStatusName
 from shared import call_status, twilio_auth
+from shared.errors import StorageUnavailable
 from shared.rate_limit import RateLimiter
 from shared.storage.postgres import PostgresStorage
 from tests.conftest import make_settings
@@ -232,6 +233,8 @@ async def test_database_down_is_a_503(app: FastAPI, client: httpx.AsyncClient, d
     else:  # a PostgreSQL nobody listens on: connections are refused
         dead = PostgresStorage(f"postgresql://relayx@127.0.0.1:{free_port()}/relayx")
         await dead.open()
+        with pytest.raises(StorageUnavailable):  # named as an outage, not as a refused write
+            await dead.get_agent(agent["id"])
         live, app.state.storage = app.state.storage, dead
     try:
         for method, path in (("GET", "/agents"), ("GET", f"/agents/{agent['id']}"), ("POST", "/agents")):
