@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     llm_model: str = Field(default="llama3:8b", alias="LLM_MODEL")
     llm_threads: int = Field(default=2, alias="LLM_THREADS")
     llm_context_tokens: int = Field(default=2048, alias="LLM_CONTEXT_TOKENS")
+    # Sequences the embedded model generates at once (continuous batching, one KV cache each); a call
+    # holds one only while a reply is being made, so more calls than slots simply queue briefly.
+    llm_slots: int = Field(default=4, ge=1, le=64, alias="LLM_SLOTS")
     llm_timeout_s: float = Field(default=8.0, alias="LLM_TIMEOUT_S")
     ollama_base_url: str = Field(default="http://127.0.0.1:11434", alias="OLLAMA_BASE_URL")
     openai_base_url: str = Field(default="http://127.0.0.1:8080/v1", alias="OPENAI_BASE_URL")

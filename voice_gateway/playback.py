@@ -61,6 +61,12 @@ class Player:
         self.lateness_by_reply: dict[object, float] = {}
         """Longest gap the far end heard inside each reply because a frame came after the audio before it."""
         self.on_frame_sent: Callable[[float], None] | None = None
+        self._play_end = 0.0
+
+    def ahead_s(self) -> float:
+        """Seconds of audio the far end will still play from now: sent but unplayed, plus queued."""
+        queued = sum(1 for item in self._queue if not isinstance(item, _MarkItem))
+        return max(0.0, self._play_end - self._clock()) + queued * FRAME_S
 
     @property
     def busy(self) -> bool:
@@ -104,7 +110,7 @@ class Player:
         the caller hears a gap of that length, recorded as the reply's lateness. A new reply starts a
         new stretch: the silence before it is a turn, not a stall.
         """
-        play_end = 0.0
+        play_end = self._play_end = 0.0
         stretch: object = None
         while True:
             if not self._queue:
@@ -131,7 +137,7 @@ class Player:
             if self._tap is not None:
                 self._tap.agent(frame)
             sent_at = self._clock()
-            play_end = max(play_end, sent_at) + FRAME_S
+            play_end = self._play_end = max(play_end, sent_at) + FRAME_S
             self.frames_sent += 1
             self.sent_by_tag[tag] = self.sent_by_tag.get(tag, 0) + 1
             if self.on_frame_sent is not None:

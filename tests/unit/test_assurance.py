@@ -1,0 +1,36 @@
+"""A reply starts only when the audio already made covers the time needed to make the rest."""
+
+from __future__ import annotations
+
+from voice_gateway.assurance import ProductionRate, Progress, StartPolicy
+
+
+def test_a_finished_reply_starts_at_once() -> None:
+    policy = StartPolicy(ProductionRate(rate=0.2))
+    assert policy.may_start(Progress(audio_s=0.4, elapsed_s=2.0, done=True))
+
+
+def test_fast_production_holds_only_the_margin() -> None:
+    policy = StartPolicy(ProductionRate(rate=3.0), margin_s=0.3)
+    assert not policy.may_start(Progress(audio_s=0.2, elapsed_s=0.05))
+    assert policy.may_start(Progress(audio_s=0.35, elapsed_s=0.1))
+
+
+def test_slow_production_holds_longer_and_a_loaded_machine_holds_longer_still() -> None:
+    idle = StartPolicy(ProductionRate(rate=1.0, length_s=4.0))
+    busy = StartPolicy(ProductionRate(rate=0.5, length_s=4.0))
+    progress = Progress(audio_s=1.0, elapsed_s=1.0)  # this reply: real time so far
+    assert idle.required_s(progress) < busy.required_s(progress)
+    assert not busy.may_start(progress)
+    # A long enough head start covers the rest even at half speed.
+    assert busy.may_start(Progress(audio_s=2.5, elapsed_s=2.5))
+
+
+def test_rates_follow_what_replies_measured() -> None:
+    rates = ProductionRate(rate=2.0, length_s=3.0)
+    for _ in range(10):
+        rates.observe(audio_s=6.0, elapsed_s=12.0)
+    assert abs(rates.rate - 0.5) < 0.05
+    assert abs(rates.length_s - 6.0) < 0.2
+    rates.observe(audio_s=0.0, elapsed_s=1.0)  # nothing made: ignored
+    assert abs(rates.rate - 0.5) < 0.05

@@ -1,0 +1,69 @@
+"""When a reply may start playing: only once the rest of it is assured to arrive in time.
+
+A reply is produced clause by clause (LLM tokens, then TTS) while it plays. If production is slower
+than speech, a reply that started at its first clause runs dry between clauses and the caller hears a
+hole in mid-sentence. Starting a little later costs less than a stutter, so the start is held until
+the audio already made covers the time still needed to make the rest:
+
+    made ≥ (1 − r) · D + margin
+
+where r is the production rate (seconds of audio made per second of wall time, measured on this
+reply and on recent ones: it falls as calls are added) and D is the expected length of the whole
+reply (what is made so far, or the recent replies' typical length if that is longer). A reply whose
+production is finished starts at once; with r ≥ 1 only the margin is held.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Progress:
+    """How far one reply's production has come."""
+
+    audio_s: float = 0.0
+    """Seconds of audio synthesised so far."""
+    elapsed_s: float = 0.0
+    """Wall seconds since production started (the first LLM request)."""
+    done: bool = False
+    """Every clause is synthesised: nothing can run dry."""
+
+
+class ProductionRate:
+    """Recent production rates and reply lengths, shared by every call of a process (they share the CPU)."""
+
+    def __init__(self, *, rate: float = 1.5, length_s: float = 4.0, weight: float = 0.3) -> None:
+        self.rate = rate
+        self.length_s = length_s
+        self._weight = weight
+
+    def observe(self, audio_s: float, elapsed_s: float) -> None:
+        """A reply finished producing: fold its rate and length into the estimates."""
+        if audio_s <= 0 or elapsed_s <= 0:
+            return
+        w = self._weight
+        self.rate = (1 - w) * self.rate + w * (audio_s / elapsed_s)
+        self.length_s = (1 - w) * self.length_s + w * audio_s
+
+
+class StartPolicy:
+    """Decides when a held reply may start; `margin_s` covers jitter beyond the measured rate."""
+
+    def __init__(self, rates: ProductionRate, *, margin_s: float = 0.3, first_clause_weight: float = 0.5) -> None:
+        self.rates = rates
+        self.margin_s = margin_s
+        self._own_weight = first_clause_weight
+
+    def required_s(self, progress: Progress) -> float:
+        """Seconds of audio that must be made before playing can start without a hole."""
+        rate = self.rates.rate
+        if progress.audio_s > 0 and progress.elapsed_s > 0:
+            own = progress.audio_s / progress.elapsed_s
+            # This reply's own rate is the freshest sign of the load, but one clause is a small sample.
+            rate = self._own_weight * own + (1 - self._own_weight) * rate
+        expected = max(progress.audio_s, self.rates.length_s)
+        return max(0.0, 1.0 - rate) * expected + self.margin_s
+
+    def may_start(self, progress: Progress) -> bool:
+        return progress.done or progress.audio_s >= self.required_s(progress)
