@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from backend.capacity import Admission
 from backend.telephony.base import Telephony
 from shared.rate_limit import RateLimiter
 from shared.settings import Settings
@@ -27,6 +28,10 @@ def get_storage(request: Request) -> Storage:
 
 def get_telephony(request: Request) -> Telephony:
     return request.app.state.telephony
+
+
+def get_admission(request: Request) -> Admission:
+    return request.app.state.admission
 
 
 def get_rate_limiter(request: Request) -> RateLimiter:
@@ -70,3 +75,4 @@ def require_api_key(
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 TelephonyDep = Annotated[Telephony, Depends(get_telephony)]
+AdmissionDep = Annotated[Admission, Depends(get_admission)]

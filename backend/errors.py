@@ -64,6 +64,15 @@ RATE_LIMITED: ResponseDocs = {
     429: {"model": ErrorOut, "description": "Too many requests from this API key or address", "headers": _RETRY_AFTER}
 }
 STORAGE_DOWN: ResponseDocs = {503: {"model": ErrorOut, "description": "The database is unavailable; retry later"}}
+AT_CAPACITY: ResponseDocs = {
+    503: {
+        "model": ErrorOut,
+        "description": "The database is unavailable, or the voice gateway is at capacity (then with "
+        "`Retry-After`, and no call row is written); retry later",
+        "headers": {"Retry-After": {"description": "Seconds to wait (sent when the gateway is at capacity)",
+                                    "schema": {"type": "integer", "minimum": 1}}},
+    }
+}
 NOT_FOUND: ResponseDocs = {404: {"model": ErrorOut, "description": "No such row (or a malformed id)"}}
 CONFLICT: ResponseDocs = {409: {"model": ErrorOut, "description": "Not possible in the row's current state"}}
 MALFORMED_BODY: ResponseDocs = {400: {"model": ErrorOut, "description": "The body is not readable (not UTF-8)"}}

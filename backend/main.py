@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend import errors
 from backend.api import agents, analysis, calls, health, phone, twilio_webhooks
+from backend.capacity import Admission, GatewayProbe
 from backend.deps import require_api_key
 from backend.telephony import build_telephony
 from shared import jobs
@@ -36,11 +37,13 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
         await storage.open()
         telephony = None
         background = None
+        admission = Admission(GatewayProbe(settings.gateway_http_url), retry_after_s=settings.capacity_retry_after_s)
         try:
             await storage.migrate()
             telephony = build_telephony(settings)
             app.state.storage = storage
             app.state.telephony = telephony
+            app.state.admission = admission  # asks the gateway's /health before each outbound call
             # Post-call jobs: run here on SQLite (a restart resumes them); `relayx worker` on PostgreSQL.
             if run_jobs:
                 background = await jobs.start_background(settings, storage)
@@ -50,6 +53,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
                 await background.aclose()
             if telephony is not None:
                 await telephony.close()
+            await admission.aclose()
             await storage.close()
 
     app = FastAPI(

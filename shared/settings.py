@@ -99,6 +99,15 @@ class Settings(BaseSettings):
     worker_heartbeat_s: float = Field(default=10.0, gt=0, alias="WORKER_HEARTBEAT_S")
     worker_stalled_after_s: float = Field(default=30.0, gt=0, alias="WORKER_STALLED_AFTER_S")
 
+    # --- capacity: how many calls the gateway carries (voice_gateway.capacity, backend.capacity) -----
+    # Streams one gateway carries at once; beyond it new streams are refused (503). Unset: 2 per core
+    # (set it from `relayx bench`'s measured real-time concurrency); 0: no limit (benchmarks).
+    gateway_max_calls: int | None = Field(default=None, ge=0, alias="GATEWAY_MAX_CALLS")
+    # Where the backend reads the gateway's /health before dialing; unset: PUBLIC_GATEWAY_URL as http(s).
+    gateway_internal_url: str | None = Field(default=None, alias="GATEWAY_INTERNAL_URL")
+    # The Retry-After (seconds) of a refusal for capacity, by the gateway and by POST /calls/outbound.
+    capacity_retry_after_s: int = Field(default=10, ge=1, le=3600, alias="CAPACITY_RETRY_AFTER_S")
+
     # --- durability: the gateway's spool ----------------------------------------------------------
     spool_dir: Path | None = Field(default=None, alias="SPOOL_DIR")
     spool_retry_s: float = Field(default=1.0, gt=0, le=60, alias="SPOOL_RETRY_S")
@@ -144,6 +153,18 @@ class Settings(BaseSettings):
     def recordings_path(self) -> Path:
         """Where call recordings are written: RECORDINGS_DIR, else <data dir>/recordings."""
         return self.recordings_dir or self.data_dir / "recordings"
+
+    @property
+    def gateway_http_url(self) -> str:
+        """How the backend reaches the gateway's HTTP routes: GATEWAY_INTERNAL_URL, else the public
+        WebSocket URL with its scheme made HTTP (ws -> http, wss -> https)."""
+        if self.gateway_internal_url:
+            return self.gateway_internal_url.rstrip("/")
+        url = self.public_gateway_url
+        for socket_scheme, http_scheme in (("wss://", "https://"), ("ws://", "http://")):
+            if url.startswith(socket_scheme):
+                return http_scheme + url[len(socket_scheme):]
+        return url
 
     @property
     def backend_url(self) -> str:

@@ -4,7 +4,8 @@ Run: `uvicorn voice_gateway.main:create_app --factory --port 8001`.
 
 The route only authenticates the stream, parses Twilio's messages and hands them to a
 `CallSession`; a bad signature or token, an unknown call or a malformed message closes that one
-socket with an exact close code and a logged reason, and the process goes on serving.
+socket with an exact close code and a logged reason, and the process goes on serving. A stream
+above the gateway's capacity (`voice_gateway.capacity`) is refused at the handshake with a 503.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.websockets import WebSocketState
 
-from shared import call_status, jobs, stream_tokens, twilio_auth
+from shared import call_status, jobs, stream_tokens, twilio_auth, urgency
 from shared.errors import NotFound, StorageError
 from shared.rate_limit import RateLimiter
 from shared.settings import Settings
 from shared.storage import build_storage
+from voice_gateway.capacity import Capacity, max_calls_from
 from voice_gateway.engines import Engines, build_engines, warm
 from voice_gateway.media_stream import (
     CloseCode,
@@ -79,20 +81,41 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     app = FastAPI(title="RelayX voice gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.stream_limiter = RateLimiter(settings.stream_rate_limit_per_minute, settings.stream_rate_limit_burst)
+    app.state.capacity = Capacity(max_calls_from(settings), queue_depth=lambda: urgency.gate().waiting)
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        """503 while the database is down (calls in progress go on; their writes wait in the spool)."""
+        """503 while the database is down (calls in progress go on; their writes wait in the spool).
+
+        A full gateway is healthy (200) with `accepting: false`: the backend reads `capacity` here
+        before it dials.
+        """
         spool: Spool = app.state.spool
+        headroom = app.state.capacity.headroom()
         body: dict[str, Any] = {"status": "ok", "service": "gateway", "database": "ok",
                                 "active_calls": len(app.state.sessions), "warmup_s": app.state.warmup,
-                                "spool": {"pending": spool.depth, "set_aside": spool.dead}}
+                                "spool": {"pending": spool.depth, "set_aside": spool.dead},
+                                "accepting": headroom.accepting, "capacity": headroom.as_json()}
         try:
             await app.state.storage.ping()
         except (StorageError, OSError) as exc:
             body.update(status="degraded", database=f"error: {exc}")
             return JSONResponse(body, status_code=503)
         return JSONResponse(body)
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """200 while a new call would be taken; 503 while the gateway is full or its database does not
+        answer (a new stream needs its call row). For load balancers and scalers: not a liveness check."""
+        headroom = app.state.capacity.headroom()
+        reasons = [] if headroom.accepting else [app.state.capacity.refusal()]
+        try:
+            await app.state.storage.ping()
+        except (StorageError, OSError) as exc:
+            log.error("ready: database unreachable: %s", exc)
+            reasons.append("database unreachable")
+        body = {"ready": not reasons, "reasons": reasons, "capacity": headroom.as_json()}
+        return JSONResponse(body, status_code=503 if reasons else 200)
 
     @app.websocket("/media")
     async def media(websocket: WebSocket) -> None:
@@ -102,7 +125,11 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
 
 
 async def handle_media_stream(websocket: WebSocket, app: FastAPI) -> None:
-    """One Twilio Media Stream, from the upgrade to `stop` (or a dropped connection)."""
+    """One Twilio Media Stream, from the upgrade to `stop` (or a dropped connection).
+
+    Refused before it is accepted, in this order: over the per-address rate (429), without a valid
+    signature or token (403), above capacity (503, Retry-After). The calls already running see none of it.
+    """
     settings: Settings = app.state.settings
     client = websocket.client.host if websocket.client else "unknown"
     allowance = app.state.stream_limiter.check(client)
@@ -115,6 +142,21 @@ async def handle_media_stream(websocket: WebSocket, app: FastAPI) -> None:
     if not authorized:
         await _deny(websocket, 403, "invalid X-Twilio-Signature or stream token")
         return
+    capacity: Capacity = app.state.capacity
+    slot = capacity.reserve()
+    if slot is None:
+        reason = capacity.refusal()
+        log.warning("media stream from %s refused: %s (GATEWAY_MAX_CALLS)", client, reason)
+        await _deny(websocket, 503, reason, {"Retry-After": str(settings.capacity_retry_after_s)})
+        return
+    try:
+        await _serve_stream(websocket, app, token_call_id)
+    finally:
+        slot.release()  # after the session has closed (its last writes still count), whatever happened
+
+
+async def _serve_stream(websocket: WebSocket, app: FastAPI, token_call_id: str | None) -> None:
+    """An authenticated stream that holds a capacity slot: accept it, then run it to the end."""
     await websocket.accept()
     send_lock = asyncio.Lock()
 

@@ -7,8 +7,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query, status
 
 from backend.calls import place_outbound_call
-from backend.deps import SettingsDep, StorageDep, TelephonyDep
-from backend.errors import CONFLICT, MALFORMED_BODY, NOT_FOUND, PROVIDER_REFUSED, unprocessable
+from backend.capacity import AtCapacity
+from backend.deps import AdmissionDep, SettingsDep, StorageDep, TelephonyDep
+from backend.errors import AT_CAPACITY, CONFLICT, MALFORMED_BODY, NOT_FOUND, PROVIDER_REFUSED, unprocessable
 from backend.schemas import MAX_OFFSET, CallOut, CallPage, CallStatusName, OutboundCallRequest, TranscriptOut
 from backend.telephony.base import TelephonyError
 from backend.telephony.simulator import parse_script
@@ -25,13 +26,15 @@ def _out(call: Call) -> CallOut:
 
 @router.post(
     "/outbound", status_code=status.HTTP_201_CREATED, response_model=CallOut,
-    responses={**NOT_FOUND, **PROVIDER_REFUSED, **MALFORMED_BODY},
+    responses={**NOT_FOUND, **PROVIDER_REFUSED, **MALFORMED_BODY, **AT_CAPACITY},
 )
 async def outbound_call(
-    body: OutboundCallRequest, storage: StorageDep, telephony: TelephonyDep, settings: SettingsDep
+    body: OutboundCallRequest, storage: StorageDep, telephony: TelephonyDep, admission: AdmissionDep,
+    settings: SettingsDep,
 ) -> CallOut:
-    """Write the call row, then dial: an unknown agent is a 404 (nothing written); a refused dial keeps
-    the row as `failed` with the provider's reason and answers 502."""
+    """Write the call row, then dial: an unknown agent is a 404 and a voice gateway at capacity a 503
+    with Retry-After (nothing written for either); a refused dial keeps the row as `failed` with the
+    provider's reason and answers 502."""
     if "simulate" in body.metadata:
         where = ("body", "metadata", "simulate")
         if settings.telephony_provider != "simulator":
@@ -44,6 +47,7 @@ async def outbound_call(
         call = await place_outbound_call(
             storage,
             telephony,
+            admission,
             agent_id=body.agent_id,
             to_number=body.to_number,
             from_number=settings.twilio_from_number,
@@ -51,6 +55,11 @@ async def outbound_call(
         )
     except TelephonyError as exc:
         raise _provider_refused("the phone provider refused the call", exc) from None
+    except AtCapacity as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"{exc.reason}: retry in {exc.retry_after_s} s",
+            headers={"Retry-After": str(exc.retry_after_s)},
+        ) from None
     return _out(call)
 
 
