@@ -1,9 +1,12 @@
 """`relayx bench`: the voice path's figures on this machine (a benchmark that prints, never a test).
 
-1. Sequential calls on the configured engines: voice-to-voice p50/p95 and per-stage p50s.
-2. Concurrent calls at each level: CPU and RSS per call in the gateway process, and whether every
-   outgoing frame stayed within 40 ms of its slot (gap between agent frames ≤ 60 ms) with every
-   turn answered — the largest such level is the real-time concurrency.
+Callers dial a real gateway on the configured engines and speak Twilio's Media Streams in real time:
+1. A level: N calls starting together (or staggered), each saying K caller lines. Realistic lines
+   (the default) last 3–5 s, in several voices, over a noisy phone band; `--quick` uses the old five
+   short clean lines. Per call and overall: turns answered, voice-to-voice p50/p95, gaps heard inside
+   replies, the gateway's stage timings and `max_frame_late_ms`, CPU and RSS per call.
+2. `--find-capacity`: levels 1, 2, 3… until one fails (a turn unanswered, a gap over 40 ms, or
+   voice-to-voice p95 over 2.5 s); the largest passing level is the real-time concurrency.
 3. The media path alone: a gateway with instant engines (named so) under many streams; its CPU
    time gives streams per core.
 The gateway runs in its own process so that its CPU and memory are its own.
@@ -17,23 +20,40 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
+from backend.telephony.virtual_phone import CallerLine
+from relayx_cli.caller_lines import call_script, load_line, noise_bed
 from relayx_cli.voice_bench import (
     BENCH_LINES,
+    CallPlan,
     caller_lines,
     fmt,
     run_calls,
+    run_plans,
     summarise,
     table,
     write_json,
 )
 from shared.settings import Settings
 
-REALTIME_LATE_MS = 40  # no outgoing frame later than 40 ms past the moment it had to play
+SETTLE_S = 3.0
+"""Pause between levels, so one level's last writes and warm caches do not weigh on the next."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How the callers of every level behave."""
+
+    lines: int = 5
+    start: Literal["together", "staggered"] = "together"
+    stagger_s: float = 2.3
+    realistic: bool = True
 
 
 def _free_port() -> int:
@@ -85,7 +105,46 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-async def _level(settings: Settings, ws: str, lines: Any, n: int, proc: _Proc) -> dict[str, Any]:
+class _Plans:
+    """Caller plans for any level, synthesised (or read from the cache) before the gateway starts."""
+
+    def __init__(self, scenario: Scenario, cache_dir: Path, voice_path: Path | None) -> None:
+        self.scenario = scenario
+        self.cache_dir = cache_dir
+        self.voice_path = voice_path
+        self._scripts: dict[int, CallPlan] = {}
+        self._quick: list[CallerLine] = []
+
+    async def prepare(self, calls: int) -> None:
+        if not self.scenario.realistic:
+            if not self._quick:
+                self._quick = await caller_lines(BENCH_LINES)
+            return
+        for c in range(calls):
+            if c not in self._scripts:
+                specs = call_script(c, self.scenario.lines)
+                audio = [await asyncio.to_thread(load_line, s, self.cache_dir, voice_path=self.voice_path)
+                         for s in specs]
+                bed = await asyncio.to_thread(noise_bed, specs[0].voice)
+                self._scripts[c] = CallPlan([CallerLine(s.text, a) for s, a in zip(specs, audio, strict=True)],
+                                            voice=specs[0].voice.name, bed=bed)
+
+    def level(self, n: int) -> list[CallPlan]:
+        """The plans of n calls, each dialling at its offset (0 for all, or c × stagger)."""
+        out = []
+        for c in range(n):
+            delay = c * self.scenario.stagger_s if self.scenario.start == "staggered" else 0.0
+            if self.scenario.realistic:
+                plan = self._scripts[c]
+            else:
+                lines = [self._quick[j % len(self._quick)] for j in range(self.scenario.lines)]
+                plan = CallPlan(lines, voice="piper (quick)")
+            out.append(CallPlan(plan.lines, voice=plan.voice, bed=plan.bed, start_delay_s=delay))
+        return out
+
+
+async def _level(settings: Settings, ws: str, plans: list[CallPlan], proc: _Proc) -> dict[str, Any]:
+    n = len(plans)
     cpu0, wall0, rss0 = proc.cpu_s(), time.monotonic(), proc.rss_mb()
     peak = {"rss": rss0}
 
@@ -96,7 +155,7 @@ async def _level(settings: Settings, ws: str, lines: Any, n: int, proc: _Proc) -
 
     sampler = asyncio.create_task(sample())
     try:
-        results = await run_calls(settings, ws, lines, concurrent=n)
+        results = await run_plans(settings, ws, plans)
     finally:
         sampler.cancel()
     cpu, wall = proc.cpu_s() - cpu0, time.monotonic() - wall0
@@ -104,10 +163,21 @@ async def _level(settings: Settings, ws: str, lines: Any, n: int, proc: _Proc) -
     summary["cpu_cores_per_call"] = round(cpu / wall / n, 3)
     summary["gateway_rss_mb"] = round(peak["rss"], 1)
     summary["rss_mb_per_call"] = round(max(0.0, peak["rss"] - rss0) / n, 1)
-    summary["realtime"] = (
-        summary["max_frame_late_ms"] <= REALTIME_LATE_MS and summary["answered"] == summary["turns"]
-    )
+    summary["transcripts"] = [r.transcript for r in results]
     return summary
+
+
+async def ramp(run_level: Callable[[int], Awaitable[dict[str, Any]]], *, max_calls: int) -> tuple[int, dict[int, Any]]:
+    """Levels 1, 2, 3… up to `max_calls`, stopping at the first that fails; returns the largest
+    passing level (0 if even one call fails) and every level's figures."""
+    passed, levels = 0, {}
+    for n in range(1, max_calls + 1):
+        summary = await run_level(n)
+        levels[n] = summary
+        if summary["failures"]:
+            break
+        passed = n
+    return passed, levels
 
 
 async def _media_path(settings: Settings, ws: str, streams: int, proc: _Proc) -> dict[str, Any]:
@@ -127,30 +197,57 @@ async def _media_path(settings: Settings, ws: str, streams: int, proc: _Proc) ->
     }
 
 
-def run_bench(settings: Settings, *, calls: int, levels: list[int], media_streams: int, json_out: Path) -> int:
-    """Run every part, print a table, write JSON; returns the exit code."""
+def run_bench(
+    settings: Settings, *, calls: int, scenario: Scenario, levels: list[int], find_capacity: bool,
+    max_calls: int, media_streams: int, json_out: Path,
+) -> int:
+    """Run the levels asked for, print a table per level, write JSON; returns the exit code."""
     work = Path(tempfile.mkdtemp(prefix="relayx-bench-"))
     db = f"sqlite:///{work}/bench.db"
     bench_settings = settings.model_copy(update={"database_url": db, "data_dir": work})
     env = {"DATABASE_URL": db, "RELAYX_DATA_DIR": str(work), "MODEL_CACHE_DIR": str(settings.model_cache_dir.resolve()),
-           "STREAM_RATE_LIMIT_PER_MINUTE": "0"}  # hundreds of benchmark streams come from one address
-    report: dict[str, Any] = {"machine": {"cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}}
+           "STREAM_RATE_LIMIT_PER_MINUTE": "0",  # hundreds of benchmark streams come from one address
+           "GATEWAY_MAX_CALLS": "0"}  # the bench measures the capacity: the gateway must not cap it
+    plans = _Plans(scenario, settings.data_dir / "bench" / "caller_lines", settings.tts_voice_path)
+    report: dict[str, Any] = {
+        "machine": {"cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M")},
+        "scenario": {"lines": scenario.lines, "start": scenario.start, "stagger_s": scenario.stagger_s,
+                     "realistic": scenario.realistic, "find_capacity": find_capacity},
+        "levels": {},
+    }
+    wanted = [calls, *levels] if not find_capacity else []
 
     async def run() -> None:
-        lines = await caller_lines(BENCH_LINES)
+        _say("preparing caller lines (cached under the data dir after the first run)…")
+        await plans.prepare(max_calls if find_capacity else max(wanted, default=1))
         port = _free_port()
         _say("starting the gateway on the configured engines (loading models)…")
         gateway = _start_gateway(bench_settings, env, ["-m", "uvicorn", "voice_gateway.main:create_app", "--factory", "--port",
                                                        str(port), "--ws", "websockets-sansio"], port, work / "gw.log")
         proc = _Proc(gateway.pid)
+        ws = f"ws://127.0.0.1:{port}"
+
+        async def one(n: int) -> dict[str, Any]:
+            if report["levels"]:
+                await asyncio.sleep(SETTLE_S)
+            _say(f"{n} call(s), {scenario.start}, {scenario.lines} line(s) each…")
+            summary = await _level(bench_settings, ws, plans.level(n), proc)
+            key, k = str(n), 1
+            while key in report["levels"]:  # the same level run again (--calls 1 --concurrency 1)
+                k += 1
+                key = f"{n}#{k}"
+            report["levels"][key] = summary
+            print(f"\n{n} call(s) {scenario.start}:\n{table(summary)}", flush=True)
+            return summary
+
         try:
-            ws = f"ws://127.0.0.1:{port}"
-            _say(f"sequential: {calls} call(s) of {len(lines)} turns…")
-            report["sequential"] = [await _level(bench_settings, ws, lines, 1, proc) for _ in range(calls)]
-            report["concurrent"] = {}
-            for n in levels:
-                _say(f"concurrent: {n} simultaneous calls…")
-                report["concurrent"][n] = await _level(bench_settings, ws, lines, n, proc)
+            if find_capacity:
+                report["max_realtime_concurrency"], _ = await ramp(one, max_calls=max_calls)
+            else:
+                for n in wanted:
+                    await one(n)
+                passing = [s["calls"] for s in report["levels"].values() if s["realtime"]]
+                report["max_realtime_concurrency"] = max(passing, default=0)
         finally:
             gateway.terminate()
             gateway.wait(timeout=30)
@@ -166,29 +263,30 @@ def run_bench(settings: Settings, *, calls: int, levels: list[int], media_stream
                 gateway.wait(timeout=30)
 
     asyncio.run(run())
+    print()
     print(render(report))
     write_json(json_out, report)
-    _say(f"figures written to {json_out}")
+    _say(f"figures written to {json_out} (gateway log: {work / 'gw.log'})")
     return 0
 
 
 def render(report: dict[str, Any]) -> str:
-    out = [f"machine: {report['machine']['cores']} cores, {report['machine']['date']}", "", "sequential calls:"]
-    for i, s in enumerate(report.get("sequential", []), 1):
-        out.append(f"  call {i}: " + table(s).replace("\n", "\n          "))
-    out.append("")
-    out.append(f"{'concurrent':>10} {'v2v p50':>8} {'v2v p95':>8} {'answered':>9} {'late ms':>8} "
-               f"{'cpu/call':>9} {'rss/call':>9} {'real-time':>9}")
-    realtime = 0
-    for n, s in report.get("concurrent", {}).items():
+    """The closing summary: one row per level, the real-time concurrency, the media path."""
+    sc = report["scenario"]
+    kind = "realistic lines (3–5 s, several voices, phone band + noise)" if sc["realistic"] else "quick lines"
+    start = "together" if sc["start"] == "together" else f"staggered by {sc['stagger_s']} s"
+    out = [(f"machine: {report['machine']['cores']} cores, {report['machine']['date']}; "
+            f"{sc['lines']} {kind} per call, calls start {start}"), ""]
+    out.append(f"{'calls':>5} {'answered':>9} {'v2v p50':>8} {'v2v p95':>8} {'gaps>40':>8} {'worst gap':>9} "
+               f"{'gw late':>8} {'cpu/call':>9} {'rss/call':>9} {'real-time':>9}")
+    for n, s in report["levels"].items():
         v = s["voice_to_voice_ms"]
-        out.append(f"{n:>10} {fmt(v['p50']):>8} {fmt(v['p95']):>8} {s['answered']:>4}/{s['turns']:<4} "
-                   f"{s['max_frame_late_ms']:>8} {s['cpu_cores_per_call']:>9} "
-                   f"{s['rss_mb_per_call']:>8}M {'yes' if s['realtime'] else 'no':>9}")
-        if s["realtime"]:
-            realtime = max(realtime, int(n))
-    report["max_realtime_concurrency"] = realtime
-    out.append(f"largest real-time concurrency (no frame late by more than 40 ms, every turn answered): {realtime}")
+        out.append(f"{n:>5} {s['answered']:>4}/{s['turns']:<4} {fmt(v['p50']):>8} {fmt(v['p95']):>8} "
+                   f"{s['gaps_over_40ms']:>8} {fmt(s['worst_gap_ms']):>9} {s['max_frame_late_ms']:>8} "
+                   f"{s['cpu_cores_per_call']:>9} {s['rss_mb_per_call']:>8}M {'yes' if s['realtime'] else 'no':>9}")
+    how = "ramp 1, 2, 3… to the first failing level" if sc["find_capacity"] else "among the levels run"
+    out.append(f"largest real-time concurrency ({how}; every turn answered, no gap > 40 ms at the phone or "
+               f"the gateway, voice-to-voice p95 ≤ 2.5 s): {report.get('max_realtime_concurrency', 0)}")
     media = report.get("media_path_instant_engines")
     if media:
         out.append("")

@@ -251,14 +251,25 @@ def worker() -> None:
 @app.command()
 def bench(
     what: Annotated[str, typer.Argument(help="voice (calls through the gateway) or analysis (post-call).")] = "voice",
-    calls: Annotated[int, typer.Option(help="Simulated calls in the sequential run.")] = 2,
-    concurrency: Annotated[str, typer.Option(help="Concurrent call counts to try, e.g. 1,2,4.")] = "2,4",
-    media_streams: Annotated[int, typer.Option(help="Streams for the media-path-only run (0 = skip).")] = 100,
+    calls: Annotated[int, typer.Option(help="Simultaneous calls (see --start).")] = 1,
+    lines: Annotated[int, typer.Option(help="Caller lines each call says.")] = 5,
+    start: Annotated[str, typer.Option(help="together (all dial at once) or staggered (see --stagger-s).")] = "together",
+    stagger_s: Annotated[float, typer.Option(help="Seconds between two calls' starts when staggered.")] = 2.3,
+    realistic: Annotated[bool, typer.Option(
+        "--realistic/--quick",
+        help="Realistic caller lines (3-5 s, several voices, phone band, line noise) or the five short clean ones.",
+    )] = True,
+    concurrency: Annotated[str, typer.Option(help="More call counts to run after --calls, e.g. 2,4.")] = "",
+    find_capacity: Annotated[bool, typer.Option(
+        help="Ramp 1, 2, 3… calls until a level fails; report the largest real-time level.")] = False,
+    max_calls: Annotated[int, typer.Option(help="Where --find-capacity stops climbing.")] = 8,
+    media_streams: Annotated[int, typer.Option(help="Streams for the media-path-only run (0 = skip).")] = 0,
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the figures.")] = Path(
         "bench-results/bench.json"),
 ) -> None:
-    """Voice: latency, per-stage timings, CPU/RSS per call, real-time concurrency. Analysis: accuracy,
-    valid-JSON rate and seconds per call of the post-call analysis on tests/data."""
+    """Voice: calls through the gateway as Twilio would place them: turns answered, voice-to-voice
+    p50/p95, gaps heard inside replies, per-stage timings, CPU/RSS per call, real-time concurrency.
+    Analysis: accuracy, valid-JSON rate and seconds per call of the post-call analysis on tests/data."""
     if what == "analysis":
         from relayx_cli import analysis_bench
 
@@ -266,10 +277,17 @@ def bench(
         return
     if what != "voice":
         _fail(f"unknown benchmark {what!r}: use voice or analysis")
-    from relayx_cli.bench import run_bench
+    if start not in ("together", "staggered"):
+        _fail(f"--start {start!r}: use together or staggered")
+    if calls < 1 or lines < 1 or max_calls < 1:
+        _fail("--calls, --lines and --max-calls must be at least 1")
+    from relayx_cli.bench import Scenario, run_bench
 
     levels = [int(x) for x in concurrency.split(",") if x.strip()]
-    sys.exit(run_bench(Settings(), calls=calls, levels=levels, media_streams=media_streams, json_out=json_out))
+    scenario = Scenario(lines=lines, start="staggered" if start == "staggered" else "together",
+                        stagger_s=stagger_s, realistic=realistic)
+    sys.exit(run_bench(Settings(), calls=calls, scenario=scenario, levels=levels, find_capacity=find_capacity,
+                       max_calls=max_calls, media_streams=media_streams, json_out=json_out))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from shared.errors import NotFound, StorageError
 from shared.rate_limit import RateLimiter
 from shared.settings import Settings
 from shared.storage import build_storage
+from voice_gateway.assurance import ProductionRate, StartPolicy
 from voice_gateway.capacity import Capacity, max_calls_from
 from voice_gateway.engines import Engines, build_engines, warm
 from voice_gateway.media_stream import (
@@ -81,6 +82,8 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     app = FastAPI(title="RelayX voice gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.stream_limiter = RateLimiter(settings.stream_rate_limit_per_minute, settings.stream_rate_limit_burst)
+    # One production-rate estimate for the process: every call's replies share its cores.
+    app.state.start_policy = StartPolicy(ProductionRate())
     app.state.capacity = Capacity(max_calls_from(settings), queue_depth=lambda: urgency.gate().waiting)
 
     @app.get("/health")
@@ -292,7 +295,7 @@ async def _open_session(
         call=call, agent=agent, stream_sid=start.stream_sid, send=send,
         storage=storage, spool=app.state.spool, engines=app.state.engines,
         recordings_dir=app.state.settings.recordings_path,
-        hangup=hangup,
+        hangup=hangup, start_policy=app.state.start_policy,
     )
 
 

@@ -62,11 +62,14 @@ class Player:
         """Longest gap the far end heard inside each reply because a frame came after the audio before it."""
         self.on_frame_sent: Callable[[float], None] | None = None
         self._play_end = 0.0
+        self._queued_frames = 0  # frames in `_queue`, kept as a count: read from other threads
 
     def ahead_s(self) -> float:
-        """Seconds of audio the far end will still play from now: sent but unplayed, plus queued."""
-        queued = sum(1 for item in self._queue if not isinstance(item, _MarkItem))
-        return max(0.0, self._play_end - self._clock()) + queued * FRAME_S
+        """Seconds of audio the far end will still play from now: sent but unplayed, plus queued.
+
+        Safe from any thread (the compute gate reads it from its workers): two plain attribute reads.
+        """
+        return max(0.0, self._play_end - self._clock()) + self._queued_frames * FRAME_S
 
     @property
     def busy(self) -> bool:
@@ -77,6 +80,7 @@ class Player:
         """Queue 20 ms frames (160 bytes of μ-law each)."""
         if frames:
             self._queue.extend((frame, tag) for frame in frames)
+            self._queued_frames += len(frames)
             self._wake.set()
 
     def push_mark(self, name: str) -> None:
@@ -96,6 +100,7 @@ class Player:
         dropped = [item.name for item in self._queue if isinstance(item, _MarkItem)]
         dropped += sorted(self._outstanding)
         self._queue.clear()
+        self._queued_frames = 0
         self._outstanding.clear()
         await self._send(clear_message(self._stream_sid))
         if self._tap is not None:
@@ -123,6 +128,7 @@ class Player:
                 await self._send(mark_message(self._stream_sid, item.name))
                 continue
             frame, tag = item
+            self._queued_frames -= 1
             reply = tag[0] if isinstance(tag, tuple) else tag
             now = self._clock()
             if reply != stretch:

@@ -1,8 +1,10 @@
 """One call's conversation: turn-taking, speculative replies, barge-in, and transcript writes.
 
-Data path: caller μ-law → 16 kHz → TurnDetector → (at the first pause, speculatively) STT → LLM
-tokens → clauses → TTS → 8 kHz μ-law → 20 ms frames → Player. Nothing is played until the turn is
-confirmed over; if the caller goes on instead, the speculative reply is cancelled unheard.
+Data path: caller μ-law → 16 kHz → TurnDetector → (at the first pause, speculatively) a `Reply`
+(STT → LLM clauses → TTS → 20 ms frames → Player). Nothing is played until the turn is confirmed
+over; if the caller goes on instead, the speculative reply is cancelled unheard. The session keeps
+the turn policy (which reply, when to confirm, cancel or interrupt it), the history, the transcript
+writes and the call's lifecycle; each reply keeps its own production and state (`voice_gateway.reply`).
 """
 
 from __future__ import annotations
@@ -13,24 +15,24 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from shared import urgency
 from shared.agent_config import LLMConfig
-from shared.audio import PHONE_RATE, STT_RATE, Framer, StreamResampler, float32_to_ulaw, ulaw_to_float32
+from shared.audio import PHONE_RATE, STT_RATE, StreamResampler, ulaw_to_float32
 from shared.llm.base import ChatMessage, LLMError
 from shared.storage.base import Agent, Call, Storage
-from shared.stt.base import Transcription
-from shared.text import split_clauses
+from voice_gateway.assurance import ProductionRate, StartPolicy
 from voice_gateway.call_writer import CallWriter
 from voice_gateway.engines import Engines
-from voice_gateway.playback import LEAD_FRAMES, Player, Send
+from voice_gateway.playback import Player, Send
 from voice_gateway.prompts import stt_prompt, system_prompt
 from voice_gateway.recorder import CallRecorder
+from voice_gateway.reply import Reply, ReplyDeps, ReplyState, usable_text
 from voice_gateway.spool import Spool
 from voice_gateway.turns import (
     PauseDetected,
@@ -43,31 +45,6 @@ from voice_gateway.turns import (
 )
 
 log = logging.getLogger(__name__)
-
-FALLBACK_LINE = "Sorry, I didn't catch that. Could you say it again?"
-# Whisper's classic inventions on noise: dropped when Whisper itself doubts there was speech.
-_HALLUCINATIONS = frozenset({"thank you.", "thanks for watching!", "you", "thank you very much.", "."})
-CLAUSE_QUEUE = 8  # bounded: the LLM may run at most a few clauses ahead of speech
-
-
-@dataclass
-class _Reply:
-    """One agent reply, from the caller's utterance (or a fixed line) to the last mark echoed."""
-
-    id: int
-    confirmed: asyncio.Event
-    speech_end_sample: int | None = None
-    speech_end_wall: float | None = None
-    caller_text: str | None = None
-    caller_committed: bool = False
-    clauses: list[str] = field(default_factory=list)
-    clause_frames: list[int] = field(default_factory=list)
-    played: int = 0
-    done_sending: bool = False
-    finalized: bool = False
-    first_frame_wall: float | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    task: asyncio.Task[None] | None = None
 
 
 class CallSession:
@@ -86,6 +63,7 @@ class CallSession:
         clock: Callable[[], float] = time.monotonic,
         recordings_dir: Path | None = None,
         hangup: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        start_policy: StartPolicy | None = None,
     ) -> None:
         self.call = call
         self._hangup = hangup
@@ -98,17 +76,25 @@ class CallSession:
         self.player.on_frame_sent = self._on_frame_sent
         self.writer = CallWriter(storage, call.id, spool)
         self.detector = TurnDetector(engines.vad_factory(), TurnConfig.for_agent(agent.settings))
+        self.start_policy = start_policy if start_policy is not None else StartPolicy(ProductionRate())
+        """When a reply may start playing; shared by every call of a process once the gateway passes one."""
         self._upsampler = StreamResampler(PHONE_RATE, STT_RATE)
         self._fed = 0  # 16 kHz samples handed to the detector
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=512)
         self._history: list[ChatMessage] = []
         self._system = ChatMessage("system", system_prompt(agent))
         self._stt_prompt = stt_prompt(agent)
+        self._deps = ReplyDeps(
+            call_id=call.id, agent=agent, engines=engines, player=self.player, policy=self.start_policy,
+            clock=clock, stt_prompt=self._stt_prompt, context=self._context,
+            on_caller_line=self._store_caller_line, on_ended=self._store_agent_line,
+        )
         self._replies = 0
-        self._current: _Reply | None = None
-        self._by_id: dict[int, _Reply] = {}
+        self._current: Reply | None = None
+        self._live: dict[int, Reply] = {}  # replies not yet ended and stored, by id
         self._pacer: asyncio.Task[None] | None = None
         self._prefill: asyncio.Task[None] | None = None
+        self._closing = False
         self._started_wall = clock()
         self._barge_onset: int | None = None
         # Talking over the agent interrupts it only after this much speech: "mm-hm", "ok", a cough or
@@ -118,6 +104,11 @@ class CallSession:
         self.turns: list[dict[str, Any]] = []
         """Per-turn metrics of every reply that played (for logs and benchmarks)."""
         self.barge_ins = 0
+
+    @property
+    def reply(self) -> Reply | None:
+        """The latest reply: speculative, playing, or the one that ended last."""
+        return self._current
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -130,7 +121,8 @@ class CallSession:
         greeting: asyncio.Task[None] | None = None
         if self.agent.greeting:
             reply = self._new_reply(confirmed=True)
-            reply.task = greeting = asyncio.create_task(self._speak(reply, fixed=self.agent.greeting))
+            reply.say(self.agent.greeting)
+            greeting = reply.task
         self._prefill = asyncio.create_task(self._prefill_prompt(after=greeting), name=f"prefill-{self.call.id}")
 
     async def _prefill_prompt(self, *, after: asyncio.Task[None] | None) -> None:
@@ -139,13 +131,15 @@ class CallSession:
         It starts once the greeting is synthesised (`after`), not beside it: on two cores the two
         would share the CPU and the greeting's second clause could arrive after its first had played,
         a hole the caller hears. The greeting plays for seconds; the prefill takes a fraction of that.
+        Background work: it never delays a reply's model work.
         """
         if after is not None:
             await asyncio.wait({after})  # finished, failed or cancelled (barge-in): prefill either way
         messages = [self._system, *self._history, ChatMessage("user", "Hello?")]
         try:
-            async for _ in self.engines.llm.stream(messages, LLMConfig(max_tokens=1)):
-                pass
+            with urgency.working_for(urgency.BACKGROUND):
+                async for _ in self.engines.llm.stream(messages, LLMConfig(max_tokens=1)):
+                    pass
         except LLMError as exc:
             log.warning("call %s: prompt prefill failed: %s", self.call.id, exc)
 
@@ -153,17 +147,18 @@ class CallSession:
         """The stream ended. Whatever failed before (a pacer that died on a dropped socket, a reply
         that raised), every step still runs: keep what was played, close the recording, then write
         every line, the final status and the post-call job (to the database, else to the spool)."""
+        self._closing = True
         await _step(self.call.id, "stopping the prompt prefill", _stop(self._prefill))
-        reply = self._current
-        await _step(self.call.id, "stopping the reply", _stop(reply.task if reply is not None else None))
+        for reply in list(self._live.values()):
+            await _step(self.call.id, f"stopping reply {reply.id}", _stop(reply.task))
         for side in list(self._side_tasks):  # a backchannel being transcribed: keep its line
             await _step(self.call.id, "waiting for side work", asyncio.wait_for(asyncio.shield(side), 5))
-        for pending in list(self._by_id.values()):
+        for reply in list(self._live.values()):
             try:
-                self._commit_caller(pending)
-                self._finalize(pending, interrupted=not pending.done_sending or pending.played < len(pending.clauses))
+                reply.end_with_call()
+                self._store_agent_line(reply)
             except Exception:
-                log.exception("call %s: could not keep reply %d", self.call.id, pending.id)
+                log.exception("call %s: could not keep reply %d", self.call.id, reply.id)
         await _step(self.call.id, "stopping the pacer", _stop(self._pacer))
         if self.recorder is not None:
             try:
@@ -197,7 +192,7 @@ class CallSession:
         if onset is not None and self.detector.speaking and self.detector.speech_end - onset >= self._barge_samples:
             # The caller has talked over the agent long enough to be more than "mm-hm": yield the floor.
             self._barge_onset = None
-            if self._current is not None and self._current.confirmed.is_set() and not self._current.finalized:
+            if self._current is not None and self._current.holds_floor:
                 await self._barge_in(self._current)
 
     def on_mark(self, name: str) -> None:
@@ -205,13 +200,11 @@ class CallSession:
         if not self.player.acknowledge(name):
             log.debug("call %s: unknown mark %r", self.call.id, name)
             return
-        reply_id, _, clause = name.partition(":")
-        reply = self._by_id.get(int(reply_id)) if reply_id.isdigit() else None
-        if reply is None:
-            return
-        reply.played = max(reply.played, int(clause) + 1)
-        if reply.done_sending and reply.played >= len(reply.clauses):
-            self._finalize(reply, interrupted=False)
+        for reply in list(self._live.values()):
+            clause = reply.clause_of(name)
+            if clause is not None:
+                reply.on_played(clause)
+                return
 
     def on_dtmf(self, digit: str) -> None:
         log.info("call %s: DTMF %s", self.call.id, digit)
@@ -219,7 +212,7 @@ class CallSession:
     async def _on_turn_event(self, event: TurnEvent) -> None:
         log.debug("call %s: %s at %.2f s", self.call.id, type(event).__name__, event.at_sample / STT_RATE)
         current = self._current
-        agent_busy = current is not None and current.confirmed.is_set() and not current.finalized
+        agent_busy = current is not None and current.holds_floor
         if isinstance(event, SpeechStarted):
             if agent_busy:
                 self._barge_onset = event.onset_sample  # barge in only if it lasts (see on_media)
@@ -235,25 +228,30 @@ class CallSession:
             # The agent finished meanwhile: this short turn ("yes") is an answer; handle it as one.
         if isinstance(event, PauseDetected):
             self._cancel_unconfirmed()
-            reply = self._new_reply(confirmed=False, speech_end_sample=event.speech_end_sample)
-            reply.task = asyncio.create_task(self._speak(reply, audio=event.audio))
+            if urgency.gate().urgent_waiting:
+                # Speculation is a luxury: with other calls' confirmed work queued it would only take
+                # the CPU from them (and its STT, once started, cannot be stopped). The turn's end
+                # starts the reply instead.
+                return
+            self._new_reply(confirmed=False, speech_end_sample=event.speech_end_sample).answer(event.audio)
         elif isinstance(event, SpeechResumed):
             self._cancel_unconfirmed()
         elif isinstance(event, TurnEnded):
-            if current is not None and not current.confirmed.is_set() \
+            if current is not None and not current.confirmed \
                     and current.speech_end_sample == event.speech_end_sample:
-                reply = current
+                reply = current  # the speculative reply made at this utterance's pause: keep it
             else:
                 self._cancel_unconfirmed()
                 reply = self._new_reply(confirmed=False, speech_end_sample=event.speech_end_sample)
-                reply.task = asyncio.create_task(self._speak(reply, audio=event.audio))
+                reply.answer(event.audio)
             reply.metrics["end_of_turn_ms"] = round(event.end_of_turn_ms)
-            reply.confirmed.set()
-            self._commit_caller(reply)
+            reply.confirm()
 
     async def _backchannel(self, audio: np.ndarray) -> None:
         """Store a short utterance made over the agent (a backchannel) without answering it."""
-        text = usable_text(await self.engines.stt.transcribe(audio, prompt=self._stt_prompt))
+        with urgency.working_for(urgency.BACKGROUND):  # nobody waits for it: replies go first
+            heard = await self.engines.stt.transcribe(audio, prompt=self._stt_prompt)
+        text = usable_text(heard)
         if text:
             self.writer.add("caller", text, metrics={"backchannel": True})
             self._history.append(ChatMessage("user", text))
@@ -270,175 +268,54 @@ class CallSession:
             log.error("call %s: %s failed", self.call.id, task.get_name(), exc_info=task.exception())
 
     # --- replies -------------------------------------------------------------------------------------
-    def _new_reply(self, *, confirmed: bool, speech_end_sample: int | None = None) -> _Reply:
+    def _new_reply(self, *, confirmed: bool, speech_end_sample: int | None = None) -> Reply:
         self._replies += 1
-        reply = _Reply(id=self._replies, confirmed=asyncio.Event(), speech_end_sample=speech_end_sample)
-        if speech_end_sample is not None:
-            reply.speech_end_wall = self._wall_at(speech_end_sample)
-        if confirmed:
-            reply.confirmed.set()
+        wall = self._wall_at(speech_end_sample) if speech_end_sample is not None else None
+        reply = Reply(self._replies, self._deps, confirmed=confirmed, speech_end_sample=speech_end_sample,
+                      speech_end_wall=wall)
         self._current = reply
-        self._by_id[reply.id] = reply
+        self._live[reply.id] = reply
         return reply
 
     def _cancel_unconfirmed(self) -> None:
         reply = self._current
-        if reply is not None and not reply.confirmed.is_set():
-            if reply.task is not None:
-                reply.task.cancel()
-            self._by_id.pop(reply.id, None)
+        if reply is not None and not reply.confirmed:
+            reply.cancel()
+            self._live.pop(reply.id, None)
             self._current = None
 
-    async def _barge_in(self, reply: _Reply) -> None:
+    async def _barge_in(self, reply: Reply) -> None:
         """The caller talks over the agent: stop generating, drop buffered audio, keep what was heard."""
         self.barge_ins += 1
-        if reply.task is not None:
-            reply.task.cancel()
+        reply.interrupt()
         await self.player.clear()
-        reply.metrics["interrupted"] = True
-        self._finalize(reply, interrupted=True)
+        self._store_agent_line(reply)  # after the clear: no more of it can go out
         log.info("call %s: barge-in, reply %d cut after %d clause(s)", self.call.id, reply.id, reply.played)
 
-    async def _speak(self, reply: _Reply, *, audio: np.ndarray | None = None, fixed: str | None = None) -> None:
-        """Produce one reply; frames wait for `confirmed` so a speculative reply is never heard early."""
-        try:
-            if fixed is not None:
-                await self._synthesize(reply, split_clauses(_one(fixed)), whole=True)
-                return
-            assert audio is not None
-            started = self.clock()
-            heard = await self.engines.stt.transcribe(audio, prompt=self._stt_prompt)
-            reply.metrics["stt_ms"] = round((self.clock() - started) * 1000)
-            text = usable_text(heard)
-            if not text:
-                log.info("call %s: nothing usable heard (%r, no_speech %.2f)", self.call.id, text,
-                         heard.no_speech_prob)
-                reply.finalized = True
-                self._by_id.pop(reply.id, None)
-                return
-            messages = [self._system, *self._history, ChatMessage("user", text)]
-            reply.caller_text = text
-            if reply.confirmed.is_set():
-                self._commit_caller(reply)
-            await self._synthesize(reply, self._clauses(messages, reply))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("call %s: reply %d failed", self.call.id, reply.id)
-        finally:
-            reply.done_sending = True
-            if reply.played >= len(reply.clauses) and reply.confirmed.is_set() and not self.player.busy:
-                self._finalize(reply, interrupted=False)
-
-    async def _clauses(self, messages: list[ChatMessage], reply: _Reply) -> AsyncIterator[str]:
-        """LLM tokens → speakable clauses, produced ahead of TTS through a bounded queue."""
-        queue: asyncio.Queue[str | None] = asyncio.Queue(CLAUSE_QUEUE)
-
-        async def tokens() -> AsyncIterator[str]:
-            started = self.clock()
-            async for piece in self.engines.llm.stream(messages, self.agent.llm):
-                if "llm_first_token_ms" not in reply.metrics:
-                    reply.metrics["llm_first_token_ms"] = round((self.clock() - started) * 1000)
-                yield piece
-
-        async def produce() -> None:
-            produced = False
-            try:
-                async for clause in split_clauses(tokens()):
-                    produced = True
-                    await queue.put(clause)
-            except LLMError as exc:
-                log.warning("call %s: LLM failed (%s): speaking the fallback line", self.call.id, exc)
-                reply.metrics["llm_error"] = str(exc)
-                if not produced:
-                    await queue.put(FALLBACK_LINE)
-            finally:
-                await queue.put(None)
-
-        producer = asyncio.create_task(produce())
-        try:
-            while (clause := await queue.get()) is not None:
-                yield clause
-        finally:
-            producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await producer
-
-    async def _synthesize(self, reply: _Reply, clauses: AsyncIterator[str], *, whole: bool = False) -> None:
-        """Speak clauses as they come. With `whole` (a fixed line such as the greeting, whose text is all
-        known), nothing plays until every clause is synthesised: a short first clause ("Hi,") would
-        otherwise play alone while the next is still being made, and on a busy machine the caller hears
-        the hole. It costs the greeting a fraction of a second before it starts; a reply, whose text
-        arrives token by token, still starts at its first clause."""
-        tts = self.engines.tts
-        resampler = StreamResampler(tts.sample_rate, PHONE_RATE)
-        framer = Framer()
-        held: list[tuple[int, list[bytes]] | str] | None = [] if whole else None
-        async for clause in clauses:
-            index = len(reply.clauses)
-            reply.clauses.append(clause)
-            reply.clause_frames.append(0)
-            started = self.clock()
-            async for chunk in tts.synthesize(clause, voice=self.agent.voice):
-                if "tts_first_audio_ms" not in reply.metrics:
-                    reply.metrics["tts_first_audio_ms"] = round((self.clock() - started) * 1000)
-                await self._emit(reply, index, framer.push(float32_to_ulaw(resampler.process(chunk))), held)
-            # The clause's last partial frame is padded with silence so its mark lands at its end.
-            await self._emit(reply, index, framer.flush(), held)
-            mark = f"{reply.id}:{index}"
-            if held is None:
-                self.player.push_mark(mark)
-            else:
-                held.append(mark)
-        for item in held or ():
-            if isinstance(item, str):
-                self.player.push_mark(item)
-            else:
-                self.player.push(item[1], tag=(reply.id, item[0]))
-
-    async def _emit(
-        self, reply: _Reply, index: int, frames: list[bytes], held: list[tuple[int, list[bytes]] | str] | None
-    ) -> None:
-        if not frames:
-            return
-        if not reply.confirmed.is_set():
-            await reply.confirmed.wait()
-        reply.clause_frames[index] += len(frames)
-        if held is not None:
-            held.append((index, frames))
-        else:
-            self.player.push(frames, tag=(reply.id, index))
-
     def _on_frame_sent(self, wall: float) -> None:
-        reply = self._current
-        if reply is not None and reply.first_frame_wall is None and reply.confirmed.is_set():
-            reply.first_frame_wall = wall
-            if reply.speech_end_wall is not None:
-                reply.metrics["voice_to_voice_ms"] = round((wall - reply.speech_end_wall) * 1000)
+        if self._current is not None:
+            self._current.frame_sent(wall)
+
+    def _context(self) -> list[ChatMessage]:
+        return [self._system, *self._history]
 
     # --- transcript ----------------------------------------------------------------------------------
-    def _commit_caller(self, reply: _Reply) -> None:
-        """Store the caller's line once the turn is confirmed and STT is done (whichever is last)."""
-        if reply.caller_committed or reply.caller_text is None or not reply.confirmed.is_set():
+    def _store_caller_line(self, reply: Reply) -> None:
+        """The turn is confirmed and STT is done (the reply calls this once, when both hold)."""
+        if reply.caller_text is None:
             return
-        reply.caller_committed = True
         metrics: dict[str, Any] = {k: reply.metrics[k] for k in ("stt_ms", "end_of_turn_ms") if k in reply.metrics}
         self.writer.add("caller", reply.caller_text, metrics=metrics)
         self._history.append(ChatMessage("user", reply.caller_text))
 
-    def _finalize(self, reply: _Reply, *, interrupted: bool) -> None:
-        """Store what the caller actually heard: the clauses whose marks came back, and on barge-in
-        the words of the clause in progress that fit in the audio already played."""
-        if reply.finalized:
+    def _store_agent_line(self, reply: Reply) -> None:
+        """Store what the caller actually heard of an ended reply (once: it leaves the live replies)."""
+        if self._live.pop(reply.id, None) is None:
             return
-        reply.finalized = True
-        self._by_id.pop(reply.id, None)
-        heard_clauses = reply.clauses[: reply.played]
-        if interrupted and reply.played < len(reply.clauses):
-            heard_clauses.append(self._heard_part(reply, reply.played))
-        heard = " ".join(c for c in heard_clauses if c).strip()
+        heard = reply.heard_text()
         if not heard:
             return
+        interrupted = reply.state is ReplyState.INTERRUPTED
         metrics = dict(reply.metrics)
         metrics["max_frame_late_ms"] = round(self.player.lateness_by_reply.pop(reply.id, 0.0) * 1000)
         if interrupted:
@@ -447,25 +324,12 @@ class CallSession:
         self._history.append(ChatMessage("assistant", heard))
         self.turns.append(metrics)
         log.info("call %s: turn %s", self.call.id, metrics)
-        if not interrupted and self._hangup is not None and is_farewell(reply.caller_text) and is_farewell(heard):
+        if not interrupted and not self._closing and self._hangup is not None \
+                and is_farewell(reply.caller_text) and is_farewell(heard):
             # Both said goodbye and the agent's goodbye has played (its marks came back): end the call,
             # as a person would, instead of waiting in silence for the callee to hang up.
             log.info("call %s: goodbye played, hanging up", self.call.id)
             self._track(self._hangup())
-
-    def _heard_part(self, reply: _Reply, index: int) -> str:
-        """The words of a cut clause in proportion to its audio already played.
-
-        Frames sent minus the pacer's lead is what Twilio has played (it plays in real time from the
-        first frame); words are assumed evenly spread, which is close enough for a transcript.
-        """
-        total = reply.clause_frames[index]
-        sent = self.player.sent_by_tag.get((reply.id, index), 0)
-        if total == 0 or sent <= LEAD_FRAMES:
-            return ""
-        words = reply.clauses[index].split()
-        keep = int(len(words) * min(1.0, (sent - LEAD_FRAMES) / total))
-        return " ".join(words[:keep]) + ("…" if 0 < keep < len(words) else "")
 
     def _wall_at(self, sample: int) -> float:
         """Wall-clock time at which the detector's `sample` arrived (chunks arrive in real time)."""
@@ -478,25 +342,12 @@ class CallSession:
         return self.clock()
 
 
-def usable_text(heard: Transcription) -> str:
-    """The caller's words, or "" when Whisper heard nothing or invented one of its classic lines on
-    noise ("Thank you.") while rating the audio more likely silence than speech (no_speech_prob)."""
-    text = heard.text.strip()
-    if text.lower() in _HALLUCINATIONS and heard.no_speech_prob > 0.5:
-        return ""
-    return text
-
-
 _FAREWELL = re.compile(r"\b(good ?bye|bye|have a (nice|good|great) (day|one|evening))\b", re.IGNORECASE)
 
 
 def is_farewell(text: str | None) -> bool:
     """A line that closes the conversation (checked on both sides before the agent hangs up)."""
     return bool(text) and _FAREWELL.search(text or "") is not None
-
-
-async def _one(text: str) -> AsyncIterator[str]:
-    yield text
 
 
 async def _stop(task: asyncio.Task[None] | None) -> None:
@@ -514,4 +365,3 @@ async def _step(call_id: str, what: str, work: Awaitable[Any]) -> None:
         await work
     except Exception:
         log.exception("call %s: %s failed (closing goes on)", call_id, what)
-

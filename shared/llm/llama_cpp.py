@@ -206,8 +206,11 @@ class LlamaCppLLM:
         """Load the model into the batched server (assembling the GGUF if needed) and generate a token."""
         server = self._server()
         done = threading.Event()
-        server.submit([ChatMessage("user", "Hi")], GenerationOptions(max_tokens=1), urgency.BACKGROUND,
-                      lambda piece, error: done.set() if piece is None else None)
+        # A prompt of a typical system prompt's length: llama.cpp sizes its compute buffers for large
+        # batches on the first one, which would otherwise land on the first caller's turn.
+        prompt = "You are a friendly receptionist. Keep every answer short and kind. " * 8
+        server.submit([ChatMessage("system", prompt), ChatMessage("user", "Hi")], GenerationOptions(max_tokens=1),
+                      urgency.BACKGROUND, lambda piece, error: done.set() if piece is None else None)
         done.wait(60)
 
     @property

@@ -1,0 +1,475 @@
+"""voice_gateway.session and voice_gateway.reply: the conductor on a fake clock with instant engines.
+
+The caller is a 300 Hz tone the energy VAD cannot miss, fed in 20 ms chunks that each move the fake
+clock 20 ms. The far end plays each frame in 20 ms of that clock and echoes marks at once, or only
+when the test releases them (the agent is then still talking). Engines are scripted and instant; a
+"slow" one moves the fake clock instead of taking time. Nothing sleeps: tests await events or poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from shared import urgency
+from shared.audio import FRAME_BYTES, MULAW_SILENCE, PHONE_RATE, float32_to_ulaw
+from shared.llm.base import ChatMessage, GenerationOptions, LLMError
+from shared.storage import build_storage
+from shared.storage.base import Storage, TranscriptLine
+from shared.stt.base import Transcription
+from shared.vad.energy import EnergyVAD
+from tests.conftest import make_settings
+from voice_gateway.assurance import ProductionRate, StartPolicy
+from voice_gateway.engines import Engines
+from voice_gateway.reply import FALLBACK_LINE, Reply, ReplyState
+from voice_gateway.session import CallSession
+from voice_gateway.spool import Spool
+
+FRAME_S = 0.02
+
+
+class FakeClock:
+    """`time.monotonic` for the session, moved only by the test, the far end and slow engines."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeLine:
+    """The far end of the stream (Twilio): plays each frame in 20 ms of the fake clock, echoes marks."""
+
+    def __init__(self, clock: FakeClock, *, echo: bool = True) -> None:
+        self.clock = clock
+        self.echo = echo
+        self.session: CallSession | None = None
+        self.log: list[str] = []  # "m" per frame, then each mark's name, "clear"
+        self._pending: list[str] = []
+
+    @property
+    def frames(self) -> int:
+        return self.log.count("m")
+
+    @property
+    def clears(self) -> int:
+        return self.log.count("clear")
+
+    async def send(self, text: str) -> None:
+        message = json.loads(text)
+        if message["event"] == "media":
+            self.log.append("m")
+            self.clock.advance(FRAME_S)
+        elif message["event"] == "mark":
+            self.log.append(message["mark"]["name"])
+            self._pending.append(message["mark"]["name"])
+            if self.echo:
+                self.release()
+        elif message["event"] == "clear":
+            self.log.append("clear")
+            self._pending.clear()
+
+    def release(self, count: int | None = None) -> None:
+        """The audio sent so far (up to the `count`-th mark) has played: echo those marks."""
+        count = len(self._pending) if count is None else count
+        released, self._pending = self._pending[:count], self._pending[count:]
+        for name in released:
+            assert self.session is not None
+            self.session.on_mark(name)
+
+
+class FakeSTT:
+    """Hears `texts` in turn (the last one from then on)."""
+
+    def __init__(self, *texts: str) -> None:
+        self.texts = list(texts) or ["What are your hours?"]
+        self.calls = 0
+        self.urgencies: list[urgency.Urgent] = []
+
+    async def transcribe(self, audio: np.ndarray, *, prompt: str | None = None) -> Transcription:
+        self.urgencies.append(urgency.current())
+        self.calls += 1
+        return Transcription(text=self.texts[min(self.calls, len(self.texts)) - 1])
+
+    def warmup(self) -> None:
+        return None
+
+
+class FakeLLM:
+    """Streams `answer` word by word, or raises `LLMError`; a one-token request is the prompt prefill."""
+
+    def __init__(self, answer: str = "We open at nine.", *, error: str | None = None) -> None:
+        self.answer = answer
+        self.error = error
+        self.requests: list[list[ChatMessage]] = []
+        self.urgencies: list[urgency.Urgent] = []
+        self.prefills: list[urgency.Urgent] = []
+
+    async def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]:
+        if options.max_tokens == 1:
+            self.prefills.append(urgency.current())
+            return
+        self.requests.append(messages)
+        self.urgencies.append(urgency.current())
+        if self.error is not None:
+            raise LLMError(self.error)
+        for piece in re.findall(r"\S+\s*", self.answer):
+            await asyncio.sleep(0)
+            yield piece
+
+    def warmup(self) -> None:
+        return None
+
+
+class FakeTTS:
+    """Speaks each clause as `clause_s` of tone; `cost_s` of fake clock per clause makes it slow,
+    `gate` (when set) holds every clause until the test opens it."""
+
+    sample_rate = PHONE_RATE
+
+    def __init__(self, clock: FakeClock, *, clause_s: float = 0.2, cost_s: float = 0.0) -> None:
+        self.clock = clock
+        self.clause_s = clause_s
+        self.cost_s = cost_s
+        self.gate: asyncio.Event | None = None
+        self.on_clause: Callable[[str], None] | None = None
+        self.urgencies: list[urgency.Urgent] = []
+
+    async def synthesize(self, text: str, *, voice: str | None = None) -> AsyncIterator[np.ndarray]:
+        self.urgencies.append(urgency.current())
+        if self.on_clause is not None:
+            self.on_clause(text)
+        if self.gate is not None:
+            await self.gate.wait()
+        await asyncio.sleep(0)
+        self.clock.advance(self.cost_s)
+        yield np.full(round(self.clause_s * PHONE_RATE), 800, dtype=np.int16)
+
+    def warmup(self) -> None:
+        return None
+
+
+def _tone(ms: int) -> bytes:
+    t = np.arange(8 * ms) / 8000
+    return float32_to_ulaw((0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32))
+
+
+def _silence(ms: int) -> bytes:
+    return bytes([MULAW_SILENCE]) * (8 * ms)
+
+
+async def _feed(session: CallSession, clock: FakeClock, ulaw: bytes, *, stop: Callable[[], bool] | None = None) -> None:
+    """Caller audio in 20 ms chunks arriving in (fake) real time; ends early once `stop()` holds."""
+    for i in range(0, len(ulaw), FRAME_BYTES):
+        clock.advance(FRAME_S)
+        await session.on_media(ulaw[i : i + FRAME_BYTES])
+        if stop is not None and stop():
+            return
+
+
+async def _turn(session: CallSession, clock: FakeClock, speech_ms: int = 600) -> Reply:
+    """The caller speaks, then is silent until the turn is confirmed; returns the confirmed reply."""
+    before = session.reply
+    await _feed(session, clock, _tone(speech_ms))
+
+    def confirmed() -> bool:
+        return session.reply is not None and session.reply is not before and session.reply.confirmed
+
+    await _feed(session, clock, _silence(1500), stop=confirmed)
+    assert confirmed(), "the turn never ended"
+    assert session.reply is not None
+    return session.reply
+
+
+async def _until(condition: Callable[[], bool], what: str, timeout_s: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0)
+
+
+class Call:
+    """One session on fake engines, with its far end, storage and what it wrote."""
+
+    def __init__(self, session: CallSession, line: FakeLine, clock: FakeClock, storage: Storage,
+                 stt: FakeSTT, llm: FakeLLM, tts: FakeTTS) -> None:
+        self.session, self.line, self.clock, self.storage = session, line, clock, storage
+        self.stt, self.llm, self.tts = stt, llm, tts
+
+    async def transcript(self) -> list[TranscriptLine]:
+        """Close the call and read back every line it stored."""
+        await self.session.close()
+        return await self.storage.list_transcripts(self.session.call.id)
+
+
+@pytest.fixture
+async def stores(tmp_path: Path) -> AsyncIterator[tuple[Storage, Spool]]:
+    settings = make_settings(tmp_path)
+    storage = build_storage(settings)
+    await storage.open()
+    await storage.migrate()
+    spool = Spool(settings.spool_path)
+    await spool.open()
+    try:
+        yield storage, spool
+    finally:
+        await spool.close()
+        await storage.close()
+
+
+@pytest.fixture
+def open_call(stores: tuple[Storage, Spool]) -> Callable[..., Any]:
+    storage, spool = stores
+
+    async def open_call(
+        *, greeting: str | None = None, stt: FakeSTT | None = None, llm: FakeLLM | None = None,
+        tts: FakeTTS | None = None, clock: FakeClock | None = None, echo: bool = True,
+        start_policy: StartPolicy | None = None, hangup: Callable[[], Any] | None = None,
+    ) -> Call:
+        clock = clock or FakeClock()
+        stt, llm, tts = stt or FakeSTT(), llm or FakeLLM(), tts or FakeTTS(clock)
+        agent = await storage.create_agent({"name": "Ava", "prompt": "Be brief.", "greeting": greeting})
+        call = await storage.create_call(agent_id=agent.id, to_number="+15550001111", from_number=None, metadata={})
+        line = FakeLine(clock, echo=echo)
+        session = CallSession(
+            call=call, agent=agent, stream_sid="MZ1", send=line.send, storage=storage, spool=spool,
+            engines=Engines(stt=stt, llm=llm, tts=tts, vad_factory=EnergyVAD), clock=clock,
+            hangup=hangup, start_policy=start_policy,
+        )
+        line.session = session
+        await session.start()
+        return Call(session, line, clock, storage, stt, llm, tts)
+
+    return open_call
+
+
+def _said(transcript: list[TranscriptLine]) -> list[tuple[str, str]]:
+    return [(line.speaker, line.text) for line in transcript]
+
+
+# --- turn-taking ------------------------------------------------------------------------------------
+async def test_a_speculative_reply_is_cancelled_unheard_when_the_caller_goes_on(open_call: Any) -> None:
+    call = await open_call(stt=FakeSTT("I would like", "I would like a cleaning."))
+    session, clock = call.session, call.clock
+    await _feed(session, clock, _tone(500) + _silence(250))  # a pause, shorter than the end of turn
+    speculative = session.reply
+    assert speculative is not None and speculative.state is ReplyState.SPECULATIVE
+    assert speculative.deadline() == math.inf
+    await _until(lambda: call.llm.requests != [], "the speculative LLM request")  # made ahead of the turn
+    assert call.line.frames == 0, "nothing of a speculative reply is heard"
+
+    reply = await _turn(session, clock, 500)  # the caller goes on, then ends the turn
+    assert speculative.state is ReplyState.CANCELLED and speculative.deadline() == math.inf
+    await _until(lambda: reply.state is ReplyState.PLAYED, "the answer to play")
+
+    transcript = await call.transcript()
+    assert _said(transcript) == [("caller", "I would like a cleaning."), ("agent", "We open at nine.")]
+    assert {"stt_ms", "end_of_turn_ms"} <= set(transcript[0].metrics)
+    assert {"stt_ms", "end_of_turn_ms", "llm_first_token_ms", "tts_first_audio_ms", "voice_to_voice_ms",
+            "max_frame_late_ms", "held_ms"} <= set(transcript[1].metrics)
+    assert [m for m in call.line.log if m != "m"] == [f"{reply.id}:0"]  # only the answer went out
+
+
+async def test_llm_error_speaks_the_fallback_line(open_call: Any) -> None:
+    call = await open_call(llm=FakeLLM(error="model crashed"))
+    reply = await _turn(call.session, call.clock)
+    await _until(lambda: reply.state is ReplyState.PLAYED, "the fallback line to play")
+    transcript = await call.transcript()
+    assert _said(transcript) == [("caller", "What are your hours?"), ("agent", FALLBACK_LINE)]
+    assert transcript[1].metrics["llm_error"] == "model crashed"
+
+
+async def test_the_agent_hangs_up_once_both_said_goodbye_and_its_goodbye_played(open_call: Any) -> None:
+    hung_up = asyncio.Event()
+
+    async def hangup() -> None:
+        hung_up.set()
+
+    call = await open_call(stt=FakeSTT("Thanks, goodbye."), llm=FakeLLM("Goodbye, have a nice day."),
+                           echo=False, hangup=hangup)
+    reply = await _turn(call.session, call.clock)
+    await _until(lambda: f"{reply.id}:0" in call.line.log and reply.task is not None and reply.task.done(),
+                 "the goodbye to be sent")
+    assert reply.state is ReplyState.PLAYING and not hung_up.is_set(), "not before the goodbye has played"
+    call.line.release()
+    await asyncio.wait_for(hung_up.wait(), 3)
+    assert reply.state is ReplyState.PLAYED
+    assert _said(await call.transcript())[-1] == ("agent", "Goodbye, have a nice day.")
+
+
+async def test_no_hang_up_when_only_the_agent_says_goodbye(open_call: Any) -> None:
+    hung_up = asyncio.Event()
+
+    async def hangup() -> None:
+        hung_up.set()
+
+    call = await open_call(stt=FakeSTT("What are your hours?"), llm=FakeLLM("Nine to five. Goodbye."), hangup=hangup)
+    reply = await _turn(call.session, call.clock)
+    await _until(lambda: reply.state is ReplyState.PLAYED, "the answer to play")
+    await call.transcript()
+    assert not hung_up.is_set()
+
+
+async def test_short_speech_over_the_agent_is_stored_as_a_backchannel_and_not_answered(open_call: Any) -> None:
+    call = await open_call(greeting="One two three four five. Six seven eight nine ten.",
+                           stt=FakeSTT("Mm-hm."), echo=False)
+    session = call.session
+    greeting = session.reply
+    assert greeting is not None
+    await _until(lambda: greeting.state is ReplyState.PLAYING, "the greeting to play")
+    await _feed(session, call.clock, _tone(250) + _silence(800))  # shorter than barge_in_min_ms (400)
+    await _until(lambda: call.stt.calls == 1 and not session._side_tasks, "the backchannel's STT")
+    assert session.reply is greeting and greeting.state is ReplyState.PLAYING
+    assert call.llm.requests == [] and call.line.clears == 0 and session.barge_ins == 0
+    assert call.stt.urgencies == [urgency.BACKGROUND]
+    call.line.release()
+    await _until(lambda: greeting.state is ReplyState.PLAYED, "the greeting to finish")
+
+    transcript = await call.transcript()
+    assert _said(transcript) == [("caller", "Mm-hm."), ("agent", "One two three four five. Six seven eight nine ten.")]
+    assert transcript[0].metrics == {"backchannel": True}
+    assert "interrupted" not in transcript[1].metrics
+
+
+async def test_long_speech_over_the_agent_interrupts_it_and_keeps_what_was_heard(open_call: Any) -> None:
+    call = await open_call(greeting="One two three four five. Six seven eight nine ten.",
+                           stt=FakeSTT("Wait, stop."), echo=False)
+    session = call.session
+    greeting = session.reply
+    assert greeting is not None
+    await _until(lambda: greeting.state is ReplyState.PLAYING, "the greeting to play")
+    await _until(lambda: f"{greeting.id}:1" in call.line.log, "the greeting to be sent")
+    call.line.release(1)  # the first clause's mark is back; the second is playing
+    await _feed(session, call.clock, _tone(600))
+    assert greeting.state is ReplyState.INTERRUPTED and greeting.deadline() == math.inf
+    assert call.line.clears == 1 and session.barge_ins == 1
+    call.line.echo = True
+    answer = await _turn(session, call.clock, 100)
+    await _until(lambda: answer.state is ReplyState.PLAYED, "the answer to the interruption")
+
+    transcript = await call.transcript()
+    agent = [line for line in transcript if line.speaker == "agent"]
+    assert agent[0].text.startswith("One two three four five.") and agent[0].metrics["interrupted"] is True
+    assert _said(transcript)[1:] == [("caller", "Wait, stop."), ("agent", "We open at nine.")]
+
+
+# --- urgency ----------------------------------------------------------------------------------------
+async def test_engine_calls_carry_the_urgency_of_the_work_they_do(open_call: Any) -> None:
+    call = await open_call(greeting="Hello there.")
+    greeting = call.session.reply
+    assert greeting is not None
+    await _until(lambda: greeting.state is ReplyState.PLAYED and call.llm.prefills != [], "the greeting")
+    reply = await _turn(call.session, call.clock)
+    await _until(lambda: reply.state is ReplyState.PLAYED, "the answer")
+    assert call.tts.urgencies == [greeting, reply]
+    assert call.stt.urgencies == [reply] and call.llm.urgencies == [reply]  # the LLM runs in its own task
+    assert call.llm.prefills == [urgency.BACKGROUND]
+    await call.session.close()
+
+
+async def test_deadline_follows_the_reply_through_its_states(open_call: Any) -> None:
+    clock = FakeClock()
+    tts = FakeTTS(clock)
+    tts.gate = asyncio.Event()
+    call = await open_call(clock=clock, tts=tts, greeting="Hello.")
+    greeting = call.session.reply
+    assert greeting is not None and greeting.state is ReplyState.CONFIRMED
+    assert greeting.deadline() == clock() == greeting.created_at  # a fixed line is due at once
+    tts.gate.set()
+    await _until(lambda: greeting.state is ReplyState.PLAYED, "the greeting to play")
+    assert greeting.deadline() == math.inf
+
+    tts.gate = asyncio.Event()
+    call.line.echo = False
+    await _feed(call.session, clock, _tone(600))
+    speech_end = clock()
+    await _feed(call.session, clock, _silence(300))  # a pause, shorter than the end of turn
+    speculative = call.session.reply
+    assert speculative is not None and speculative is not greeting
+    assert speculative.state is ReplyState.SPECULATIVE and speculative.deadline() == math.inf
+    await _feed(call.session, clock, _silence(1000), stop=lambda: speculative.confirmed)
+    reply = speculative
+    assert reply.state is ReplyState.CONFIRMED
+    assert reply.speech_end_wall is not None and abs(reply.speech_end_wall - speech_end) < 0.05
+    assert reply.deadline() == reply.speech_end_wall  # the caller has waited since they stopped
+    tts.gate.set()
+    await _until(lambda: reply.state is ReplyState.PLAYING, "the answer to play")
+    assert reply.deadline() == pytest.approx(clock() + call.session.player.ahead_s() - 0.5)
+    await _until(lambda: f"{reply.id}:0" in call.line.log, "the answer to be sent")
+    call.line.release()
+    await _until(lambda: reply.state is ReplyState.PLAYED, "the answer to end")
+    assert reply.deadline() == math.inf
+    await call.session.close()
+
+
+# --- the hold until assured -------------------------------------------------------------------------
+class SpyRates(ProductionRate):
+    def __init__(self, **kwargs: float) -> None:
+        super().__init__(**kwargs)
+        self.observed: list[tuple[float, float]] = []
+
+    def observe(self, audio_s: float, elapsed_s: float) -> None:
+        self.observed.append((audio_s, elapsed_s))
+        super().observe(audio_s, elapsed_s)
+
+
+async def _held_reply(open_call: Any, rates: SpyRates, *, cost_s: float) -> tuple[Call, Reply, list[Any]]:
+    """Three clauses of 0.4 s, each costing `cost_s` of the fake clock to make."""
+    clock = FakeClock()
+    tts = FakeTTS(clock, clause_s=0.4, cost_s=cost_s)
+    call = await open_call(clock=clock, tts=tts, llm=FakeLLM("One two three. Four five six. Seven eight nine."),
+                           start_policy=StartPolicy(rates))
+    seen: list[Any] = []
+    tts.on_clause = lambda text: seen.append((call.session.reply.state, call.session.player.ahead_s() > 0))
+    reply = await _turn(call.session, clock)
+    await _until(lambda: reply.state is ReplyState.PLAYED, "the reply to play")
+    return call, reply, seen
+
+
+def _in_order(reply: Reply) -> list[str]:
+    return ["m"] * 20 + [f"{reply.id}:0"] + ["m"] * 20 + [f"{reply.id}:1"] + ["m"] * 20 + [f"{reply.id}:2"]
+
+
+async def test_slow_production_holds_the_start_until_the_rest_is_assured(open_call: Any) -> None:
+    rates = SpyRates()  # the default estimates: 1.5 s of audio per second, replies of 4 s
+    call, reply, seen = await _held_reply(open_call, rates, cost_s=1.0)
+    # One clause made at 0.4 s/s is not enough to start (0.4 < 0.5 s needed); two are (0.8 s).
+    assert seen == [(ReplyState.CONFIRMED, False), (ReplyState.CONFIRMED, False), (ReplyState.PLAYING, True)]
+    assert reply.metrics["held_ms"] == 1000
+    assert call.line.log == _in_order(reply)  # held frames and marks go out in order
+    assert len(rates.observed) == 1 and rates.observed[0][0] == pytest.approx(1.2)
+    assert rates.observed[0][1] >= 3.0 and rates.rate < 1.5
+    await call.session.close()
+
+
+async def test_a_reply_held_to_the_end_starts_as_soon_as_it_is_all_made(open_call: Any) -> None:
+    rates = SpyRates(rate=0.1)  # recent replies were made far slower than they play
+    call, reply, seen = await _held_reply(open_call, rates, cost_s=1.0)
+    assert [state for state, _ in seen] == [ReplyState.CONFIRMED] * 3
+    assert reply.metrics["held_ms"] == 2000  # first audio at +1 s, all made at +3 s
+    assert call.line.log == _in_order(reply)
+    await call.session.close()
+
+
+async def test_a_reply_made_at_once_starts_at_once_whatever_the_estimates(open_call: Any) -> None:
+    rates = SpyRates(rate=0.1)
+    call, reply, seen = await _held_reply(open_call, rates, cost_s=0.0)
+    assert [state for state, _ in seen] == [ReplyState.CONFIRMED] * 3  # held while it was being made
+    assert reply.metrics["held_ms"] == 0  # ... which took no time: it started the moment it was done
+    assert call.line.log == _in_order(reply)
+    transcript = await call.transcript()
+    assert transcript[-1].text == "One two three. Four five six. Seven eight nine."

@@ -1,0 +1,431 @@
+"""One agent reply as an object: its production, its state, and the verbs the session drives it with.
+
+A reply is born speculative at the caller's first pause (or confirmed at once: a fixed line such as
+the greeting), is confirmed when the turn is over, starts playing once the rest of it is assured to
+arrive in time (`assurance.StartPolicy`), and ends played, interrupted or cancelled unheard. The
+session decides *when* (turn policy, barge-in, history, transcript); the reply knows *what* it is
+doing and how much of it the caller heard (mark echoes), like LiveKit Agents' `SpeechHandle`.
+
+Production: caller audio → STT → LLM tokens → clauses → TTS → 8 kHz μ-law → 20 ms frames → Player.
+It runs under `urgency.working_for(reply)`, so every engine call it makes is scheduled by the reply's
+`deadline()`: speculative work waits, the reply about to run dry goes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from shared import urgency
+from shared.audio import FRAME_MS, PHONE_RATE, Framer, StreamResampler, float32_to_ulaw
+from shared.llm.base import ChatMessage, LLMError
+from shared.storage.base import Agent
+from shared.stt.base import Transcription
+from shared.text import split_clauses
+from voice_gateway.assurance import Progress, StartPolicy
+from voice_gateway.engines import Engines
+from voice_gateway.playback import LEAD_FRAMES, Player
+
+log = logging.getLogger(__name__)
+
+FALLBACK_LINE = "Sorry, I didn't catch that. Could you say it again?"
+# Whisper's classic inventions on noise: dropped when Whisper itself doubts there was speech.
+_HALLUCINATIONS = frozenset({"thank you.", "thanks for watching!", "you", "thank you very much.", "."})
+CLAUSE_QUEUE = 8  # bounded: the LLM may run at most a few clauses ahead of speech
+FRAME_S = FRAME_MS / 1000
+# A playing reply's next audio is due this long before what is buffered runs out: the compute gate
+# must admit the work and TTS must make its first chunk in that time.
+DUE_BEFORE_DRY_S = 0.5
+
+
+class ReplyState(Enum):
+    """Where one reply is; the last four are final."""
+
+    SPECULATIVE = "speculative"
+    """Made ahead of a turn end that may never come: nothing of it reaches the player."""
+    CONFIRMED = "confirmed"
+    """The caller's turn is over (or it is a fixed line): being produced, nothing sent yet (or held)."""
+    PLAYING = "playing"
+    """Its audio has gone to the player."""
+    PLAYED = "played"
+    """Production is over and every clause it made was heard (its marks came back)."""
+    INTERRUPTED = "interrupted"
+    """Cut while it was being heard: a barge-in, or the call ended."""
+    CANCELLED = "cancelled"
+    """Dropped unheard: the caller went on, or the call ended before the turn did."""
+    EMPTY = "empty"
+    """STT heard nothing usable: there is nothing to answer."""
+
+
+_LIVE = frozenset({ReplyState.SPECULATIVE, ReplyState.CONFIRMED, ReplyState.PLAYING})
+
+
+@dataclass(frozen=True)
+class ReplyDeps:
+    """What every reply of one call shares, and the session's hooks (each handed the reply itself)."""
+
+    call_id: str
+    agent: Agent
+    engines: Engines
+    player: Player
+    policy: StartPolicy
+    clock: Callable[[], float]
+    stt_prompt: str
+    context: Callable[[], list[ChatMessage]]
+    """The messages before the caller's new line (system prompt, history), read when STT is done."""
+    on_caller_line: Callable[[Reply], None]
+    """Once, when the turn is confirmed and its words are known (whichever comes last): store the line."""
+    on_ended: Callable[[Reply], None]
+    """The reply ended by itself (PLAYED or EMPTY); interrupting and cancelling are the session's own acts."""
+
+
+class Reply:
+    """One agent reply, from the caller's utterance (or a fixed line) to the last mark echoed."""
+
+    def __init__(
+        self, reply_id: int, deps: ReplyDeps, *, confirmed: bool,
+        speech_end_sample: int | None = None, speech_end_wall: float | None = None,
+    ) -> None:
+        self.id = reply_id
+        self._deps = deps
+        self.speech_end_sample = speech_end_sample
+        """Where the caller's speech ended (detector samples); None for a fixed line."""
+        self.speech_end_wall = speech_end_wall
+        self.state = ReplyState.CONFIRMED if confirmed else ReplyState.SPECULATIVE
+        self.created_at = deps.clock()
+        self.confirmed_at: float | None = self.created_at if confirmed else None
+        self._confirmed = asyncio.Event()
+        if confirmed:
+            self._confirmed.set()
+        self.caller_text: str | None = None
+        self.clauses: list[str] = []
+        self.clause_frames: list[int] = []
+        self.played = 0
+        """Clauses whose marks came back: heard in full."""
+        self.first_frame_wall: float | None = None
+        self.metrics: dict[str, Any] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._fixed = False
+        self._produced = False  # production is over: finished, failed or stopped
+        self._marks: dict[str, int] = {}
+        # The hold: frames and marks kept back until the start policy lets the reply start.
+        self._held: list[tuple[int, list[bytes]] | str] = []
+        self._made_frames = 0
+        self._production_started: float | None = None
+        self._paused_s = 0.0  # waiting for the turn to be confirmed is not production time
+        self._ready_at: float | None = None
+        self._started_at: float | None = None
+
+    def __repr__(self) -> str:
+        return f"Reply({self.id}, {self.state.value})"
+
+    # --- what the session reads ---------------------------------------------------------------------
+    @property
+    def confirmed(self) -> bool:
+        """The turn this reply answers is over (a fixed line is confirmed from the start)."""
+        return self.confirmed_at is not None
+
+    @property
+    def holds_floor(self) -> bool:
+        """The agent has the floor with this reply: speech over it may be a barge-in or a backchannel."""
+        return self.state in (ReplyState.CONFIRMED, ReplyState.PLAYING)
+
+    @property
+    def ended(self) -> bool:
+        return self.state not in _LIVE
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The production task (the session stops it when the call closes)."""
+        return self._task
+
+    def deadline(self) -> float:
+        """When the caller would hear a hole without this reply's next work (`urgency.Urgent`).
+
+        Read from the compute gate's worker threads, so it never raises.
+        """
+        if self.state is ReplyState.PLAYING:
+            return self._deps.clock() + self._deps.player.ahead_s() - DUE_BEFORE_DRY_S
+        if self.state is ReplyState.CONFIRMED:
+            if self.speech_end_wall is not None:
+                return self.speech_end_wall  # the caller is waiting since they stopped speaking
+            return self.confirmed_at if self.confirmed_at is not None else self.created_at
+        return math.inf
+
+    def clause_of(self, mark: str) -> int | None:
+        """The clause a mark this reply sent closes, or None for another reply's mark."""
+        return self._marks.get(mark)
+
+    def heard_text(self) -> str:
+        """What the caller heard: the clauses whose marks came back and, if it was interrupted, the
+        words of the clause in progress that fit in the audio already played."""
+        heard = self.clauses[: self.played]
+        if self.state is ReplyState.INTERRUPTED and self.played < len(self.clauses):
+            heard.append(self._heard_part(self.played))
+        return " ".join(c for c in heard if c).strip()
+
+    # --- verbs ---------------------------------------------------------------------------------------
+    def answer(self, audio: np.ndarray) -> None:
+        """Start producing the answer to the caller's utterance (STT, then LLM and TTS)."""
+        self._task = asyncio.create_task(self._produce(audio=audio), name=f"reply-{self._deps.call_id}-{self.id}")
+
+    def say(self, text: str) -> None:
+        """Start producing a fixed line (the greeting). Its text is all known, so it is synthesised
+        whole before it plays: a short first clause ("Hi,") would otherwise play alone while the next
+        is still being made, and on a busy machine the caller hears the hole. It costs the greeting a
+        fraction of a second before it starts."""
+        self._fixed = True
+        self._task = asyncio.create_task(self._produce(text=text), name=f"greeting-{self._deps.call_id}-{self.id}")
+
+    def confirm(self) -> None:
+        """The caller's turn is over: this reply may be heard."""
+        if self.state is not ReplyState.SPECULATIVE:
+            return
+        self.state = ReplyState.CONFIRMED
+        self.confirmed_at = self._deps.clock()
+        self._confirmed.set()
+        if self.caller_text is not None:
+            self._deps.on_caller_line(self)
+        if self._produced:  # it was all made (or failed) before the turn ended
+            self._maybe_start(done=True)
+            self._maybe_end()
+
+    def cancel(self) -> None:
+        """Drop this reply unheard (the caller went on): stop producing it."""
+        if self.ended:
+            return
+        self.state = ReplyState.CANCELLED
+        self._stop_production()
+
+    def interrupt(self) -> None:
+        """The caller talked over this reply: stop producing it. What was heard (`heard_text`) is read
+        once the player's buffer is cleared, when no more of it can go out."""
+        if self.ended:
+            return
+        self.state = ReplyState.INTERRUPTED
+        self.metrics["interrupted"] = True
+        self._stop_production()
+
+    def end_with_call(self) -> None:
+        """The call ended (production already stopped): a confirmed reply counts as played if every
+        clause it made was heard, else as interrupted; one never confirmed is cancelled."""
+        if self.ended:
+            return
+        if not self.confirmed:
+            self.state = ReplyState.CANCELLED
+        elif self.played >= len(self.clauses):
+            self.state = ReplyState.PLAYED
+        else:
+            self.state = ReplyState.INTERRUPTED
+        self._stop_production()
+
+    def on_played(self, clause: int) -> None:
+        """Twilio echoed the mark after `clause`: it was heard in full."""
+        self.played = max(self.played, clause + 1)
+        self._maybe_end()
+
+    def frame_sent(self, wall: float) -> None:
+        """The player sent a frame while this reply was current: the first one sets voice-to-voice."""
+        if self.first_frame_wall is None and self._started_at is not None:
+            self.first_frame_wall = wall
+            if self.speech_end_wall is not None:
+                self.metrics["voice_to_voice_ms"] = round((wall - self.speech_end_wall) * 1000)
+
+    # --- production ----------------------------------------------------------------------------------
+    async def _produce(self, *, audio: np.ndarray | None = None, text: str | None = None) -> None:
+        with urgency.working_for(self):  # inherited by the tasks created inside (the LLM producer)
+            try:
+                if text is not None:
+                    await self._synthesize(split_clauses(_one(text)))
+                else:
+                    assert audio is not None
+                    await self._answer(audio)
+            except asyncio.CancelledError:
+                self._produced = True
+                raise
+            except Exception:
+                log.exception("call %s: reply %d failed", self._deps.call_id, self.id)
+                self._production_over(failed=True)
+            else:
+                self._production_over(failed=False)
+
+    async def _answer(self, audio: np.ndarray) -> None:
+        clock = self._deps.clock
+        started = clock()
+        heard = await self._deps.engines.stt.transcribe(audio, prompt=self._deps.stt_prompt)
+        self.metrics["stt_ms"] = round((clock() - started) * 1000)
+        text = usable_text(heard)
+        if not text:
+            log.info("call %s: nothing usable heard (%r, no_speech %.2f)", self._deps.call_id, text,
+                     heard.no_speech_prob)
+            self.state = ReplyState.EMPTY
+            self._deps.on_ended(self)
+            return
+        messages = [*self._deps.context(), ChatMessage("user", text)]
+        self.caller_text = text
+        if self.confirmed:
+            self._deps.on_caller_line(self)
+        await self._synthesize(self._clauses(messages))
+
+    async def _clauses(self, messages: list[ChatMessage]) -> AsyncIterator[str]:
+        """LLM tokens → speakable clauses, produced ahead of TTS through a bounded queue."""
+        queue: asyncio.Queue[str | None] = asyncio.Queue(CLAUSE_QUEUE)
+        clock = self._deps.clock
+
+        async def tokens() -> AsyncIterator[str]:
+            started = self._production_started = clock()
+            async for piece in self._deps.engines.llm.stream(messages, self._deps.agent.llm):
+                if "llm_first_token_ms" not in self.metrics:
+                    self.metrics["llm_first_token_ms"] = round((clock() - started) * 1000)
+                yield piece
+
+        async def produce() -> None:
+            produced = False
+            try:
+                async for clause in split_clauses(tokens()):
+                    produced = True
+                    await queue.put(clause)
+            except LLMError as exc:
+                log.warning("call %s: LLM failed (%s): speaking the fallback line", self._deps.call_id, exc)
+                self.metrics["llm_error"] = str(exc)
+                if not produced:
+                    await queue.put(FALLBACK_LINE)
+            finally:
+                await queue.put(None)
+
+        producer = asyncio.create_task(produce())
+        try:
+            while (clause := await queue.get()) is not None:
+                yield clause
+        finally:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+
+    async def _synthesize(self, clauses: AsyncIterator[str]) -> None:
+        """Speak clauses as they come; each clause ends with a mark, echoed once it has played."""
+        tts = self._deps.engines.tts
+        resampler = StreamResampler(tts.sample_rate, PHONE_RATE)
+        framer = Framer()
+        async for clause in clauses:
+            index = len(self.clauses)
+            self.clauses.append(clause)
+            self.clause_frames.append(0)
+            started = self._deps.clock()
+            if self._production_started is None:
+                self._production_started = started  # a fixed line: no LLM request
+            async for chunk in tts.synthesize(clause, voice=self._deps.agent.voice):
+                if "tts_first_audio_ms" not in self.metrics:
+                    self.metrics["tts_first_audio_ms"] = round((self._deps.clock() - started) * 1000)
+                await self._emit(index, framer.push(float32_to_ulaw(resampler.process(chunk))))
+            # The clause's last partial frame is padded with silence so its mark lands at its end.
+            await self._emit(index, framer.flush())
+            mark = f"{self.id}:{index}"
+            self._marks[mark] = index
+            self._out(mark)
+
+    async def _emit(self, index: int, frames: list[bytes]) -> None:
+        """Frames wait for the turn to be confirmed (a speculative reply is never heard early), then
+        for the start policy (see `_maybe_start`)."""
+        if not frames:
+            return
+        if not self._confirmed.is_set():
+            waited = self._deps.clock()
+            await self._confirmed.wait()
+            self._paused_s += self._deps.clock() - waited
+        self.clause_frames[index] += len(frames)
+        self._made_frames += len(frames)
+        if self._ready_at is None:
+            self._ready_at = self._deps.clock()
+        self._out((index, frames))
+        self._maybe_start(done=False)
+
+    def _out(self, item: tuple[int, list[bytes]] | str) -> None:
+        if self._started_at is None:
+            self._held.append(item)
+        else:
+            self._push(item)
+
+    def _push(self, item: tuple[int, list[bytes]] | str) -> None:
+        player = self._deps.player
+        if isinstance(item, str):
+            player.push_mark(item)
+        else:
+            player.push(item[1], tag=(self.id, item[0]))
+
+    def _progress(self, *, done: bool) -> Progress:
+        started = self._production_started
+        elapsed = 0.0 if started is None else self._deps.clock() - started - self._paused_s
+        return Progress(audio_s=self._made_frames * FRAME_S, elapsed_s=max(0.0, elapsed), done=done)
+
+    def _maybe_start(self, *, done: bool) -> None:
+        """Start playing once the rest of the reply is assured to arrive in time (`StartPolicy`): a
+        reply that started at its first clause and then ran dry would leave a hole mid-sentence. A
+        fixed line starts only when all of it is made. Held frames and marks go out at once, in order."""
+        if self._started_at is not None or self.state is not ReplyState.CONFIRMED or not self._held:
+            return
+        if not (done if self._fixed else self._deps.policy.may_start(self._progress(done=done))):
+            return
+        self._started_at = self._deps.clock()
+        self.state = ReplyState.PLAYING
+        if self._ready_at is not None:
+            self.metrics["held_ms"] = round((self._started_at - self._ready_at) * 1000)
+        held, self._held = self._held, []
+        for item in held:
+            self._push(item)
+
+    def _production_over(self, *, failed: bool) -> None:
+        """Production finished (or failed: what was made still plays, nothing more will come)."""
+        self._produced = True
+        if self.ended:
+            return
+        if not failed and not self._fixed:
+            progress = self._progress(done=True)
+            self._deps.policy.rates.observe(progress.audio_s, progress.elapsed_s)
+        self._maybe_start(done=True)
+        self._maybe_end()
+
+    def _maybe_end(self) -> None:
+        if self._produced and self.holds_floor and not self._held and self.played >= len(self.clauses):
+            self.state = ReplyState.PLAYED
+            self._deps.on_ended(self)
+
+    def _stop_production(self) -> None:
+        self._held.clear()
+        if self._task is not None:
+            self._task.cancel()
+
+    def _heard_part(self, index: int) -> str:
+        """The words of a cut clause in proportion to its audio already played.
+
+        Frames sent minus the pacer's lead is what Twilio has played (it plays in real time from the
+        first frame); words are assumed evenly spread, which is close enough for a transcript.
+        """
+        total = self.clause_frames[index]
+        sent = self._deps.player.sent_by_tag.get((self.id, index), 0)
+        if total == 0 or sent <= LEAD_FRAMES:
+            return ""
+        words = self.clauses[index].split()
+        keep = int(len(words) * min(1.0, (sent - LEAD_FRAMES) / total))
+        return " ".join(words[:keep]) + ("…" if 0 < keep < len(words) else "")
+
+
+def usable_text(heard: Transcription) -> str:
+    """The caller's words, or "" when Whisper heard nothing or invented one of its classic lines on
+    noise ("Thank you.") while rating the audio more likely silence than speech (no_speech_prob)."""
+    text = heard.text.strip()
+    if text.lower() in _HALLUCINATIONS and heard.no_speech_prob > 0.5:
+        return ""
+    return text
+
+
+async def _one(text: str) -> AsyncIterator[str]:
+    yield text
