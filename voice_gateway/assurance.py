@@ -15,6 +15,7 @@ production is finished starts at once; with r ≥ 1 only the margin is held.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -48,11 +49,21 @@ class ProductionRate:
 
 
 class StartPolicy:
-    """Decides when a held reply may start; `margin_s` covers jitter beyond the measured rate."""
+    """Decides when a held reply may start.
 
-    def __init__(self, rates: ProductionRate, *, margin_s: float = 0.3, first_clause_weight: float = 0.5) -> None:
+    The margin covers what the measured rate cannot see: model work is not preempted, so on a gateway
+    with other calls the next clause may wait behind another call's job (an STT pass, a TTS sentence)
+    before its own turn comes. `busy()` says whether other calls share the machine now.
+    """
+
+    def __init__(
+        self, rates: ProductionRate, *, margin_s: float = 0.3, busy_margin_s: float = 1.2,
+        busy: Callable[[], bool] = lambda: False, first_clause_weight: float = 0.5,
+    ) -> None:
         self.rates = rates
         self.margin_s = margin_s
+        self.busy_margin_s = busy_margin_s
+        self._busy = busy
         self._own_weight = first_clause_weight
 
     def required_s(self, progress: Progress) -> float:
@@ -63,7 +74,8 @@ class StartPolicy:
             # This reply's own rate is the freshest sign of the load, but one clause is a small sample.
             rate = self._own_weight * own + (1 - self._own_weight) * rate
         expected = max(progress.audio_s, self.rates.length_s)
-        return max(0.0, 1.0 - rate) * expected + self.margin_s
+        margin = self.busy_margin_s if self._busy() else self.margin_s
+        return max(0.0, 1.0 - rate) * expected + margin
 
     def may_start(self, progress: Progress) -> bool:
         return progress.done or progress.audio_s >= self.required_s(progress)

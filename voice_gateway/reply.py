@@ -41,9 +41,10 @@ FALLBACK_LINE = "Sorry, I didn't catch that. Could you say it again?"
 _HALLUCINATIONS = frozenset({"thank you.", "thanks for watching!", "you", "thank you very much.", "."})
 CLAUSE_QUEUE = 8  # bounded: the LLM may run at most a few clauses ahead of speech
 FRAME_S = FRAME_MS / 1000
-# A playing reply's next audio is due this long before what is buffered runs out: the compute gate
-# must admit the work and TTS must make its first chunk in that time.
-DUE_BEFORE_DRY_S = 0.5
+# A playing reply's next audio is due this long before what is buffered runs out. Gated work is not
+# preempted, so in that time the gate may first have to finish another call's job (one STT pass of a
+# long line: up to ≈ 0.8 s on 2 busy cores), then this reply's LLM tokens and TTS for its next clause.
+DUE_BEFORE_DRY_S = 1.2
 
 
 class ReplyState(Enum):

@@ -131,13 +131,14 @@ class CallSession:
         It starts once the greeting is synthesised (`after`), not beside it: on two cores the two
         would share the CPU and the greeting's second clause could arrive after its first had played,
         a hole the caller hears. The greeting plays for seconds; the prefill takes a fraction of that.
-        Background work: it never delays a reply's model work.
+        Its deadline is the greeting's end: the caller's first turn cannot end sooner, and calls that
+        start together would otherwise all evaluate their prompts at that first turn, in a queue.
         """
         if after is not None:
             await asyncio.wait({after})  # finished, failed or cancelled (barge-in): prefill either way
         messages = [self._system, *self._history, ChatMessage("user", "Hello?")]
         try:
-            with urgency.working_for(urgency.BACKGROUND):
+            with urgency.working_for(urgency.Fixed(self.clock() + self.player.ahead_s())):
                 async for _ in self.engines.llm.stream(messages, LLMConfig(max_tokens=1)):
                     pass
         except LLMError as exc:

@@ -35,8 +35,11 @@ from shared.urgency import ComputeGate, Urgent, is_speculative
 
 log = logging.getLogger(__name__)
 
-PREFILL_CHUNK = 96
-"""Prompt tokens evaluated per step: long prompts are cut so generating replies are not stalled."""
+PREFILL_CHUNK = 32
+"""Prompt tokens evaluated per step: long prompts are cut so that one step holds the CPU for a
+fraction of a second (≈ 0.25 s on 2 cores) and a reply about to run dry is never stalled longer."""
+SHARE_MIN_TOKENS = 16
+"""A prefix is copied from another slot only when it saves at least this much evaluation."""
 
 
 class EngineFailure(Exception):
@@ -74,6 +77,9 @@ class Request:
     """Sampled but not yet evaluated (it enters the KV cache in the next step)."""
     sampler: Any = None
     decoder: Any = None
+    prompt: list[int] = field(default_factory=list)
+    started_own: bool = False
+    """Some of its own prompt tokens went into a step (it no longer waits to copy a shared prefix)."""
     prompt_tokens: int = 0
     cached_tokens: int = 0
     """Prompt tokens found already in the slot's KV cache (not evaluated again)."""
@@ -121,7 +127,9 @@ class BatchedLlama:
         params.n_ubatch = params.n_batch
         params.n_threads = threads
         params.n_threads_batch = threads
-        params.kv_unified = False  # each sequence its own ctx_per_slot cells
+        # One cache for all sequences: a prefix shared by several (the agent's system prompt) is held
+        # once, and copying it to another slot costs nothing (`_share_prefix`).
+        params.kv_unified = True
         ctx = lc.llama_init_from_model(model, params)
         if not ctx:
             lc.llama_model_free(model)
@@ -141,6 +149,8 @@ class BatchedLlama:
         self._order = itertools.count()
         self._closed = False
         self.steps = 0
+        self.shared_tokens = 0
+        """Prompt tokens taken from another slot's cache instead of evaluated (for tests and figures)."""
         self._thread = threading.Thread(target=self._run, name="llm-batch", daemon=True)
         self._thread.start()
 
@@ -219,17 +229,65 @@ class BatchedLlama:
                 (s for s in self.slots if not s.busy),
                 key=lambda s: (_common_prefix(s.tokens, prompt), -s.last_used),
             )
-            keep = min(_common_prefix(slot.tokens, prompt), len(prompt) - 1)  # re-evaluate ≥ 1 token: its logits
-            if keep < len(slot.tokens):
-                self._lc.llama_memory_seq_rm(self._memory, slot.seq, keep, -1)
-                del slot.tokens[keep:]
             slot.busy = True
             request.slot = slot
-            request.prompt_tokens, request.cached_tokens = len(prompt), keep
-            request.pending = prompt[keep:]
+            request.prompt = prompt
+            request.prompt_tokens = len(prompt)
+            self._catch_up(request)
             request.sampler = self._sampler(request.options)
             request.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             self._active.append(request)
+
+    def _catch_up(self, request: Request) -> None:
+        """Before a request evaluates its own prompt tokens: take what any slot already holds of it."""
+        slot = request.slot
+        assert slot is not None
+        prompt = request.prompt
+        self._share_prefix(slot, prompt)
+        keep = min(_common_prefix(slot.tokens, prompt), len(prompt) - 1)  # re-evaluate ≥ 1 token: its logits
+        if keep < len(slot.tokens):
+            self._lc.llama_memory_seq_rm(self._memory, slot.seq, keep, -1)
+            del slot.tokens[keep:]
+        request.cached_tokens = keep
+        request.pending = prompt[keep:]
+
+    def _follows(self, request: Request, others: list[Request]) -> bool:
+        """Another request is evaluating a prefix this one shares: wait for it, then copy it.
+
+        The leader is the one further along (then the older), so two equal prompts never wait on each
+        other; a follower only waits while it has evaluated nothing of its own.
+        """
+        slot = request.slot
+        assert slot is not None
+        if request.started_own:
+            return False
+        here = (len(slot.tokens), -request.order)
+        for other in others:
+            if other is request or other.slot is None or other.next_token is not None:
+                continue
+            common = _common_prefix(other.prompt, request.prompt)
+            if common >= len(slot.tokens) + SHARE_MIN_TOKENS and len(other.slot.tokens) < common \
+                    and (len(other.slot.tokens), -other.order) > here:
+                return True
+        return False
+
+    def _share_prefix(self, slot: _Slot, prompt: list[int]) -> None:
+        """Start `slot` from another slot's cache when that one shares more of the prompt.
+
+        Calls of one agent share its system prompt: in the unified cache a copied prefix is the same
+        cells tagged with one more sequence, so four calls starting together evaluate it once, not
+        four times (the first turn's cost on a busy machine). The donor may be generating: the
+        positions copied are already evaluated and never change.
+        """
+        own = _common_prefix(slot.tokens, prompt)
+        donor = max(self.slots, key=lambda s: _common_prefix(s.tokens, prompt))
+        shared = _common_prefix(donor.tokens, prompt)
+        if donor is slot or shared < own + SHARE_MIN_TOKENS:
+            return
+        self._lc.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
+        self._lc.llama_memory_seq_cp(self._memory, donor.seq, slot.seq, 0, shared)
+        slot.tokens = prompt[:shared]
+        self.shared_tokens += shared
 
     def _step(self) -> None:
         """One llama_decode over the chosen tokens of every active sequence, then sampling."""
@@ -254,7 +312,12 @@ class BatchedLlama:
         for request in chosen:  # prompts: a chunk each, most urgent first
             slot = request.slot
             assert slot is not None
+            if request.next_token is None and request.pending and not request.started_own:
+                self._catch_up(request)  # a prefix another request has just evaluated: copied, not redone
+                if self._follows(request, chosen):
+                    continue
             if request.next_token is None and request.pending and n < budget:
+                request.started_own = True
                 take = request.pending[: min(PREFILL_CHUNK, budget - n)]
                 for i, token in enumerate(take):
                     last = i == len(take) - 1 and len(take) == len(request.pending)

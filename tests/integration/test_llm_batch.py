@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from shared.llm.base import ChatMessage, GenerationOptions
-from shared.llm.llama_batch import BatchedLlama, EngineFailure, Request
+from shared.llm.llama_batch import PREFILL_CHUNK, BatchedLlama, EngineFailure, Request
 from shared.llm.llama_cpp import LlamaCppLLM, ensure_model_file
 from shared.urgency import ComputeGate, Fixed
 
@@ -121,3 +121,19 @@ def test_a_long_history_is_trimmed_to_fit_and_a_prompt_too_long_fails_cleanly(se
                   GenerationOptions(max_tokens=8), Fixed(0.0), huge)
     assert huge.done.wait(WAIT_S)
     assert isinstance(huge.error, EngineFailure)
+
+
+def test_calls_of_one_agent_share_its_system_prompt(server: BatchedLlama) -> None:
+    prompt = ChatMessage("system", "You are Max at Sunny Vets, a clinic for pets. Be brief. " * 6)
+    first_out, second_out = Collector(), Collector()
+    first = server.submit([prompt, ChatMessage("user", "Do you see cats?")], GenerationOptions(max_tokens=30),
+                          Fixed(0.0), first_out)
+    second = server.submit([prompt, ChatMessage("user", "Are you open today?")], GenerationOptions(max_tokens=12),
+                           Fixed(0.0), second_out)
+    assert first_out.done.wait(WAIT_S) and second_out.done.wait(WAIT_S)
+    assert first_out.error is None and second_out.error is None
+    assert first_out.pieces and second_out.pieces
+    # Both were admitted at once (two slots): one evaluated the system prompt, the other waited and
+    # copied it, up to the last whole chunk the leader had evaluated.
+    shared = min(first.prompt_tokens, second.prompt_tokens) - 12 - PREFILL_CHUNK
+    assert max(first.cached_tokens, second.cached_tokens) >= shared, (first.cached_tokens, second.cached_tokens)

@@ -47,3 +47,15 @@ async def test_prompt_is_accepted_and_factory_builds_the_default(stt: FasterWhis
     assert wer(GREETING, result.text) <= 0.35, result.text
     built = build_stt(Settings(_env_file=None))
     assert isinstance(built, FasterWhisperSTT) and built.model_name == stt.model_name
+
+
+async def test_a_line_too_long_for_the_short_window_takes_whisper_s_own_path(stt: FasterWhisperSTT) -> None:
+    # Utterances are encoded in a window cut to their length; one past Whisper's 30 s takes the usual
+    # chunked decode. Both must give the words: 32 s of the booking line with pauses between takes.
+    take = gateway_hears(caller_ulaw(BOOKING))
+    pause = np.zeros(16000 * 2, dtype=np.float32)
+    audio = np.concatenate([take, pause] * 8)[: 16000 * 32]
+    assert audio.shape[0] / 16000 > 30
+    result = await stt.transcribe(audio)
+    words = result.text.lower()
+    assert words.count("tuesday") >= 4, result.text

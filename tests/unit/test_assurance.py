@@ -34,3 +34,13 @@ def test_rates_follow_what_replies_measured() -> None:
     assert abs(rates.length_s - 6.0) < 0.2
     rates.observe(audio_s=0.0, elapsed_s=1.0)  # nothing made: ignored
     assert abs(rates.rate - 0.5) < 0.05
+
+
+def test_other_calls_on_the_machine_raise_the_margin() -> None:
+    others = [False]
+    policy = StartPolicy(ProductionRate(rate=3.0), margin_s=0.3, busy_margin_s=1.2, busy=lambda: others[0])
+    progress = Progress(audio_s=0.8, elapsed_s=0.2)
+    assert policy.may_start(progress)
+    others[0] = True
+    assert not policy.may_start(progress)
+    assert policy.may_start(Progress(audio_s=1.3, elapsed_s=0.3))

@@ -30,7 +30,7 @@ from shared.vad.energy import EnergyVAD
 from tests.conftest import make_settings
 from voice_gateway.assurance import ProductionRate, StartPolicy
 from voice_gateway.engines import Engines
-from voice_gateway.reply import FALLBACK_LINE, Reply, ReplyState
+from voice_gateway.reply import DUE_BEFORE_DRY_S, FALLBACK_LINE, Reply, ReplyState
 from voice_gateway.session import CallSession
 from voice_gateway.spool import Spool
 
@@ -377,7 +377,9 @@ async def test_engine_calls_carry_the_urgency_of_the_work_they_do(open_call: Any
     await _until(lambda: reply.state is ReplyState.PLAYED, "the answer")
     assert call.tts.urgencies == [greeting, reply]
     assert call.stt.urgencies == [reply] and call.llm.urgencies == [reply]  # the LLM runs in its own task
-    assert call.llm.prefills == [urgency.BACKGROUND]
+    # The prefill is due when the greeting has played (the first turn cannot end sooner).
+    assert len(call.llm.prefills) == 1
+    assert call.llm.prefills[0].deadline() < math.inf
     await call.session.close()
 
 
@@ -408,7 +410,7 @@ async def test_deadline_follows_the_reply_through_its_states(open_call: Any) -> 
     assert reply.deadline() == reply.speech_end_wall  # the caller has waited since they stopped
     tts.gate.set()
     await _until(lambda: reply.state is ReplyState.PLAYING, "the answer to play")
-    assert reply.deadline() == pytest.approx(clock() + call.session.player.ahead_s() - 0.5)
+    assert reply.deadline() == pytest.approx(clock() + call.session.player.ahead_s() - DUE_BEFORE_DRY_S)
     await _until(lambda: f"{reply.id}:0" in call.line.log, "the answer to be sent")
     call.line.release()
     await _until(lambda: reply.state is ReplyState.PLAYED, "the answer to end")
