@@ -7,10 +7,15 @@ the audio already made covers the time still needed to make the rest:
 
     made ≥ (1 − r) · D + margin
 
-where r is the production rate (seconds of audio made per second of wall time, measured on this
-reply and on recent ones: it falls as calls are added) and D is the expected length of the whole
-reply (what is made so far, or the recent replies' typical length if that is longer). A reply whose
-production is finished starts at once; with r ≥ 1 only the margin is held.
+where r is the production rate (seconds of audio made per second of wall time) and D is the expected
+length of the whole reply (what is made so far, or the recent replies' typical length if longer).
+A reply whose production is finished starts at once; with r ≥ 1 only the margin is held.
+
+r is measured while a call has the machine to itself: it is what the models can do here (a larger
+LLM may make speech slower than it plays). With other calls on the machine their work interleaves
+with this reply's, and a rate measured then would mostly measure waiting. There the compute gate
+gives a reply about to run dry precedence over all other work (`voice_gateway.reply`), so what
+remains to cover is one job already running ahead of it plus its own next clause: the busy margin.
 """
 
 from __future__ import annotations
@@ -68,14 +73,20 @@ class StartPolicy:
 
     def required_s(self, progress: Progress) -> float:
         """Seconds of audio that must be made before playing can start without a hole."""
+        busy = self._busy()
         rate = self.rates.rate
-        if progress.audio_s > 0 and progress.elapsed_s > 0:
+        if not busy and progress.audio_s > 0 and progress.elapsed_s > 0:
             own = progress.audio_s / progress.elapsed_s
-            # This reply's own rate is the freshest sign of the load, but one clause is a small sample.
+            # This reply's own rate is the freshest figure, but one clause is a small sample.
             rate = self._own_weight * own + (1 - self._own_weight) * rate
         expected = max(progress.audio_s, self.rates.length_s)
-        margin = self.busy_margin_s if self._busy() else self.margin_s
+        margin = self.busy_margin_s if busy else self.margin_s
         return max(0.0, 1.0 - rate) * expected + margin
 
     def may_start(self, progress: Progress) -> bool:
         return progress.done or progress.audio_s >= self.required_s(progress)
+
+    def observe(self, progress: Progress) -> None:
+        """A reply finished producing: learn the machine's rate from it, if it had the machine alone."""
+        if not self._busy():
+            self.rates.observe(progress.audio_s, progress.elapsed_s)

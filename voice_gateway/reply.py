@@ -45,6 +45,8 @@ FRAME_S = FRAME_MS / 1000
 # preempted, so in that time the gate may first have to finish another call's job (one STT pass of a
 # long line: up to ≈ 0.8 s on 2 busy cores), then this reply's LLM tokens and TTS for its next clause.
 DUE_BEFORE_DRY_S = 1.2
+RUNNING_DRY_PRECEDENCE_S = 3600.0
+"""Subtracted from the deadline of a reply about to run dry, so it precedes every other kind of work."""
 
 
 class ReplyState(Enum):
@@ -154,7 +156,11 @@ class Reply:
         Read from the compute gate's worker threads, so it never raises.
         """
         if self.state is ReplyState.PLAYING:
-            return self._deps.clock() + self._deps.player.ahead_s() - DUE_BEFORE_DRY_S
+            ahead = self._deps.player.ahead_s()
+            due = self._deps.clock() + ahead - DUE_BEFORE_DRY_S
+            # About to run dry: ahead of everything else, a new turn's first clause included. A hole
+            # inside a reply is heard as a stutter; a new turn's wait, as a pause before the answer.
+            return due - RUNNING_DRY_PRECEDENCE_S if ahead < DUE_BEFORE_DRY_S else due
         if self.state is ReplyState.CONFIRMED:
             if self.speech_end_wall is not None:
                 return self.speech_end_wall  # the caller is waiting since they stopped speaking
@@ -390,7 +396,7 @@ class Reply:
             return
         if not failed and not self._fixed:
             progress = self._progress(done=True)
-            self._deps.policy.rates.observe(progress.audio_s, progress.elapsed_s)
+            self._deps.policy.observe(progress)
         self._maybe_start(done=True)
         self._maybe_end()
 

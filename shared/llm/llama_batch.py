@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 PREFILL_CHUNK = 32
 """Prompt tokens evaluated per step: long prompts are cut so that one step holds the CPU for a
 fraction of a second (≈ 0.25 s on 2 cores) and a reply about to run dry is never stalled longer."""
+HURRY_S = 60.0
+"""A generating request overdue by more than this is in a hurry: no prompt is evaluated beside it."""
 SHARE_MIN_TOKENS = 16
 """A prefix is copied from another slot only when it saves at least this much evaluation."""
 
@@ -309,7 +311,11 @@ class BatchedLlama:
                 self._put(n, request.next_token, len(slot.tokens), slot.seq, True)
                 outputs.append((request, n))
                 n += 1
-        for request in chosen:  # prompts: a chunk each, most urgent first
+        # A reply about to run dry (its deadline far in the past, see voice_gateway.reply) gets its
+        # tokens from short decode-only steps: a prompt chunk in the same step would slow them tenfold.
+        now = time.monotonic()
+        hurry = any(r.next_token is not None and r.handle.deadline() < now - HURRY_S for r in chosen)
+        for request in ([] if hurry else chosen):  # prompts: a chunk each, most urgent first
             slot = request.slot
             assert slot is not None
             if request.next_token is None and request.pending and not request.started_own:

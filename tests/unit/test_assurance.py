@@ -44,3 +44,14 @@ def test_other_calls_on_the_machine_raise_the_margin() -> None:
     others[0] = True
     assert not policy.may_start(progress)
     assert policy.may_start(Progress(audio_s=1.3, elapsed_s=0.3))
+
+
+def test_rates_are_learnt_only_from_replies_made_alone() -> None:
+    others = [True]
+    rates = ProductionRate(rate=2.0)
+    policy = StartPolicy(rates, busy=lambda: others[0])
+    policy.observe(Progress(audio_s=1.0, elapsed_s=10.0, done=True))  # mostly waiting for other calls
+    assert rates.rate == 2.0
+    others[0] = False
+    policy.observe(Progress(audio_s=1.0, elapsed_s=10.0, done=True))
+    assert rates.rate < 2.0
