@@ -15,7 +15,8 @@ r is measured while a call has the machine to itself: it is what the models can 
 LLM may make speech slower than it plays). With other calls on the machine their work interleaves
 with this reply's, and a rate measured then would mostly measure waiting. There the compute gate
 gives a reply about to run dry precedence over all other work (`voice_gateway.reply`), so what
-remains to cover is one job already running ahead of it plus its own next clause: the busy margin.
+remains to cover is one job already running ahead of it plus its own next clause: the busy margin,
+smaller once the words of that clause are known.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class Progress:
     """Wall seconds since production started (the first LLM request)."""
     done: bool = False
     """Every clause is synthesised: nothing can run dry."""
+    text_ready: bool = False
+    """The words of the next clause are known (only TTS remains for it)."""
 
 
 class ProductionRate:
@@ -62,12 +65,13 @@ class StartPolicy:
     """
 
     def __init__(
-        self, rates: ProductionRate, *, margin_s: float = 0.3, busy_margin_s: float = 1.2,
-        busy: Callable[[], bool] = lambda: False, first_clause_weight: float = 0.5,
+        self, rates: ProductionRate, *, margin_s: float = 0.3, busy_margin_s: float = 1.4,
+        ready_margin_s: float = 0.6, busy: Callable[[], bool] = lambda: False, first_clause_weight: float = 0.5,
     ) -> None:
         self.rates = rates
         self.margin_s = margin_s
         self.busy_margin_s = busy_margin_s
+        self.ready_margin_s = ready_margin_s
         self._busy = busy
         self._own_weight = first_clause_weight
 
@@ -80,7 +84,13 @@ class StartPolicy:
             # This reply's own rate is the freshest figure, but one clause is a small sample.
             rate = self._own_weight * own + (1 - self._own_weight) * rate
         expected = max(progress.audio_s, self.rates.length_s)
-        margin = self.busy_margin_s if busy else self.margin_s
+        if not busy:
+            margin = self.margin_s
+        else:
+            # Sharing the LLM with other calls' replies, the next clause's tokens come one decode step
+            # at a time (≈ 60–80 ms for four sequences on 2 cores): a clause of 15 tokens takes about a
+            # second. Once its words are known only TTS remains, a fraction of that.
+            margin = self.ready_margin_s if progress.text_ready else self.busy_margin_s
         return max(0.0, 1.0 - rate) * expected + margin
 
     def may_start(self, progress: Progress) -> bool:

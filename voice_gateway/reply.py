@@ -43,8 +43,8 @@ CLAUSE_QUEUE = 8  # bounded: the LLM may run at most a few clauses ahead of spee
 FRAME_S = FRAME_MS / 1000
 # A playing reply's next audio is due this long before what is buffered runs out. Gated work is not
 # preempted, so in that time the gate may first have to finish another call's job (one STT pass of a
-# long line: up to ≈ 0.8 s on 2 busy cores), then this reply's LLM tokens and TTS for its next clause.
-DUE_BEFORE_DRY_S = 1.2
+# long line: ≈ 0.3 s on 2 cores; an LLM step: ≈ 0.25 s), then this reply's LLM tokens and TTS for its next clause.
+DUE_BEFORE_DRY_S = 1.5
 RUNNING_DRY_PRECEDENCE_S = 3600.0
 """Subtracted from the deadline of a reply about to run dry, so it precedes every other kind of work."""
 
@@ -123,6 +123,8 @@ class Reply:
         self._held: list[tuple[int, list[bytes]] | str] = []
         self._made_frames = 0
         self._production_started: float | None = None
+        self._text_done = False
+        self._pending_text: Callable[[], int] = lambda: 0  # clauses made by the LLM, not yet spoken
         self._paused_s = 0.0  # waiting for the turn to be confirmed is not production time
         self._ready_at: float | None = None
         self._started_at: float | None = None
@@ -306,8 +308,10 @@ class Reply:
                 if not produced:
                     await queue.put(FALLBACK_LINE)
             finally:
+                self._text_done = True
                 await queue.put(None)
 
+        self._pending_text = queue.qsize
         producer = asyncio.create_task(produce())
         try:
             while (clause := await queue.get()) is not None:
@@ -371,7 +375,9 @@ class Reply:
     def _progress(self, *, done: bool) -> Progress:
         started = self._production_started
         elapsed = 0.0 if started is None else self._deps.clock() - started - self._paused_s
-        return Progress(audio_s=self._made_frames * FRAME_S, elapsed_s=max(0.0, elapsed), done=done)
+        text_ready = self._text_done or self._pending_text() > 0  # the next clause's words are known
+        return Progress(audio_s=self._made_frames * FRAME_S, elapsed_s=max(0.0, elapsed), done=done,
+                        text_ready=text_ready)
 
     def _maybe_start(self, *, done: bool) -> None:
         """Start playing once the rest of the reply is assured to arrive in time (`StartPolicy`): a

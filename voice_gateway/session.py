@@ -229,11 +229,8 @@ class CallSession:
             # The agent finished meanwhile: this short turn ("yes") is an answer; handle it as one.
         if isinstance(event, PauseDetected):
             self._cancel_unconfirmed()
-            if urgency.gate().urgent_waiting:
-                # Speculation is a luxury: with other calls' confirmed work queued it would only take
-                # the CPU from them (and its STT, once started, cannot be stopped). The turn's end
-                # starts the reply instead.
-                return
+            # Speculation is a luxury: its work has no deadline, so the compute gate runs it only when
+            # nothing with one waits, and the LLM pauses it while a confirmed reply is being made.
             self._new_reply(confirmed=False, speech_end_sample=event.speech_end_sample).answer(event.audio)
         elif isinstance(event, SpeechResumed):
             self._cancel_unconfirmed()

@@ -24,6 +24,7 @@ import codecs
 import ctypes
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -38,8 +39,8 @@ log = logging.getLogger(__name__)
 PREFILL_CHUNK = 32
 """Prompt tokens evaluated per step: long prompts are cut so that one step holds the CPU for a
 fraction of a second (≈ 0.25 s on 2 cores) and a reply about to run dry is never stalled longer."""
-HURRY_S = 60.0
-"""A generating request overdue by more than this is in a hurry: no prompt is evaluated beside it."""
+RUNNING_DRY_S = 60.0
+"""A generating request overdue by more than this is a reply about to run dry (its precedence)."""
 SHARE_MIN_TOKENS = 16
 """A prefix is copied from another slot only when it saves at least this much evaluation."""
 
@@ -311,27 +312,34 @@ class BatchedLlama:
                 self._put(n, request.next_token, len(slot.tokens), slot.seq, True)
                 outputs.append((request, n))
                 n += 1
-        # A reply about to run dry (its deadline far in the past, see voice_gateway.reply) gets its
-        # tokens from short decode-only steps: a prompt chunk in the same step would slow them tenfold.
+        # One prompt chunk per step, the most urgent prompt's (the earliest turn is heard first instead
+        # of every turn late together), and none while a reply about to run dry is generating (its
+        # deadline is pushed far back, see voice_gateway.reply): its tokens then come from short
+        # decode-only steps, as a chunk in the same step would slow them tenfold.
         now = time.monotonic()
-        hurry = any(r.next_token is not None and r.handle.deadline() < now - HURRY_S for r in chosen)
-        for request in ([] if hurry else chosen):  # prompts: a chunk each, most urgent first
+        late_generating = min((r.handle.deadline() for r in chosen if r.next_token is not None), default=math.inf)
+        late_generating = late_generating if late_generating < now - RUNNING_DRY_S else math.inf
+        for request in chosen:
             slot = request.slot
             assert slot is not None
-            if request.next_token is None and request.pending and not request.started_own:
+            if request.next_token is not None or not request.pending:
+                continue
+            if not request.started_own:
                 self._catch_up(request)  # a prefix another request has just evaluated: copied, not redone
                 if self._follows(request, chosen):
                     continue
-            if request.next_token is None and request.pending and n < budget:
-                request.started_own = True
-                take = request.pending[: min(PREFILL_CHUNK, budget - n)]
-                for i, token in enumerate(take):
-                    last = i == len(take) - 1 and len(take) == len(request.pending)
-                    self._put(n, token, len(slot.tokens) + i, slot.seq, last)
-                    if last:
-                        outputs.append((request, n))
-                    n += 1
-                prefilled[id(request)] = len(take)
+            if late_generating <= now and late_generating <= request.handle.deadline():
+                break
+            request.started_own = True
+            take = request.pending[: min(PREFILL_CHUNK, budget - n)]
+            for i, token in enumerate(take):
+                last = i == len(take) - 1 and len(take) == len(request.pending)
+                self._put(n, token, len(slot.tokens) + i, slot.seq, last)
+                if last:
+                    outputs.append((request, n))
+                n += 1
+            prefilled[id(request)] = len(take)
+            break
         if n == 0:
             return
         batch.n_tokens = n

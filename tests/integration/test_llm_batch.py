@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -62,7 +63,9 @@ def ask(server: BatchedLlama, text: str, *, deadline: float = 0.0, max_tokens: i
 
 def test_two_replies_are_generated_side_by_side(server: BatchedLlama) -> None:
     log: list[tuple[str, int]] = []
-    _, a = ask(server, "What are your opening hours?", max_tokens=20, log=log, name="a")
+    # a is playing with audio to spare (its next words are due later); b is a new turn, already late.
+    _, a = ask(server, "What are your opening hours?", deadline=time.monotonic() + 100, max_tokens=20, log=log,
+               name="a")
     _, b = ask(server, "How much is a cleaning?", max_tokens=20, log=log, name="b")
     assert a.done.wait(WAIT_S) and b.done.wait(WAIT_S)
     assert a.error is None and b.error is None
@@ -71,6 +74,18 @@ def test_two_replies_are_generated_side_by_side(server: BatchedLlama) -> None:
     a_last = max(i for i, (name, _) in enumerate(log) if name == "a")
     b_first = min(i for i, (name, _) in enumerate(log) if name == "b")
     assert b_first < a_last, log
+
+
+def test_a_reply_about_to_run_dry_gets_decode_only_steps(server: BatchedLlama) -> None:
+    log: list[tuple[str, int]] = []
+    _, dry = ask(server, "Do you take new patients?", deadline=1.0 - 3600, max_tokens=12, log=log, name="dry")
+    end = time.monotonic() + WAIT_S
+    while not dry.pieces:  # wait until it is generating
+        assert time.monotonic() < end and not dry.done.wait(0.01), "no token"
+    _, new = ask(server, "Is there parking?", deadline=2.0, max_tokens=12, log=log, name="new")
+    assert dry.done.wait(WAIT_S) and new.done.wait(WAIT_S)
+    # No prompt is evaluated beside it: the new turn's first token comes after its last.
+    assert log.index(("dry", len(dry.pieces))) < log.index(("new", 1)), log
 
 
 def test_a_calls_next_turn_reuses_its_prefix(server: BatchedLlama) -> None:
