@@ -42,8 +42,9 @@ _HALLUCINATIONS = frozenset({"thank you.", "thanks for watching!", "you", "thank
 CLAUSE_QUEUE = 8  # bounded: the LLM may run at most a few clauses ahead of speech
 FRAME_S = FRAME_MS / 1000
 # A playing reply's next audio is due this long before what is buffered runs out. Gated work is not
-# preempted, so in that time the gate may first have to finish another call's job (one STT pass of a
-# long line: ≈ 0.3 s on 2 cores; an LLM step: ≈ 0.25 s), then this reply's LLM tokens and TTS for its next clause.
+# preempted, so in that time the gate may first have to finish another call's job (an STT pass or an
+# LLM step with a prompt chunk: ≈ 0.25 s each on 2 cores), then make this reply's next clause: its
+# tokens one decode step each beside other replies (≈ 60 ms), then its TTS.
 DUE_BEFORE_DRY_S = 1.5
 RUNNING_DRY_PRECEDENCE_S = 3600.0
 """Subtracted from the deadline of a reply about to run dry, so it precedes every other kind of work."""

@@ -6,6 +6,7 @@ schema are spelled, how a streamed line and a whole answer carry the text); a su
 
 from __future__ import annotations
 
+import asyncio
 import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
@@ -14,7 +15,11 @@ from typing import Any, ClassVar
 
 import httpx
 
+from shared import urgency
 from shared.llm.base import ChatMessage, GenerationOptions, LLMError
+
+SPECULATIVE_POLL_S = 0.05
+"""How often a held speculative request looks again (its turn may be confirmed meanwhile)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class HTTPEngine(ABC):
             transport=transport,
             headers=headers,
         )
+        self._firm_in_flight = 0
 
     def warmup(self) -> None:
         """Nothing to load here: the server owns the model (Ollama loads it on the first request)."""
@@ -67,7 +73,25 @@ class HTTPEngine(ABC):
         await self._client.aclose()
 
     async def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]:
-        """Yield text pieces as they arrive; an error event or a non-200 answer raises LLMError."""
+        """Yield text pieces as they arrive; an error event or a non-200 answer raises LLMError.
+
+        The embedded engine's rule holds for a remote server too (`shared.urgency`): a speculative
+        reply is not sent while this process has a confirmed one in flight to the server, which would
+        otherwise share the server's capacity with a guess. It is sent once the server is free of
+        confirmed work, or at once when its turn is confirmed meanwhile.
+        """
+        handle = urgency.current()
+        while urgency.is_speculative(handle) and self._firm_in_flight > 0:
+            await asyncio.sleep(SPECULATIVE_POLL_S)
+        firm = not urgency.is_speculative(handle)
+        self._firm_in_flight += firm
+        try:
+            async for piece in self._stream(messages, options):
+                yield piece
+        finally:
+            self._firm_in_flight -= firm
+
+    async def _stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]:
         body = self._body(messages, options, stream=True)
         try:
             async with self._client.stream("POST", self.path, json=body) as response:

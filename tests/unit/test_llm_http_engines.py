@@ -287,3 +287,37 @@ def test_analysis_falls_back_to_the_call_engine_with_its_own_context_and_timeout
     assert isinstance(analysis, LlamaCppLLM)
     assert analysis.n_ctx == settings.analysis_llm_context_tokens
     assert analysis.first_token_timeout_s == 120.0
+
+
+async def test_a_speculative_reply_waits_while_a_confirmed_one_is_in_flight() -> None:
+    from shared import urgency
+
+    release = asyncio.Event()
+
+    async def handler(body: dict, writer: asyncio.StreamWriter) -> None:
+        if body["messages"][-1]["content"] == "confirmed":
+            await release.wait()
+        await _ollama_ndjson(body, writer)
+
+    server = FakeServer(handler)
+    async with server as url:
+        llm = OllamaLLM(url, "qwen2.5:0.5b")
+        firm_messages = [*MESSAGES[:1], ChatMessage("user", "confirmed")]
+        guess_messages = [*MESSAGES[:1], ChatMessage("user", "guess")]
+        with urgency.working_for(urgency.Fixed(0.0)):
+            firm = asyncio.create_task(_collect(llm.stream(firm_messages, GenerationOptions())))
+        with urgency.working_for(urgency.BACKGROUND):
+            guess = asyncio.create_task(_collect(llm.stream(guess_messages, GenerationOptions())))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while len(server.requests) < 1:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.01)
+        for _ in range(20):  # the guess is held while the confirmed reply streams
+            await asyncio.sleep(0.01)
+            assert [r[1]["messages"][-1]["content"] for r in server.requests] == ["confirmed"]
+        release.set()
+        assert await firm == ["Hello", "! How", " can I help?"]
+        assert await guess == ["Hello", "! How", " can I help?"]
+        await llm.aclose()
+    assert [r[1]["messages"][-1]["content"] for r in server.requests] == ["confirmed", "guess"]
