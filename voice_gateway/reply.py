@@ -45,7 +45,9 @@ FRAME_S = FRAME_MS / 1000
 # preempted, so in that time the gate may first have to finish another call's job (an STT pass or an
 # LLM step with a prompt chunk: ≈ 0.25 s each on 2 cores), then make this reply's next clause: its
 # tokens one decode step each beside other replies (≈ 60 ms), then its TTS.
-DUE_BEFORE_DRY_S = 1.5
+DUE_BEFORE_DRY_S = 1.2
+DUE_WORDS_KNOWN_S = 0.7
+"""The same, once the next clause's words are known (one job ahead of it, then its TTS)."""
 RUNNING_DRY_PRECEDENCE_S = 3600.0
 """Subtracted from the deadline of a reply about to run dry, so it precedes every other kind of work."""
 
@@ -160,10 +162,12 @@ class Reply:
         """
         if self.state is ReplyState.PLAYING:
             ahead = self._deps.player.ahead_s()
-            due = self._deps.clock() + ahead - DUE_BEFORE_DRY_S
+            # Once the next clause's words are known only its TTS remains: it is due later.
+            before = DUE_WORDS_KNOWN_S if self._next_text_known() else DUE_BEFORE_DRY_S
+            due = self._deps.clock() + ahead - before
             # About to run dry: ahead of everything else, a new turn's first clause included. A hole
             # inside a reply is heard as a stutter; a new turn's wait, as a pause before the answer.
-            return due - RUNNING_DRY_PRECEDENCE_S if ahead < DUE_BEFORE_DRY_S else due
+            return due - RUNNING_DRY_PRECEDENCE_S if ahead < before else due
         if self.state is ReplyState.CONFIRMED:
             if self.speech_end_wall is not None:
                 return self.speech_end_wall  # the caller is waiting since they stopped speaking
@@ -301,6 +305,9 @@ class Reply:
             produced = False
             try:
                 async for clause in split_clauses(tokens()):
+                    if not produced and self._production_started is not None:
+                        # From the LLM request to the first speakable clause: what TTS waits for.
+                        self.metrics["llm_first_clause_ms"] = round((clock() - self._production_started) * 1000)
                     produced = True
                     await queue.put(clause)
             except LLMError as exc:
@@ -373,10 +380,14 @@ class Reply:
         else:
             player.push(item[1], tag=(self.id, item[0]))
 
+    def _next_text_known(self) -> bool:
+        """The LLM has written the next clause (or everything): only TTS remains for it."""
+        return self._text_done or self._pending_text() > 0
+
     def _progress(self, *, done: bool) -> Progress:
         started = self._production_started
         elapsed = 0.0 if started is None else self._deps.clock() - started - self._paused_s
-        text_ready = self._text_done or self._pending_text() > 0  # the next clause's words are known
+        text_ready = self._next_text_known()
         return Progress(audio_s=self._made_frames * FRAME_S, elapsed_s=max(0.0, elapsed), done=done,
                         text_ready=text_ready)
 

@@ -30,7 +30,7 @@ from shared.vad.energy import EnergyVAD
 from tests.conftest import make_settings
 from voice_gateway.assurance import ProductionRate, StartPolicy
 from voice_gateway.engines import Engines
-from voice_gateway.reply import DUE_BEFORE_DRY_S, FALLBACK_LINE, RUNNING_DRY_PRECEDENCE_S, Reply, ReplyState
+from voice_gateway.reply import DUE_WORDS_KNOWN_S, FALLBACK_LINE, RUNNING_DRY_PRECEDENCE_S, Reply, ReplyState
 from voice_gateway.session import CallSession
 from voice_gateway.spool import Spool
 
@@ -411,8 +411,9 @@ async def test_deadline_follows_the_reply_through_its_states(open_call: Any) -> 
     tts.gate.set()
     await _until(lambda: reply.state is ReplyState.PLAYING, "the answer to play")
     ahead = call.session.player.ahead_s()
-    due = clock() + ahead - DUE_BEFORE_DRY_S
-    if ahead < DUE_BEFORE_DRY_S:  # about to run dry: ahead of every other kind of work
+    before = DUE_WORDS_KNOWN_S  # the fake LLM has written the whole reply by now: only TTS remains
+    due = clock() + ahead - before
+    if ahead < before:  # about to run dry: ahead of every other kind of work
         assert reply.deadline() == pytest.approx(due - RUNNING_DRY_PRECEDENCE_S)
         assert reply.deadline() < reply.speech_end_wall
     else:
