@@ -63,6 +63,7 @@ class Player:
         self.on_frame_sent: Callable[[float], None] | None = None
         self._play_end = 0.0
         self._queued_frames = 0  # frames in `_queue`, kept as a count: read from other threads
+        self._cleared = 0
 
     def ahead_s(self) -> float:
         """Seconds of audio the far end will still play from now: sent but unplayed, plus queued.
@@ -101,6 +102,7 @@ class Player:
         dropped += sorted(self._outstanding)
         self._queue.clear()
         self._queued_frames = 0
+        self._cleared += 1  # a frame the pacer popped before this and is still waiting to send is dropped
         self._outstanding.clear()
         await self._send(clear_message(self._stream_sid))
         if self._tap is not None:
@@ -138,7 +140,10 @@ class Player:
                 self.lateness_by_reply[reply] = max(self.lateness_by_reply.get(reply, 0.0), late)
             delay = play_end - LEAD_FRAMES * FRAME_S - now
             if delay > 0:
+                cleared = self._cleared
                 await asyncio.sleep(delay)
+                if cleared != self._cleared:
+                    continue  # `clear` came while this frame waited its slot: it must not follow the clear
             await self._send(media_message(self._stream_sid, frame))
             if self._tap is not None:
                 self._tap.agent(frame)

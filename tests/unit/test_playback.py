@@ -69,3 +69,23 @@ async def test_clear_drops_queued_audio_and_reports_unplayed_marks() -> None:
     player.push_mark("1:0")
     dropped = await player.clear()
     assert dropped == ["1:0"] and messages == ["clear"] and not player.busy
+
+
+async def test_no_frame_follows_a_clear() -> None:
+    events: list[str] = []
+
+    async def send(text: str) -> None:
+        events.append(json.loads(text)["event"])
+
+    player = Player(send, "MZ1")
+    task = asyncio.create_task(player.run())
+    player.push([FRAME] * 40, tag=(1, 0))  # 800 ms: the pacer waits for each frame's slot
+    await _until(lambda: player.frames_sent >= LEAD_FRAMES + 2)
+    await player.clear()  # barge-in while the pacer sleeps on a popped frame
+    player.push([FRAME] * 2, tag=(2, 0))  # the next reply
+    await _until(lambda: player.frames_sent >= LEAD_FRAMES + 4 or events.count("media") >= LEAD_FRAMES + 4)
+    task.cancel()
+    after = events[events.index("clear") + 1:]
+    # Only the next reply's two frames follow the clear, never a frame of the reply it cut.
+    assert after == ["media", "media"], events
+    assert player.sent_by_tag.get((2, 0)) == 2
