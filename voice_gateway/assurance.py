@@ -65,18 +65,26 @@ class StartPolicy:
     """
 
     def __init__(
-        self, rates: ProductionRate, *, margin_s: float = 0.3, busy_margin_s: float = 1.4,
-        ready_margin_s: float = 0.6, busy: Callable[[], bool] = lambda: False, first_clause_weight: float = 0.5,
+        self, rates: ProductionRate, *, margin_s: float = 0.3, writing_margin_s: float = 0.8,
+        ready_margin_s: float = 0.6, busy_margin_s: float = 1.4,
+        busy: Callable[[], bool] = lambda: False, first_clause_weight: float = 0.5,
     ) -> None:
         self.rates = rates
         self.margin_s = margin_s
-        self.busy_margin_s = busy_margin_s
+        self.writing_margin_s = writing_margin_s
         self.ready_margin_s = ready_margin_s
+        self.busy_margin_s = busy_margin_s
         self._busy = busy
         self._own_weight = first_clause_weight
 
     def required_s(self, progress: Progress) -> float:
-        """Seconds of audio that must be made before playing can start without a hole."""
+        """Seconds of audio that must be made before playing can start without a hole.
+
+        The margin depends on what remains for the next clause: only its TTS once its words are known,
+        else its words first, one LLM token at a time (≈ 25 ms each alone on 2 cores, ≈ 60–80 ms
+        beside three other calls' replies: a clause of 15 tokens takes 0.4 s alone, about a second
+        shared), and on a shared machine one job of another call may run before it.
+        """
         busy = self._busy()
         rate = self.rates.rate
         if not busy and progress.audio_s > 0 and progress.elapsed_s > 0:
@@ -84,13 +92,10 @@ class StartPolicy:
             # This reply's own rate is the freshest figure, but one clause is a small sample.
             rate = self._own_weight * own + (1 - self._own_weight) * rate
         expected = max(progress.audio_s, self.rates.length_s)
-        if not busy:
-            margin = self.margin_s
-        else:
-            # Sharing the LLM with other calls' replies, the next clause's tokens come one decode step
-            # at a time (≈ 60–80 ms for four sequences on 2 cores): a clause of 15 tokens takes about a
-            # second. Once its words are known only TTS remains, a fraction of that.
+        if busy:
             margin = self.ready_margin_s if progress.text_ready else self.busy_margin_s
+        else:
+            margin = self.margin_s if progress.text_ready else self.writing_margin_s
         return max(0.0, 1.0 - rate) * expected + margin
 
     def may_start(self, progress: Progress) -> bool:

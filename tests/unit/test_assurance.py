@@ -11,9 +11,12 @@ def test_a_finished_reply_starts_at_once() -> None:
 
 
 def test_fast_production_holds_only_the_margin() -> None:
-    policy = StartPolicy(ProductionRate(rate=3.0), margin_s=0.3)
-    assert not policy.may_start(Progress(audio_s=0.2, elapsed_s=0.05))
-    assert policy.may_start(Progress(audio_s=0.35, elapsed_s=0.1))
+    policy = StartPolicy(ProductionRate(rate=3.0), margin_s=0.3, writing_margin_s=0.8)
+    assert not policy.may_start(Progress(audio_s=0.2, elapsed_s=0.05, text_ready=True))
+    assert policy.may_start(Progress(audio_s=0.35, elapsed_s=0.1, text_ready=True))
+    # The next clause still being written: its words come first, a token at a time.
+    assert not policy.may_start(Progress(audio_s=0.35, elapsed_s=0.1))
+    assert policy.may_start(Progress(audio_s=0.85, elapsed_s=0.2))
 
 
 def test_slow_production_holds_longer_and_a_loaded_machine_holds_longer_still() -> None:

@@ -441,7 +441,7 @@ async def _held_reply(open_call: Any, rates: SpyRates, *, cost_s: float) -> tupl
     clock = FakeClock()
     tts = FakeTTS(clock, clause_s=0.4, cost_s=cost_s)
     call = await open_call(clock=clock, tts=tts, llm=FakeLLM("One two three. Four five six. Seven eight nine."),
-                           start_policy=StartPolicy(rates))
+                           start_policy=StartPolicy(rates, writing_margin_s=0.3))  # the rate decides here
     seen: list[Any] = []
     tts.on_clause = lambda text: seen.append((call.session.reply.state, call.session.player.ahead_s() > 0))
     reply = await _turn(call.session, clock)
