@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 PREFILL_CHUNK = 32
 """Prompt tokens evaluated per step: long prompts are cut so that one step holds the CPU for a
 fraction of a second (≈ 0.25 s on 2 cores) and a reply about to run dry is never stalled longer."""
+PROMPT_STARVE_S = 0.4
+"""The longest a waiting prompt goes without a chunk while replies about to run dry are generating."""
 RUNNING_DRY_S = 60.0
 """A generating request overdue by more than this is a reply about to run dry (its precedence)."""
 SHARE_MIN_TOKENS = 16
@@ -109,6 +111,7 @@ class BatchedLlama:
         top_k: int = 40,
         top_p: float = 0.95,
         min_p: float = 0.05,
+        prompt_starve_s: float = PROMPT_STARVE_S,
     ) -> None:
         import llama_cpp as lc
 
@@ -116,6 +119,7 @@ class BatchedLlama:
         self._lc = lc
         self._gate = gate
         self._top = (top_k, top_p, min_p)
+        self.prompt_starve_s = prompt_starve_s
         self.slots = [_Slot(seq=i) for i in range(slots)]
         self.ctx_per_slot = ctx_per_slot
         lc.llama_backend_init()
@@ -152,6 +156,7 @@ class BatchedLlama:
         self._order = itertools.count()
         self._closed = False
         self.steps = 0
+        self._last_prompt_step = 0.0
         self.shared_tokens = 0
         """Prompt tokens taken from another slot's cache instead of evaluated (for tests and figures)."""
         self._thread = threading.Thread(target=self._run, name="llm-batch", daemon=True)
@@ -319,6 +324,10 @@ class BatchedLlama:
         now = time.monotonic()
         late_generating = min((r.handle.deadline() for r in chosen if r.next_token is not None), default=math.inf)
         late_generating = late_generating if late_generating < now - RUNNING_DRY_S else math.inf
+        if now - self._last_prompt_step >= self.prompt_starve_s:
+            # With several calls some reply is nearly always running dry; a new turn's prompt still
+            # gets a chunk this often, or its caller would wait for seconds behind them.
+            late_generating = math.inf
         for request in chosen:
             slot = request.slot
             assert slot is not None
@@ -339,6 +348,7 @@ class BatchedLlama:
                     outputs.append((request, n))
                 n += 1
             prefilled[id(request)] = len(take)
+            self._last_prompt_step = now
             break
         if n == 0:
             return

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from shared.llm.base import ChatMessage, GenerationOptions
-from shared.llm.llama_batch import PREFILL_CHUNK, BatchedLlama, EngineFailure, Request
+from shared.llm.llama_batch import PREFILL_CHUNK, PROMPT_STARVE_S, BatchedLlama, EngineFailure, Request
 from shared.llm.llama_cpp import LlamaCppLLM, ensure_model_file
 from shared.urgency import ComputeGate, Fixed
 
@@ -76,16 +76,39 @@ def test_two_replies_are_generated_side_by_side(server: BatchedLlama) -> None:
     assert b_first < a_last, log
 
 
-def test_a_reply_about_to_run_dry_gets_decode_only_steps(server: BatchedLlama) -> None:
+def _dry_then_new(server: BatchedLlama) -> list[tuple[str, int]]:
+    """A reply about to run dry is generating when a new turn's prompt arrives; the order of pieces."""
     log: list[tuple[str, int]] = []
-    _, dry = ask(server, "Do you take new patients?", deadline=1.0 - 3600, max_tokens=12, log=log, name="dry")
+    dry = Collector(log=log, name="dry")
+    server.submit([ChatMessage("system", "You are a storyteller. Answer at length."),
+                   ChatMessage("user", "Tell me a long story about a dentist and a cat.")],
+                  GenerationOptions(max_tokens=24), Fixed(1.0 - 3600), dry)
     end = time.monotonic() + WAIT_S
     while not dry.pieces:  # wait until it is generating
         assert time.monotonic() < end and not dry.done.wait(0.01), "no token"
-    _, new = ask(server, "Is there parking?", deadline=2.0, max_tokens=12, log=log, name="new")
+    _, new = ask(server, "Is there parking?", deadline=2.0, max_tokens=4, log=log, name="new")
     assert dry.done.wait(WAIT_S) and new.done.wait(WAIT_S)
+    assert len(dry.pieces) >= 12, dry.pieces  # long enough for the order to mean something (24 asked)
+    return log
+
+
+def test_a_reply_about_to_run_dry_gets_decode_only_steps(server: BatchedLlama) -> None:
+    server.prompt_starve_s = 3600  # never let the waiting prompt in: the rule alone
+    try:
+        log = _dry_then_new(server)
+    finally:
+        server.prompt_starve_s = PROMPT_STARVE_S
     # No prompt is evaluated beside it: the new turn's first token comes after its last.
-    assert log.index(("dry", len(dry.pieces))) < log.index(("new", 1)), log
+    assert max(i for i, (name, _) in enumerate(log) if name == "dry") < log.index(("new", 1)), log
+
+
+def test_a_waiting_prompt_is_not_starved_by_replies_running_dry(server: BatchedLlama) -> None:
+    server.prompt_starve_s = 0.0  # a chunk at every step: the bound at its tightest
+    try:
+        log = _dry_then_new(server)
+    finally:
+        server.prompt_starve_s = PROMPT_STARVE_S
+    assert log.index(("new", 1)) < max(i for i, (name, _) in enumerate(log) if name == "dry"), log
 
 
 def test_a_calls_next_turn_reuses_its_prefix(server: BatchedLlama) -> None:
