@@ -65,7 +65,7 @@ class StartPolicy:
     """
 
     def __init__(
-        self, rates: ProductionRate, *, margin_s: float = 0.3, writing_margin_s: float = 0.8,
+        self, rates: ProductionRate, *, margin_s: float = 0.3, writing_margin_s: float = 0.5,
         ready_margin_s: float = 0.6, busy_margin_s: float = 1.4,
         busy: Callable[[], bool] = lambda: False, first_clause_weight: float = 0.5,
     ) -> None:

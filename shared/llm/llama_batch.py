@@ -233,10 +233,7 @@ class BatchedLlama:
             except EngineFailure as exc:
                 request.emit(None, exc)
                 continue
-            slot = max(
-                (s for s in self.slots if not s.busy),
-                key=lambda s: (_common_prefix(s.tokens, prompt), -s.last_used),
-            )
+            slot = max((s for s in self.slots if not s.busy), key=lambda s: _slot_fit(s, prompt))
             slot.busy = True
             request.slot = slot
             request.prompt = prompt
@@ -490,6 +487,19 @@ class BatchedLlama:
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(options.temperature))
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(lc.LLAMA_DEFAULT_SEED))
         return chain
+
+
+def _slot_fit(slot: _Slot, prompt: list[int]) -> tuple[int, int, float]:
+    """How well a free slot suits a prompt: first the fewest tokens it would lose, then the most it
+    already holds, then the one used longest ago.
+
+    Taking a slot that holds another call's conversation throws that conversation away, and that
+    call's next turn evaluates it all again (seconds on a busy machine); what this prompt shares with
+    any slot (the agent's system prompt, or this call's own conversation) is copied for free anyway
+    (`_share_prefix`). So an empty slot, or this call's own, comes before anyone else's.
+    """
+    common = _common_prefix(slot.tokens, prompt)
+    return -(len(slot.tokens) - common), common, -slot.last_used
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -175,3 +175,21 @@ def test_calls_of_one_agent_share_its_system_prompt(server: BatchedLlama) -> Non
     # copied it, up to the last whole chunk the leader had evaluated.
     shared = min(first.prompt_tokens, second.prompt_tokens) - 12 - PREFILL_CHUNK
     assert max(first.cached_tokens, second.cached_tokens) >= shared, (first.cached_tokens, second.cached_tokens)
+
+
+def test_a_new_call_does_not_take_the_slot_of_another_calls_conversation(llm: LlamaCppLLM) -> None:
+    # Call A's conversation sits in a slot; a new call of the same agent arrives while the other
+    # slot is empty: it must take that one (copying the system prompt), not throw A's away.
+    server = BatchedLlama(str(ensure_model_file(llm.cache_dir)), slots=2, ctx_per_slot=512, threads=2,
+                          gate=ComputeGate(1))
+    try:
+        _, out = ask(server, "Do you open on Saturdays?")
+        assert out.done.wait(WAIT_S) and out.error is None
+        a_slot = next(s for s in server.slots if s.tokens)
+        kept = list(a_slot.tokens)
+        second, other = ask(server, "What is your phone number?")
+        assert other.done.wait(WAIT_S) and other.error is None
+        assert a_slot.tokens[: len(kept)] == kept  # A's next turn still finds its conversation
+        assert second.cached_tokens > 0  # the system prompt was copied, not evaluated again
+    finally:
+        server.close()
