@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import threading
 import zlib
 from pathlib import Path
@@ -29,6 +30,15 @@ WINDOW_PAD_S = 1.0
 FRAMES_PER_S = 100  # Whisper's log-mel hop: 10 ms
 MAX_NEW_TOKENS = 120
 COMPRESSION_RATIO_LIMIT = 2.4  # faster-whisper's default threshold for a looping decode
+
+
+def _repeats(text: str, n: int = 4) -> bool:
+    """The same run of `n` words twice: the short window's loop at its mildest ("How much does the
+    cleaning cost? How much does the cleaning cost?"), too short for the compression ratio to show.
+    People rarely repeat four words in one breath; when they do, the fallback decode keeps them."""
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return len(grams) != len(set(grams))
 
 
 def _compression_ratio(text: str) -> float:
@@ -146,11 +156,11 @@ class FasterWhisperSTT:
         )[0]
         tokens = result.sequences_ids[0]
         text = tokenizer.decode(tokens)
-        # Whisper's own signs of a bad decode: a looping text (it compresses too well) or audio it
-        # rates as silence. Out of the 30 s window it was trained on, the decoder loops more often on
+        # Whisper's own signs of a bad decode: a looping text (it compresses too well, or a run of
+        # words comes twice) or audio it rates as silence. Out of the 30 s window it was trained on, the decoder loops more often on
         # clean speech padded with digital silence; those few turns are decoded again the usual way.
         if tokens and (_compression_ratio(text) > COMPRESSION_RATIO_LIMIT or result.no_speech_prob > NO_SPEECH_THRESHOLD
-                       or len(tokens) >= MAX_NEW_TOKENS):
+                       or len(tokens) >= MAX_NEW_TOKENS or _repeats(text)):
             self.fallbacks += 1
             return None
         # As faster-whisper reports it: the summed log-prob over the tokens and the end token.

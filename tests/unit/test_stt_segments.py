@@ -50,3 +50,12 @@ def test_only_silence_gives_empty_text_with_the_worst_signal() -> None:
 def test_a_segment_without_a_word_is_never_speech_however_sure(text: str) -> None:
     assert is_speech(Segment(text, 0.01, -0.1)) is False
     assert summarise([Segment(text, 0.01, -0.1), Segment(" Yes.", 0.05, -0.2)]).text == "Yes."
+
+
+def test_a_short_window_decode_that_says_the_same_words_twice_is_redone() -> None:
+    from shared.stt.faster_whisper import _repeats
+
+    assert _repeats("How much does the cleaning cost? How much does the cleaning cost?")
+    assert not _repeats("What are your opening hours on Monday?")
+    assert not _repeats("No, no, no, no.")  # four words, said once
+    assert not _repeats("I need to book, I need to")  # three words twice is still speech
