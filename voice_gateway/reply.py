@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -30,6 +31,7 @@ from shared.llm.base import ChatMessage, LLMError
 from shared.storage.base import Agent
 from shared.stt.base import Transcription
 from shared.text import split_clauses
+from shared.tts.base import TTS
 from voice_gateway.assurance import Progress, StartPolicy
 from voice_gateway.engines import Engines
 from voice_gateway.playback import LEAD_FRAMES, Player
@@ -341,7 +343,7 @@ class Reply:
             started = self._deps.clock()
             if self._production_started is None:
                 self._production_started = started  # a fixed line: no LLM request
-            async for chunk in tts.synthesize(clause, voice=self._deps.agent.voice):
+            async for chunk in self._speech(tts, clause):
                 if "tts_first_audio_ms" not in self.metrics:
                     self.metrics["tts_first_audio_ms"] = round((self._deps.clock() - started) * 1000)
                 await self._emit(index, framer.push(float32_to_ulaw(resampler.process(chunk))))
@@ -350,6 +352,25 @@ class Reply:
             mark = f"{self.id}:{index}"
             self._marks[mark] = index
             self._out(mark)
+
+    async def _speech(self, tts: TTS, clause: str) -> AsyncIterator[np.ndarray]:
+        """The clause's audio. A fixed line (the greeting) is the same on every call of an agent: it
+        is synthesised once per process and replayed, so calls that start together do not each spend
+        the CPU on it while their first turns wait."""
+        voice = self._deps.agent.voice
+        if not self._fixed:
+            async for chunk in tts.synthesize(clause, voice=voice):
+                yield chunk
+            return
+        lines = _FIXED_AUDIO.setdefault(tts, {})
+        cached = lines.get((voice, clause))
+        if cached is None:
+            made = [chunk async for chunk in tts.synthesize(clause, voice=voice)]
+            if len(lines) >= FIXED_AUDIO_LINES:
+                lines.pop(next(iter(lines)))
+            cached = lines[(voice, clause)] = made
+        for chunk in cached:
+            yield chunk
 
     async def _emit(self, index: int, frames: list[bytes]) -> None:
         """Frames wait for the turn to be confirmed (a speculative reply is never heard early), then
@@ -441,6 +462,13 @@ class Reply:
         words = self.clauses[index].split()
         keep = int(len(words) * min(1.0, (sent - LEAD_FRAMES) / total))
         return " ".join(words[:keep]) + ("…" if 0 < keep < len(words) else "")
+
+
+FIXED_AUDIO_LINES = 64
+"""Fixed lines kept per TTS engine (greetings of different agents, voices)."""
+_FIXED_AUDIO: weakref.WeakKeyDictionary[TTS, dict[tuple[str | None, str], list[np.ndarray]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def usable_text(heard: Transcription) -> str:

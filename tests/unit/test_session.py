@@ -482,3 +482,20 @@ async def test_a_reply_made_at_once_starts_at_once_whatever_the_estimates(open_c
     assert call.line.log == _in_order(reply)
     transcript = await call.transcript()
     assert transcript[-1].text == "One two three. Four five six. Seven eight nine."
+
+
+async def test_a_greeting_is_synthesised_once_and_replayed_on_the_next_call(open_call: Any) -> None:
+    clock = FakeClock()
+    tts = FakeTTS(clock)
+    spoken: list[str] = []
+    tts.on_clause = spoken.append
+    first = await open_call(greeting="Hello there.", tts=tts, clock=clock)
+    await _until(lambda: first.session.reply is not None and first.session.reply.state is ReplyState.PLAYED,
+                 "the first greeting")
+    second = await open_call(greeting="Hello there.", tts=tts, clock=clock)
+    await _until(lambda: second.session.reply is not None and second.session.reply.state is ReplyState.PLAYED,
+                 "the second greeting")
+    assert spoken == ["Hello there."]  # made once, heard twice
+    assert second.line.log.count("m") == first.line.log.count("m") > 0  # the same audio went out
+    await first.session.close()
+    await second.session.close()
