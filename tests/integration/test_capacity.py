@@ -26,6 +26,7 @@ from shared.settings import Settings
 from shared.storage import build_storage
 from shared.storage.base import Call
 from tests.conftest import make_settings, media_url
+from tests.support.calls import migrate, new_call
 from tests.support.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER, FakeTwilio
 from tests.support.servers import free_port, serve
 from tests.support.speech import tone_ulaw
@@ -43,23 +44,8 @@ async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float, what: s
         await asyncio.sleep(0.05)
 
 
-async def _migrate(settings: Settings) -> None:
-    storage = build_storage(settings)
-    await storage.open()
-    try:
-        await storage.migrate()
-    finally:
-        await storage.close()
 
 
-async def _new_call(settings: Settings) -> Call:
-    storage = build_storage(settings)
-    await storage.open()
-    try:
-        agent = await storage.create_agent({"name": "Ava", "prompt": "Be brief.", "greeting": "Hello there."})
-        return await storage.create_call(agent_id=agent.id, to_number="+15550001111", from_number=None, metadata={})
-    finally:
-        await storage.close()
 
 
 async def _read_call(settings: Settings, call_id: str) -> Call:
@@ -89,7 +75,7 @@ def gateway(tmp_path: Path) -> Iterator[tuple[str, Settings]]:
     """A gateway that carries one call; yields its base HTTP URL and its settings."""
     settings = make_settings(tmp_path, GATEWAY_MAX_CALLS="1", VAD_ENGINE="energy",
                              CAPACITY_RETRY_AFTER_S=str(RETRY_AFTER_S))
-    asyncio.run(_migrate(settings))
+    asyncio.run(migrate(settings))
     with serve(create_gateway(settings, engines=instant_engines(settings))) as url:
         yield url, settings
 
@@ -120,7 +106,7 @@ async def test_above_capacity_a_new_stream_gets_503_and_the_running_call_goes_on
 ) -> None:
     base, settings = gateway
     port = _port(base)
-    running, refused_call = await _new_call(settings), await _new_call(settings)
+    running, refused_call = await new_call(settings), await new_call(settings)
     health = await _get(f"{base}/health")
     assert health.status_code == 200 and health.json()["accepting"] is True
     assert health.json()["capacity"] | {"cpu": None} == {
@@ -173,7 +159,7 @@ async def test_above_capacity_a_new_stream_gets_503_and_the_running_call_goes_on
 async def test_a_slot_is_released_when_a_stream_fails_or_drops(gateway: tuple[str, Settings]) -> None:
     base, settings = gateway
     port = _port(base)
-    call = await _new_call(settings)
+    call = await new_call(settings)
     url = media_url(settings, port, call.id)
     async with websockets.connect(url) as ws:  # closed by the gateway: a protocol error
         await ws.send("this is not json")

@@ -19,6 +19,7 @@ from shared.settings import Settings
 from shared.storage import build_storage
 from shared.storage.base import Call
 from tests.conftest import make_settings
+from tests.support.calls import migrate, new_call
 from tests.support.servers import free_port, serve
 from voice_gateway.main import create_app
 
@@ -30,16 +31,11 @@ def gateway(tmp_path: Path) -> Iterator[tuple[str, str]]:
     port = free_port()
     public = "wss://gateway.example.test"
     settings = make_settings(tmp_path, TWILIO_AUTH_TOKEN=TOKEN, PUBLIC_GATEWAY_URL=public)
-    asyncio.run(_migrate(settings))  # the backend migrates in production; here there is no backend
+    asyncio.run(migrate(settings))  # the backend migrates in production; here there is no backend
     with serve(create_app(settings, engines=instant_engines(settings)), port):
         yield f"ws://127.0.0.1:{port}/media", str(tmp_path)
 
 
-async def _migrate(settings: object) -> None:
-    storage = build_storage(settings)  # type: ignore[arg-type]
-    await storage.open()
-    await storage.migrate()
-    await storage.close()
 
 
 @pytest.fixture
@@ -125,19 +121,11 @@ def default_gateway(tmp_path: Path) -> Iterator[tuple[str, Settings]]:
     """The embedded default: simulated line, no TWILIO_AUTH_TOKEN; streams still need a token."""
     port = free_port()
     settings = make_settings(tmp_path)
-    asyncio.run(_migrate(settings))
+    asyncio.run(migrate(settings))
     with serve(create_app(settings, engines=instant_engines(settings)), port):
         yield f"ws://127.0.0.1:{port}/media", settings
 
 
-async def _default_call(settings: Settings) -> Call:
-    storage = build_storage(settings)
-    await storage.open()
-    try:
-        agent = await storage.create_agent({"name": "Ava", "prompt": "Be brief.", "greeting": "Hello there."})
-        return await storage.create_call(agent_id=agent.id, to_number="+15550001111", from_number=None, metadata={})
-    finally:
-        await storage.close()
 
 
 async def _greeted(url: str, call_id: str) -> None:
@@ -153,7 +141,7 @@ async def test_default_mode_refuses_streams_without_a_token_for_the_call(
     default_gateway: tuple[str, Settings],
 ) -> None:
     url, settings = default_gateway
-    call = await _default_call(settings)
+    call = await new_call(settings)
     secret = twilio_auth.signing_token(settings)
     refused = [
         url,  # no credential at all: anyone who learns a call id could speak into the call
@@ -191,7 +179,7 @@ async def test_malformed_frames_get_exact_close_codes_and_the_gateway_keeps_serv
     default_gateway: tuple[str, Settings], frame: str | bytes, code: int, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     url, settings = default_gateway
-    call = await _default_call(settings)
+    call = await new_call(settings)
     stream = stream_tokens.stream_url(url, twilio_auth.signing_token(settings), call.id)
     async with websockets.connect(stream, max_size=None) as ws:
         await ws.send(frame)
@@ -200,14 +188,14 @@ async def test_malformed_frames_get_exact_close_codes_and_the_gateway_keeps_serv
                 await asyncio.wait_for(ws.recv(), 10)
         assert ws.close_code == code and reason in (ws.close_reason or ""), (ws.close_code, ws.close_reason)
     assert "Traceback" not in caplog.text
-    fresh = await _default_call(settings)
+    fresh = await new_call(settings)
     await _greeted(stream_tokens.stream_url(url, twilio_auth.signing_token(settings), fresh.id), fresh.id)
 
 
 async def test_one_address_opening_streams_too_fast_gets_429_with_retry_after(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, STREAM_RATE_LIMIT_PER_MINUTE="60", STREAM_RATE_LIMIT_BURST="2")
-    await _migrate(settings)
-    call = await _default_call(settings)
+    await migrate(settings)
+    call = await new_call(settings)
     app = create_app(settings, engines=instant_engines(settings))
     now = [1000.0]
     app.state.stream_limiter.clock = lambda: now[0]  # a fake clock: the refill is stepped, not waited for
@@ -228,8 +216,8 @@ async def test_one_address_opening_streams_too_fast_gets_429_with_retry_after(tm
 
 async def test_an_unexpected_error_closes_that_stream_with_1011_and_the_next_is_served(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
-    await _migrate(settings)
-    call = await _default_call(settings)
+    await migrate(settings)
+    call = await new_call(settings)
     app = create_app(settings, engines=instant_engines(settings))
     port = free_port()
     with serve(app, port):
