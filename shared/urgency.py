@@ -84,17 +84,14 @@ class ComputeGate:
     while it waits moves ahead at once. Thread-based: model work runs in worker threads.
     """
 
-    def __init__(self, slots: int = 1, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, slots: int = 1) -> None:
         if slots < 1:
             raise ValueError("a gate needs at least one slot")
         self.slots = slots
-        self._clock = clock
         self._lock = threading.Lock()
         self._held = 0
         self._waiters: dict[int, tuple[Urgent, threading.Event]] = {}
         self._order = itertools.count()
-        self._busy_since: float | None = None
-        self._busy_total = 0.0
         self.admitted = 0
 
     @property
@@ -111,12 +108,6 @@ class ComputeGate:
     @property
     def busy(self) -> bool:
         return self._held > 0 or bool(self._waiters)
-
-    def busy_seconds(self) -> float:
-        """Total time at least one slot was held (for a utilisation figure)."""
-        with self._lock:
-            extra = self._clock() - self._busy_since if self._busy_since is not None else 0.0
-            return self._busy_total + extra
 
     @contextlib.contextmanager
     def hold(self, handle: Urgent | None = None) -> Iterator[None]:
@@ -142,8 +133,6 @@ class ComputeGate:
             self._release()
 
     def _take(self) -> None:
-        if self._held == 0:
-            self._busy_since = self._clock()
         self._held += 1
         self.admitted += 1
 
@@ -156,9 +145,6 @@ class ComputeGate:
     def _release(self) -> None:
         with self._lock:
             self._held -= 1
-            if self._held == 0 and self._busy_since is not None:
-                self._busy_total += self._clock() - self._busy_since
-                self._busy_since = None
             self._grant_locked()
 
     def _grant_locked(self) -> None:

@@ -158,10 +158,7 @@ class BatchedLlama:
         self._active: list[Request] = []
         self._order = itertools.count()
         self._closed = False
-        self.steps = 0
         self._last_prompt_step = 0.0
-        self.shared_tokens = 0
-        """Prompt tokens taken from another slot's cache instead of evaluated (for tests and figures)."""
         self._thread = threading.Thread(target=self._run, name="llm-batch", daemon=True)
         self._thread.start()
 
@@ -179,10 +176,6 @@ class BatchedLlama:
         """A request was cancelled or its urgency changed: let the engine thread look again."""
         with self._cond:
             self._cond.notify()
-
-    @property
-    def queue_depth(self) -> int:
-        return len(self._waiting)
 
     def close(self) -> None:
         with self._cond:
@@ -295,7 +288,6 @@ class BatchedLlama:
         self._lc.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
         self._lc.llama_memory_seq_cp(self._memory, donor.seq, slot.seq, 0, shared)
         slot.tokens = prompt[:shared]
-        self.shared_tokens += shared
 
     def _step(self) -> None:
         """One llama_decode over the chosen tokens of every active sequence, then sampling."""
@@ -356,7 +348,6 @@ class BatchedLlama:
         most_urgent = min(chosen, key=lambda r: r.handle.deadline()).handle
         with self._gate.hold(most_urgent):
             status = lc.llama_decode(self._ctx, batch)
-        self.steps += 1
         if status != 0:
             failed = EngineFailure("the context is full" if status == 1 else f"llama_decode returned {status}")
             for request in chosen:

@@ -213,11 +213,6 @@ class LlamaCppLLM:
                       urgency.BACKGROUND, lambda piece, error: done.set() if piece is None else None)
         done.wait(60)
 
-    @property
-    def queue_depth(self) -> int:
-        """Requests waiting for a slot (reported with the gateway's capacity)."""
-        return sum(server.queue_depth for server in _servers.values())
-
     async def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]:
         """Yield text pieces as the batched server produces them; cancelling frees the slot at once.
 
