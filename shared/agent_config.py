@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -119,13 +119,53 @@ class AnalysisConfig(_Strict):
         return data
 
 
+class SmartTurnConfig(_Strict):
+    """Bands that turn Smart Turn's P(turn complete), scored at the caller's first pause, into a wait.
+
+    Defaults measured on 8 kHz μ-law speech (`scripts/measure_smart_turn.py`; see `shared.turn.bands`):
+    the phone line pushes fragments' scores up, so only the top of the range means "done".
+    """
+
+    done_threshold: float = Field(
+        default=0.98, ge=0.0, le=1.0, description="P(complete) at or above which the caller is done"
+    )
+    not_done_threshold: float = Field(
+        default=0.10, ge=0.0, le=1.0, description="P(complete) at or below which the caller is mid-thought"
+    )
+    done_silence_ms: int = Field(
+        default=200, ge=0, le=5000, description="Silence that ends a turn the model calls done"
+    )
+    not_done_silence_ms: int = Field(
+        default=1500, ge=0, le=10_000, description="Silence that ends a turn the model calls unfinished"
+    )
+    max_silence_ms: int = Field(
+        default=3000, ge=0, le=10_000, description="Hard cap: no turn waits longer than this for more speech"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SmartTurnConfig:
+        if self.not_done_threshold > self.done_threshold:
+            raise ValueError("not_done_threshold must not exceed done_threshold")
+        if not self.done_silence_ms <= self.not_done_silence_ms <= self.max_silence_ms:
+            raise ValueError("need done_silence_ms <= not_done_silence_ms <= max_silence_ms")
+        return self
+
+
 class AgentSettings(_Strict):
     """Per-agent knobs, grouped by what reads them. The defaults here are the only defaults."""
 
     # --- turn-taking (voice_gateway.turns, voice_gateway.session) --------------------------------
     end_of_turn_silence_ms: int = Field(
-        default=500, ge=100, le=5000, description="Silence after the caller's speech that ends their turn"
+        default=500, ge=100, le=5000,
+        description="Silence after the caller's speech that ends their turn (with smart turn detection: "
+        "when the model is unsure)",
     )
+    turn_detection: Literal["smart", "silence"] = Field(
+        default="smart",
+        description="smart: an end-of-turn model (Smart Turn v3) listens at the first pause and shortens or "
+        "lengthens the wait; silence: every turn ends after end_of_turn_silence_ms",
+    )
+    smart_turn: SmartTurnConfig = Field(default_factory=SmartTurnConfig)
     min_speech_ms: int = Field(
         default=150, ge=20, le=3000, description="Voiced audio needed before a turn starts (clicks are ignored)"
     )

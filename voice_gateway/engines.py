@@ -15,6 +15,7 @@ from shared.stt import build_stt
 from shared.stt.base import STT
 from shared.tts import build_tts
 from shared.tts.base import TTS
+from shared.turn.base import EndOfTurnModel
 from shared.vad import build_vad
 from shared.vad.base import VAD
 
@@ -23,12 +24,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Engines:
-    """STT, LLM and TTS are shared; VAD is made per call (detectors keep recurrent state)."""
+    """STT, LLM, TTS and the end-of-turn model are shared; VAD is made per call (recurrent state)."""
 
     stt: STT
     llm: LLM
     tts: TTS
     vad_factory: Callable[[], VAD]
+    turn: EndOfTurnModel | None = None
+    """Smart Turn, for agents with `turn_detection: smart`; None: every turn ends on silence alone."""
 
 
 def build_engines(settings: Settings) -> Engines:
@@ -39,13 +42,30 @@ def build_engines(settings: Settings) -> Engines:
         llm=build_llm(settings),
         tts=build_tts(settings),
         vad_factory=lambda: build_vad(settings),
+        turn=_end_of_turn_model(),
     )
+
+
+def _end_of_turn_model() -> EndOfTurnModel | None:
+    """Smart Turn v3 from its bundled file; without it (a hand-made install) turns end on silence,
+    said once in the log rather than refusing to take calls."""
+    from shared.errors import ConfigurationError
+    from shared.turn.smart_turn import SmartTurn
+
+    try:
+        return SmartTurn()
+    except ConfigurationError as exc:
+        log.warning("end-of-turn model unavailable (%s): every turn ends after silence", exc)
+        return None
 
 
 async def warm(engines: Engines) -> dict[str, float]:
     """Load every model and run it once, off the event loop, so the first caller waits for nothing."""
     timings: dict[str, float] = {}
-    for name, fn in (("stt", engines.stt.warmup), ("llm", engines.llm.warmup), ("tts", engines.tts.warmup)):
+    work = [("stt", engines.stt.warmup), ("llm", engines.llm.warmup), ("tts", engines.tts.warmup)]
+    if engines.turn is not None:
+        work.append(("turn", engines.turn.warmup))
+    for name, fn in work:
         start = time.perf_counter()
         await asyncio.to_thread(fn)
         timings[name] = round(time.perf_counter() - start, 2)

@@ -1,4 +1,9 @@
-"""Outgoing audio: 20 ms μ-law frames paced in real time, with marks that prove what was played."""
+"""Outgoing audio: 20 ms μ-law frames paced in real time, with marks that prove what was played.
+
+A caller who starts talking over the agent pauses it at once (`pause`: Twilio's buffer is cleared, the
+audio it had not played yet is kept); if that was only "mm-hm", `resume` plays on from the exact frame
+the caller stopped hearing; if it was an interruption, `clear` drops the rest.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +33,9 @@ class _MarkItem:
     name: str
 
 
+_Item = tuple[bytes, object] | _MarkItem
+
+
 Send = Callable[[str], Awaitable[None]]
 
 
@@ -52,9 +60,17 @@ class Player:
         self._tap = tap
         self._stream_sid = stream_sid
         self._clock = clock
-        self._queue: deque[tuple[bytes, object] | _MarkItem] = deque()
+        self._queue: deque[_Item] = deque()
         self._wake = asyncio.Event()
-        self._outstanding: set[str] = set()
+        self._outstanding: dict[str, str] = {}  # wire name → mark name, sent and not echoed yet
+        self._resent = 0
+        self._taken_back: set[str] = set()
+        # What went out and when the far end plays it (frames: their start; marks: when reached), until
+        # played: what a pause takes back.
+        self._in_flight: deque[tuple[float, _Item]] = deque()
+        self._popped: _Item | None = None  # the item the pacer holds while it waits for its slot
+        self._paused = False
+        self._new_stretch = False
         self.frames_sent = 0
         self.sent_by_tag: dict[object, int] = {}
         """Frames sent per tag (the session tags frames by clause, to tell how much of one was heard)."""
@@ -77,6 +93,17 @@ class Player:
         """Audio is queued or sent but not yet confirmed played (a mark is outstanding)."""
         return bool(self._queue) or bool(self._outstanding)
 
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def played_frames(self, tag: object) -> int:
+        """Frames of `tag` the far end has played by now (sent, minus those still ahead of its clock)."""
+        now = self._clock()
+        ahead = sum(1 for start, item in self._in_flight if start > now and not isinstance(item, _MarkItem)
+                    and item[1] == tag)
+        return self.sent_by_tag.get(tag, 0) - ahead
+
     def push(self, frames: list[bytes], tag: object = None) -> None:
         """Queue 20 ms frames (160 bytes of μ-law each)."""
         if frames:
@@ -89,25 +116,69 @@ class Player:
         self._queue.append(_MarkItem(name))
         self._wake.set()
 
-    def acknowledge(self, name: str) -> bool:
-        """Twilio echoed a mark: everything before it has played. False for a mark we did not send."""
-        if name in self._outstanding:
-            self._outstanding.discard(name)
-            return True
-        return False
+    def acknowledge(self, wire_name: str) -> str | None:
+        """Twilio echoed a mark: everything before it has played. Returns the mark's name (as pushed),
+        or None for a mark we did not send or took back (a pause re-sends it under a new wire name)."""
+        return self._outstanding.pop(wire_name, None)
 
     async def clear(self) -> list[str]:
         """Barge-in: drop queued audio, tell Twilio to drop its buffer; returns marks that won't play."""
         dropped = [item.name for item in self._queue if isinstance(item, _MarkItem)]
-        dropped += sorted(self._outstanding)
+        dropped += sorted(self._outstanding.values())
         self._queue.clear()
         self._queued_frames = 0
         self._cleared += 1  # a frame the pacer popped before this and is still waiting to send is dropped
+        self._popped = None
         self._outstanding.clear()
+        self._taken_back.clear()
+        self._in_flight.clear()
+        if self._paused:  # the pause cleared the line already, and nothing was sent since
+            self._paused = False
+            return dropped
         await self._send(clear_message(self._stream_sid))
         if self._tap is not None:
             self._tap.cut()
         return dropped
+
+    async def pause(self) -> None:
+        """The caller may be interrupting: stop the agent's audio now, keep what was not heard.
+
+        Twilio drops its buffer (`clear`); the frames and marks it had not reached go back to the front of
+        the queue, in order, with the frame the pacer held, and nothing is sent until `resume` or `clear`.
+        A mark already reached is left to echo. Taken-back frames no longer count as sent (`sent_by_tag`).
+        """
+        if self._paused:
+            return
+        now = self._clock()
+        back: list[_Item] = []
+        for start, item in self._in_flight:
+            if isinstance(item, _MarkItem):
+                if start > now:
+                    back.append(item)
+                    self._taken_back.add(item.name)
+                    self._outstanding = {w: n for w, n in self._outstanding.items() if n != item.name}
+            elif start >= now:  # a frame already playing counts as heard
+                back.append(item)
+                self.sent_by_tag[item[1]] -= 1
+        if self._popped is not None:
+            back.append(self._popped)
+            self._popped = None
+        self._queue.extendleft(reversed(back))
+        self._queued_frames += sum(1 for item in back if not isinstance(item, _MarkItem))
+        self._in_flight.clear()
+        self._cleared += 1  # the pacer's held frame is in the queue again: it drops its copy
+        self._paused = True
+        self._new_stretch = True  # the silence of the pause is not a stall
+        self._play_end = now
+        await self._send(clear_message(self._stream_sid))
+        if self._tap is not None:
+            self._tap.cut()
+
+    def resume(self) -> None:
+        """Play on from where `pause` stopped (the caller only said "mm-hm")."""
+        if self._paused:
+            self._paused = False
+            self._wake.set()
 
     async def run(self) -> None:
         """Send each frame `LEAD_FRAMES` ahead of the moment the far end will play it.
@@ -120,14 +191,23 @@ class Player:
         play_end = self._play_end = 0.0
         stretch: object = None
         while True:
-            if not self._queue:
+            if not self._queue or self._paused:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if self._new_stretch:
+                self._new_stretch, stretch = False, None
             item = self._queue.popleft()
             if isinstance(item, _MarkItem):
-                self._outstanding.add(item.name)
-                await self._send(mark_message(self._stream_sid, item.name))
+                wire = item.name
+                if item.name in self._taken_back:
+                    # Sent before and taken back by a pause: a late echo of the first one must not count.
+                    self._taken_back.discard(item.name)
+                    self._resent += 1
+                    wire = f"{item.name}~{self._resent}"
+                self._outstanding[wire] = item.name
+                self._in_flight.append((play_end, item))
+                await self._send(mark_message(self._stream_sid, wire))
                 continue
             frame, tag = item
             self._queued_frames -= 1
@@ -141,14 +221,20 @@ class Player:
             delay = play_end - LEAD_FRAMES * FRAME_S - now
             if delay > 0:
                 cleared = self._cleared
+                self._popped = item
                 await asyncio.sleep(delay)
                 if cleared != self._cleared:
-                    continue  # `clear` came while this frame waited its slot: it must not follow the clear
+                    continue  # `clear` or `pause` came while this frame waited: dropped, or queued again
+                self._popped = None
             await self._send(media_message(self._stream_sid, frame))
             if self._tap is not None:
                 self._tap.agent(frame)
             sent_at = self._clock()
-            play_end = self._play_end = max(play_end, sent_at) + FRAME_S
+            start = max(play_end, sent_at)
+            play_end = self._play_end = start + FRAME_S
+            self._in_flight.append((start, item))
+            while self._in_flight and self._in_flight[0][0] + FRAME_S < sent_at - 1.0:
+                self._in_flight.popleft()  # played long ago
             self.frames_sent += 1
             self.sent_by_tag[tag] = self.sent_by_tag.get(tag, 0) + 1
             if self.on_frame_sent is not None:

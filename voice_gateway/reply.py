@@ -34,7 +34,7 @@ from shared.text import split_clauses
 from shared.tts.base import TTS
 from voice_gateway.assurance import Progress, StartPolicy
 from voice_gateway.engines import Engines
-from voice_gateway.playback import LEAD_FRAMES, Player
+from voice_gateway.playback import Player
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ class ReplyDeps:
     context: Callable[[], list[ChatMessage]]
     """The messages before the caller's new line (system prompt, history), read when STT is done."""
     on_caller_line: Callable[[Reply], None]
-    """Once, when the turn is confirmed and its words are known (whichever comes last): store the line."""
+    """Once, when the caller's words are final: the reply to them starts to be heard (or is cut, or the
+    call ends). Not before: until then the caller may go on, and the turn becomes a longer one."""
     on_ended: Callable[[Reply], None]
     """The reply ended by itself (PLAYED or EMPTY); interrupting and cancelling are the session's own acts."""
 
@@ -133,6 +134,8 @@ class Reply:
         self._paused_s = 0.0  # waiting for the turn to be confirmed is not production time
         self._ready_at: float | None = None
         self._started_at: float | None = None
+        self._start_held = False
+        self._caller_line_stored = False
 
     def __repr__(self) -> str:
         return f"Reply({self.id}, {self.state.value})"
@@ -151,6 +154,11 @@ class Reply:
     @property
     def ended(self) -> bool:
         return self.state not in _LIVE
+
+    @property
+    def fixed(self) -> bool:
+        """A fixed line (the greeting): it answers no caller turn."""
+        return self._fixed
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -208,14 +216,20 @@ class Reply:
         self.state = ReplyState.CONFIRMED
         self.confirmed_at = self._deps.clock()
         self._confirmed.set()
-        if self.caller_text is not None:
-            self._deps.on_caller_line(self)
         if self._produced:  # it was all made (or failed) before the turn ended
             self._maybe_start(done=True)
             self._maybe_end()
 
+    def hold_start(self, held: bool) -> None:
+        """Keep a confirmed reply from starting while the caller may be going on (voice was heard and
+        it is not yet known to be speech); releasing it starts it if it was ready."""
+        self._start_held = held
+        if not held:
+            self._maybe_start(done=self._produced)
+
     def cancel(self) -> None:
-        """Drop this reply unheard (the caller went on): stop producing it."""
+        """Drop this reply unheard (the caller went on): stop producing it. Its caller line is not
+        stored: the turn goes on, and the longer turn's reply stores all of it."""
         if self.ended:
             return
         self.state = ReplyState.CANCELLED
@@ -226,6 +240,7 @@ class Reply:
         once the player's buffer is cleared, when no more of it can go out."""
         if self.ended:
             return
+        self._store_caller_line()
         self.state = ReplyState.INTERRUPTED
         self.metrics["interrupted"] = True
         self._stop_production()
@@ -235,6 +250,7 @@ class Reply:
         clause it made was heard, else as interrupted; one never confirmed is cancelled."""
         if self.ended:
             return
+        self._store_caller_line()
         if not self.confirmed:
             self.state = ReplyState.CANCELLED
         elif self.played >= len(self.clauses):
@@ -287,8 +303,6 @@ class Reply:
             return
         messages = [*self._deps.context(), ChatMessage("user", text)]
         self.caller_text = text
-        if self.confirmed:
-            self._deps.on_caller_line(self)
         await self._synthesize(self._clauses(messages))
 
     async def _clauses(self, messages: list[ChatMessage]) -> AsyncIterator[str]:
@@ -416,11 +430,13 @@ class Reply:
         """Start playing once the rest of the reply is assured to arrive in time (`StartPolicy`): a
         reply that started at its first clause and then ran dry would leave a hole mid-sentence. A
         fixed line starts only when all of it is made. Held frames and marks go out at once, in order."""
-        if self._started_at is not None or self.state is not ReplyState.CONFIRMED or not self._held:
+        if self._started_at is not None or self.state is not ReplyState.CONFIRMED or not self._held \
+                or self._start_held:
             return
         if not (done if self._fixed else self._deps.policy.may_start(self._progress(done=done))):
             return
         self._started_at = self._deps.clock()
+        self._store_caller_line()  # its words are final now: the caller hears the answer to them
         self.state = ReplyState.PLAYING
         if self._ready_at is not None:
             self.metrics["held_ms"] = round((self._started_at - self._ready_at) * 1000)
@@ -441,8 +457,14 @@ class Reply:
 
     def _maybe_end(self) -> None:
         if self._produced and self.holds_floor and not self._held and self.played >= len(self.clauses):
+            self._store_caller_line()  # a reply that made nothing to play still answered the caller
             self.state = ReplyState.PLAYED
             self._deps.on_ended(self)
+
+    def _store_caller_line(self) -> None:
+        if not self._caller_line_stored and self.caller_text is not None and self.confirmed:
+            self._caller_line_stored = True
+            self._deps.on_caller_line(self)
 
     def _stop_production(self) -> None:
         self._held.clear()
@@ -452,15 +474,16 @@ class Reply:
     def _heard_part(self, index: int) -> str:
         """The words of a cut clause in proportion to its audio already played.
 
-        Frames sent minus the pacer's lead is what Twilio has played (it plays in real time from the
-        first frame); words are assumed evenly spread, which is close enough for a transcript.
+        The player knows which frames the far end has played (it plays in real time from the first
+        frame; a pause takes back the rest); words are assumed evenly spread, close enough for a
+        transcript.
         """
         total = self.clause_frames[index]
-        sent = self._deps.player.sent_by_tag.get((self.id, index), 0)
-        if total == 0 or sent <= LEAD_FRAMES:
+        played = self._deps.player.played_frames((self.id, index))
+        if total == 0 or played <= 0:
             return ""
         words = self.clauses[index].split()
-        keep = int(len(words) * min(1.0, (sent - LEAD_FRAMES) / total))
+        keep = int(len(words) * min(1.0, played / total))
         return " ".join(words[:keep]) + ("…" if 0 < keep < len(words) else "")
 
 

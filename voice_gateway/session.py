@@ -5,6 +5,14 @@ Data path: caller μ-law → 16 kHz → TurnDetector → (at the first pause, sp
 over; if the caller goes on instead, the speculative reply is cancelled unheard. The session keeps
 the turn policy (which reply, when to confirm, cancel or interrupt it), the history, the transcript
 writes and the call's lifecycle; each reply keeps its own production and state (`voice_gateway.reply`).
+
+Turn policy, as a person listens:
+- at the first pause an end-of-turn model (Smart Turn) says how long to wait: ~200 ms when the caller
+  is clearly done, longer when they are mid-thought, the agent's own silence when unsure;
+- until the caller hears the reply, the turn stays open: if they go on, the reply is dropped unheard
+  and the whole turn (both parts, every sample) is transcribed again as one utterance;
+- voice over the agent pauses it at once; a backchannel ("mm-hm", a cough) lets it play on from the
+  frame where it stopped, speech that lasts `barge_in_min_ms` takes the turn.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from shared.agent_config import LLMConfig
 from shared.audio import PHONE_RATE, STT_RATE, StreamResampler, ulaw_to_float32
 from shared.llm.base import ChatMessage, LLMError
 from shared.storage.base import Agent, Call, Storage
+from shared.turn.bands import TurnBands
 from voice_gateway.assurance import ProductionRate, StartPolicy
 from voice_gateway.call_writer import CallWriter
 from voice_gateway.engines import Engines
@@ -36,12 +45,14 @@ from voice_gateway.reply import Reply, ReplyDeps, ReplyState, usable_text
 from voice_gateway.spool import Spool
 from voice_gateway.turns import (
     PauseDetected,
+    SpeechAbandoned,
     SpeechResumed,
     SpeechStarted,
     TurnConfig,
     TurnDetector,
     TurnEnded,
     TurnEvent,
+    VoiceOnset,
 )
 
 log = logging.getLogger(__name__)
@@ -100,10 +111,24 @@ class CallSession:
         # Talking over the agent interrupts it only after this much speech: "mm-hm", "ok", a cough or
         # a line click is shorter, and is stored as a backchannel instead of cutting the agent off.
         self._barge_samples = agent.settings.barge_in_min_ms * STT_RATE // 1000
+        self._bands: TurnBands | None = None
+        if agent.settings.turn_detection == "smart":
+            if engines.turn is not None:
+                self._bands = TurnBands(**agent.settings.smart_turn.model_dump())
+            else:
+                log.warning("call %s: no end-of-turn model loaded: turns end after silence only", call.id)
+        self._judging: asyncio.Task[None] | None = None
+        self._verdict: tuple[int, dict[str, Any]] | None = None  # (speech end sample, metrics) of the last
+        self._turn_open = False  # the last turn's reply is not heard yet: the caller may still go on
+        self._paused_at: float | None = None  # when the agent was paused for voice over it
         self._side_tasks: set[asyncio.Task[None]] = set()
         self.turns: list[dict[str, Any]] = []
         """Per-turn metrics of every reply that played (for logs and benchmarks)."""
         self.barge_ins = 0
+        self.pauses = 0
+        """Times the agent was paused by voice over it (each ends in a resume or a barge-in)."""
+        self.merged_turns = 0
+        """Turns the caller went on with before hearing their reply (answered once, as one turn)."""
 
     @property
     def reply(self) -> Reply | None:
@@ -150,6 +175,7 @@ class CallSession:
         every line, the final status and the post-call job (to the database, else to the spool)."""
         self._closing = True
         await _step(self.call.id, "stopping the prompt prefill", _stop(self._prefill))
+        await _step(self.call.id, "stopping the end-of-turn model", _stop(self._judging))
         for reply in list(self._live.values()):
             await _step(self.call.id, f"stopping reply {reply.id}", _stop(reply.task))
         for side in list(self._side_tasks):  # a backchannel being transcribed: keep its line
@@ -196,10 +222,11 @@ class CallSession:
             if self._current is not None and self._current.holds_floor:
                 await self._barge_in(self._current)
 
-    def on_mark(self, name: str) -> None:
+    def on_mark(self, wire_name: str) -> None:
         """Twilio played everything up to this mark: that clause was heard."""
-        if not self.player.acknowledge(name):
-            log.debug("call %s: unknown mark %r", self.call.id, name)
+        name = self.player.acknowledge(wire_name)
+        if name is None:
+            log.debug("call %s: unknown mark %r", self.call.id, wire_name)
             return
         for reply in list(self._live.values()):
             clause = reply.clause_of(name)
@@ -213,22 +240,46 @@ class CallSession:
     async def _on_turn_event(self, event: TurnEvent) -> None:
         log.debug("call %s: %s at %.2f s", self.call.id, type(event).__name__, event.at_sample / STT_RATE)
         current = self._current
+        if isinstance(event, VoiceOnset):
+            if current is not None and current.state is ReplyState.PLAYING:
+                await self._pause(current)  # perhaps only "mm-hm": stop now, decide when it is known
+            elif current is not None and current.state is ReplyState.CONFIRMED and self._turn_open:
+                current.hold_start(True)  # the caller may be going on: do not start answering the half
+            return
+        if isinstance(event, SpeechAbandoned):  # a click or a cough: carry on
+            self._resume()
+            if current is not None:
+                current.hold_start(False)
+            return
         agent_busy = current is not None and current.holds_floor
         if isinstance(event, SpeechStarted):
+            if event.continues and current is not None and current.state is ReplyState.CONFIRMED \
+                    and not current.fixed:
+                self._merge(current)
+                return
+            if current is not None:
+                current.hold_start(False)
             if agent_busy:
                 self._barge_onset = event.onset_sample  # barge in only if it lasts (see on_media)
             return
         if self._barge_onset is not None:
             # Speech that began while the agent talked and has not lasted long enough to interrupt.
-            if not isinstance(event, TurnEnded):
+            if isinstance(event, PauseDetected):
+                self._resume()  # short, then a pause: a backchannel; the reply plays on meanwhile
+                return
+            if isinstance(event, SpeechResumed):
+                if current is not None and current.state is ReplyState.PLAYING:
+                    await self._pause(current)
                 return
             self._barge_onset = None
+            self._resume()
             if agent_busy:
                 self._track(self._backchannel(event.audio))  # "mm-hm", "ok": kept, not answered
                 return
             # The agent finished meanwhile: this short turn ("yes") is an answer; handle it as one.
         if isinstance(event, PauseDetected):
             self._cancel_unconfirmed()
+            self._judge(event)  # first: the caller waits on it, and it asks the compute gate first
             # Speculation is a luxury: its work has no deadline, so the compute gate runs it only when
             # nothing with one waits, and the LLM pauses it while a confirmed reply is being made.
             self._new_reply(confirmed=False, speech_end_sample=event.speech_end_sample).answer(event.audio)
@@ -243,7 +294,63 @@ class CallSession:
                 reply = self._new_reply(confirmed=False, speech_end_sample=event.speech_end_sample)
                 reply.answer(event.audio)
             reply.metrics["end_of_turn_ms"] = round(event.end_of_turn_ms)
+            if self._verdict is not None and self._verdict[0] == event.speech_end_sample:
+                reply.metrics.update(self._verdict[1])
             reply.confirm()
+            self._turn_open = True
+            self.detector.keep_open(True)  # until the caller hears the reply, they may go on
+
+    def _judge(self, event: PauseDetected) -> None:
+        """Ask the end-of-turn model how long this pause must last to end the turn (off the loop)."""
+        if self._bands is None or self.engines.turn is None:
+            return
+        if self._judging is not None:
+            self._judging.cancel()
+        self._judging = asyncio.create_task(self._judge_pause(event), name=f"turn-{self.call.id}")
+
+    async def _judge_pause(self, event: PauseDetected) -> None:
+        assert self._bands is not None and self.engines.turn is not None
+        started = self.clock()
+        # The caller is waiting since they stopped: the same deadline a confirmed turn would have.
+        with urgency.working_for(urgency.Fixed(self._wall_at(event.speech_end_sample))):
+            try:
+                probability = await urgency.run_gated(self.engines.turn.probability, event.audio)
+            except Exception:
+                log.exception("call %s: end-of-turn model failed: this turn ends after silence", self.call.id)
+                return
+        normal = self.agent.settings.end_of_turn_silence_ms
+        wait = self._bands.wait(probability, normal)
+        silence = min(wait.silence_ms, self._bands.cap_ms(normal))
+        self._verdict = (event.speech_end_sample, {
+            "turn_p": round(probability, 3), "turn_verdict": wait.verdict.value,
+            "turn_model_ms": round((self.clock() - started) * 1000),
+        })
+        if self._closing or self.detector.speech_end != event.speech_end_sample:
+            return  # the caller went on meanwhile: a later pause is judged on its own
+        for ended in self.detector.set_end_silence(silence):
+            await self._on_turn_event(ended)
+
+    def _merge(self, reply: Reply) -> None:
+        """The caller went on before hearing `reply`: drop it unheard; the turn continues (the detector
+        kept its audio), and the whole of it is answered once."""
+        self.merged_turns += 1
+        log.info("call %s: the caller went on before hearing reply %d: one longer turn", self.call.id, reply.id)
+        reply.cancel()
+        self._live.pop(reply.id, None)
+        self._current = None
+
+    async def _pause(self, reply: Reply) -> None:
+        if self.player.paused:
+            return
+        self.pauses += 1
+        self._paused_at = self.clock()
+        await self.player.pause()
+        reply.metrics["paused"] = reply.metrics.get("paused", 0) + 1
+
+    def _resume(self) -> None:
+        if self.player.paused:
+            self.player.resume()
+            self._paused_at = None
 
     async def _backchannel(self, audio: np.ndarray) -> None:
         """Store a short utterance made over the agent (a backchannel) without answering it."""
@@ -283,14 +390,19 @@ class CallSession:
             self._current = None
 
     async def _barge_in(self, reply: Reply) -> None:
-        """The caller talks over the agent: stop generating, drop buffered audio, keep what was heard."""
+        """The caller talks over the agent: stop generating, drop buffered audio, keep what was heard
+        (exact: the player paused at the caller's onset and knows which frames were played)."""
         self.barge_ins += 1
+        self._paused_at = None
         reply.interrupt()
         await self.player.clear()
         self._store_agent_line(reply)  # after the clear: no more of it can go out
         log.info("call %s: barge-in, reply %d cut after %d clause(s)", self.call.id, reply.id, reply.played)
 
     def _on_frame_sent(self, wall: float) -> None:
+        if self._turn_open:  # the caller hears the answer: speech from now on is a new turn
+            self._turn_open = False
+            self.detector.keep_open(False)
         if self._current is not None:
             self._current.frame_sent(wall)
 
@@ -310,6 +422,9 @@ class CallSession:
         """Store what the caller actually heard of an ended reply (once: it leaves the live replies)."""
         if self._live.pop(reply.id, None) is None:
             return
+        if reply is self._current and self._turn_open:  # ended unheard (nothing usable was said)
+            self._turn_open = False
+            self.detector.keep_open(False)
         heard = reply.heard_text()
         if not heard:
             return

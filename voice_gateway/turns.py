@@ -4,13 +4,20 @@ No I/O and no clock: the detector is fed 16 kHz float32 audio in chunks of any s
 in samples, so the session (and the tests) can replay audio faster than real time and still compute
 end-of-turn latency exactly.
 
-Turn-taking in three thresholds:
+Turn-taking in four thresholds:
+- `onset_ms` of voiced audio: VoiceOnset, so the session can pause an agent that is talking at once
+  (the caller may only be saying "mm-hm": SpeechAbandoned or a short turn lets it resume);
 - `min_speech_ms` of voiced audio before a turn starts, so clicks, line noise and short bursts are
   ignored (no SpeechStarted, no barge-in);
 - `early_pause_ms` of silence: PauseDetected hands the utterance so far to the session, which can
-  start STT (and even the LLM) speculatively while the pause is confirmed;
-- `end_of_turn_silence_ms` of silence: TurnEnded. If speech comes back in between, SpeechResumed
-  tells the session to throw the speculative work away.
+  start STT (and even the LLM) speculatively while the pause is confirmed, and ask an end-of-turn
+  model how long this pause should be (`set_end_silence`);
+- `end_of_turn_silence_ms` of silence (or what `set_end_silence` said): TurnEnded. If speech comes
+  back in between, SpeechResumed tells the session to throw the speculative work away.
+
+A turn stays open after TurnEnded while the session says so (`keep_open`: the reply to it has not been
+heard yet): speech that comes back then continues the same utterance, with every sample since its
+start, so a caller who paused between two sentences is one turn, transcribed as one.
 """
 
 from __future__ import annotations
@@ -28,6 +35,21 @@ SAMPLE_RATE = 16000
 
 
 @dataclass(frozen=True)
+class VoiceOnset:
+    """`onset_ms` of voice: perhaps speech, perhaps a click. Talking agents pause here."""
+
+    onset_sample: int
+    at_sample: int
+
+
+@dataclass(frozen=True)
+class SpeechAbandoned:
+    """The voice after a VoiceOnset stopped before `min_speech_ms`: it was noise, not a turn."""
+
+    at_sample: int
+
+
+@dataclass(frozen=True)
 class SpeechStarted:
     """The caller has been speaking for `min_speech_ms`: a real turn (and a barge-in) began."""
 
@@ -35,6 +57,8 @@ class SpeechStarted:
     """Where the first voiced window began."""
     at_sample: int
     """Where the detector was when it became sure (onset + at least min_speech_ms)."""
+    continues: bool = False
+    """It reopened the turn that ended last (`keep_open`): the utterance holds that turn's audio too."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +92,7 @@ class TurnEnded:
         return (self.at_sample - self.speech_end_sample) * 1000.0 / SAMPLE_RATE
 
 
-TurnEvent = SpeechStarted | PauseDetected | SpeechResumed | TurnEnded
+TurnEvent = VoiceOnset | SpeechAbandoned | SpeechStarted | PauseDetected | SpeechResumed | TurnEnded
 
 
 _AGENT_DEFAULTS = AgentSettings()
@@ -79,6 +103,9 @@ class TurnConfig:
     """Turn-taking parameters (milliseconds, at 16 kHz); the per-agent ones default to `AgentSettings`'s."""
 
     min_speech_ms: int = _AGENT_DEFAULTS.min_speech_ms
+    onset_ms: int = 64
+    """Voiced audio that raises VoiceOnset: two Silero windows, so one noisy window does not pause the
+    agent, and the pause still lands within ~100 ms of the caller's first syllable."""
     end_of_turn_silence_ms: int = _AGENT_DEFAULTS.end_of_turn_silence_ms
     early_pause_ms: int = 150
     """Speculative STT/LLM start at this pause; the reply is only heard once the full end-of-turn
@@ -136,6 +163,10 @@ class TurnDetector:
         self._pre_roll: deque[np.ndarray] = deque(
             maxlen=max(1, -(-_samples(self.config.pre_roll_ms) // self._window))
         )
+        # The last ended turn, kept while the session holds it open: its audio and every window since.
+        self._open = False
+        self._last: tuple[list[np.ndarray], int] | None = None
+        self._since: list[np.ndarray] = []
         self._reset_utterance()
 
     @property
@@ -147,6 +178,34 @@ class TurnDetector:
     def speaking(self) -> bool:
         """True between SpeechStarted and TurnEnded."""
         return self._state is _State.SPEAKING
+
+    @property
+    def position(self) -> int:
+        """Samples scored so far: the detector's clock."""
+        return self._position
+
+    def keep_open(self, open_: bool) -> None:
+        """Hold the last ended turn open (its reply is not heard yet) or let it close for good.
+
+        While open, speech that starts continues that turn: SpeechStarted(continues=True), and the
+        utterance runs from the ended turn's first sample. Closing forgets the kept audio.
+        """
+        self._open = open_
+        if not open_:
+            self._last = None
+            self._since = []
+
+    def set_end_silence(self, ms: int) -> list[TurnEvent]:
+        """This pause ends the turn after `ms` of silence (an end-of-turn model's verdict), instead of
+        `end_of_turn_silence_ms`; returns TurnEnded at once if that much silence has already passed.
+        Ignored unless the caller is in a pause; speech that resumes restores the default."""
+        if self._state is not _State.SPEAKING or not self._paused:
+            return []
+        self._end_silence = _samples(ms)
+        events: list[TurnEvent] = []
+        if self._silence >= self._end_silence:
+            self._end_turn(events)
+        return events
 
     def feed(self, audio: np.ndarray) -> list[TurnEvent]:
         """Add 16 kHz float32 audio of any length; return the events it caused, in order."""
@@ -173,6 +232,9 @@ class TurnDetector:
         self._silence = 0
         self._paused = False
         self._resume_voiced = 0
+        self._onset_told = False
+        self._continues = False
+        self._end_silence = _samples(self.config.end_of_turn_silence_ms)
 
     def _classify(self, window: np.ndarray) -> bool:
         prob = self.vad.speech_prob(window)
@@ -192,6 +254,10 @@ class TurnDetector:
                 self._begin_candidate(window, start, events)
             else:
                 self._pre_roll.append(window)
+                if self._last is not None:
+                    self._since.append(window)
+                    if (len(self._since) + 1) * self._window > _samples(self.config.max_utterance_ms):
+                        self._last, self._since = None, []  # held open too long to be one utterance
                 self._idle_silence += self._window
                 if self._idle_silence >= _samples(self.config.vad_reset_ms):
                     self.vad.reset()
@@ -208,8 +274,15 @@ class TurnDetector:
         pre = list(self._pre_roll)
         self._pre_roll.clear()
         self._state = _State.CANDIDATE
-        self._chunks = [*pre, window]
-        self._start_sample = start - sum(c.shape[0] for c in pre)
+        if self._open and self._last is not None:
+            # The turn that ended is still open: this speech continues it, every sample in between kept.
+            chunks, first = self._last
+            self._chunks = [*chunks, *self._since, window]
+            self._start_sample = first
+            self._continues = True
+        else:
+            self._chunks = [*pre, window]
+            self._start_sample = start - sum(c.shape[0] for c in pre)
         self._onset = start
         self._voiced_samples = self._window
         self._speech_end = self._position
@@ -226,13 +299,25 @@ class TurnDetector:
             self._silence += self._window
             # A burst that falls silent for a short pause before reaching min_speech_ms was noise.
             if self._silence >= _samples(self.config.early_pause_ms):
+                told = self._onset_told
+                if self._continues:  # the open turn's kept audio runs on through the noise
+                    assert self._last is not None
+                    self._since = self._chunks[len(self._last[0]) :]
                 tail = self._chunks[-self._pre_roll.maxlen :] if self._pre_roll.maxlen else []
                 self._reset_utterance()
                 self._pre_roll.extend(tail)
+                if told:
+                    events.append(SpeechAbandoned(at_sample=self._position))
                 return
+        if not self._onset_told and self._voiced_samples >= _samples(self.config.onset_ms):
+            self._onset_told = True
+            events.append(VoiceOnset(onset_sample=self._onset, at_sample=self._position))
         if self._voiced_samples >= _samples(self.config.min_speech_ms):
             self._state = _State.SPEAKING
-            events.append(SpeechStarted(onset_sample=self._onset, at_sample=self._position))
+            if self._continues:
+                self._last, self._since = None, []
+            events.append(SpeechStarted(onset_sample=self._onset, at_sample=self._position,
+                                        continues=self._continues))
 
     def _step_speaking(self, voiced: bool, events: list[TurnEvent]) -> None:
         cfg = self.config
@@ -244,6 +329,7 @@ class TurnDetector:
                     self._resume_voiced = 0
                     self._silence = 0
                     self._speech_end = self._position
+                    self._end_silence = _samples(cfg.end_of_turn_silence_ms)
                     events.append(SpeechResumed(at_sample=self._position))
                 else:
                     self._silence += self._window
@@ -259,11 +345,16 @@ class TurnDetector:
                 PauseDetected(self._utterance(), speech_end_sample=self._speech_end, at_sample=self._position)
             )
         too_long = self._position - self._start_sample >= _samples(cfg.max_utterance_ms)
-        if self._silence >= _samples(cfg.end_of_turn_silence_ms) or too_long:
-            events.append(
-                TurnEnded(self._utterance(), speech_end_sample=self._speech_end, at_sample=self._position)
-            )
-            self._reset_utterance()
+        if (self._paused and self._silence >= self._end_silence) or too_long:
+            self._end_turn(events)
+
+    def _end_turn(self, events: list[TurnEvent]) -> None:
+        events.append(TurnEnded(self._utterance(), speech_end_sample=self._speech_end, at_sample=self._position))
+        # Kept for `keep_open`: the session decides, once it has seen this event, whether it stays open
+        # (windows that follow are kept meanwhile, so a continuation misses none).
+        self._last, self._since = (self._chunks, self._start_sample), []
+        self._open = False
+        self._reset_utterance()
 
     def _utterance(self) -> np.ndarray:
         audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)

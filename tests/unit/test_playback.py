@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 
@@ -89,3 +90,50 @@ async def test_no_frame_follows_a_clear() -> None:
     # Only the next reply's two frames follow the clear, never a frame of the reply it cut.
     assert after == ["media", "media"], events
     assert player.sent_by_tag.get((2, 0)) == 2
+
+
+async def test_a_pause_takes_back_what_was_not_played_and_resume_plays_it_from_there() -> None:
+    wire: list[tuple[str, object]] = []  # ("media", frame number) | ("mark", name) | ("clear", None)
+
+    async def send(text: str) -> None:
+        message = json.loads(text)
+        event = message["event"]
+        if event == "media":
+            wire.append(("media", base64.b64decode(message["media"]["payload"])[0]))
+        elif event == "mark":
+            wire.append(("mark", message["mark"]["name"]))
+        else:
+            wire.append((event, None))
+
+    player = Player(send, "MZ1")
+    task = asyncio.create_task(player.run())
+    frames = [bytes([i]) * 160 for i in range(60)]  # 1.2 s, each frame numbered by its bytes
+    player.push(frames[:30], tag=(1, 0))
+    player.push_mark("1:0")
+    player.push(frames[30:], tag=(1, 1))
+    player.push_mark("1:1")
+    await _until(lambda: ("mark", "1:0") in wire)  # sent ahead of the audio before it, by the lead
+    await player.pause()
+    assert player.sent_by_tag.get((1, 1), 0) == 0  # what went out of the second clause was all taken back
+    played = player.sent_by_tag[(1, 0)]
+    sent_before = [n for kind, n in wire if kind == "media"]
+    assert wire[-1] == ("clear", None) and player.paused
+    assert sent_before[:played] == list(range(played))
+    assert 1 <= len(sent_before) - played <= LEAD_FRAMES + 1  # the lead was taken back, not lost
+    assert player.played_frames((1, 0)) == played
+    frozen = len(wire)
+    await asyncio.sleep(0.1)  # paused: nothing goes out (a real wait: the pacer runs on real time)
+    assert len(wire) == frozen
+
+    player.resume()
+    await _until(lambda: sum(1 for kind, _ in wire[frozen:] if kind == "media") == 60 - played)
+    await _until(lambda: sum(1 for kind, _ in wire[frozen:] if kind == "mark") == 2)
+    task.cancel()
+    after = wire[frozen:]
+    # Every frame is heard once, in order: those played before the pause, then the rest from there.
+    assert sent_before[:played] + [n for kind, n in after if kind == "media"] == list(range(60))
+    marks = [name for kind, name in after if kind == "mark"]
+    assert isinstance(marks[0], str) and marks[0] != "1:0" and marks[0].startswith("1:0")  # re-sent, renamed
+    assert player.acknowledge("1:0") is None  # an echo of the mark sent before the pause does not count
+    assert player.acknowledge(marks[0]) == "1:0" and player.acknowledge("1:1") == "1:1"
+    assert player.lateness_by_reply == {}  # the pause is not a stall

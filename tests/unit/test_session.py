@@ -13,7 +13,7 @@ import json
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,7 @@ class FakeLine:
                 self.release()
         elif message["event"] == "clear":
             self.log.append("clear")
-            self._pending.clear()
+            self.release()  # Twilio sends back the marks still in the buffer it drops
 
     def release(self, count: int | None = None) -> None:
         """The audio sent so far (up to the `count`-th mark) has played: echo those marks."""
@@ -98,9 +98,11 @@ class FakeSTT:
         self.texts = list(texts) or ["What are your hours?"]
         self.calls = 0
         self.urgencies: list[urgency.Urgent] = []
+        self.heard_s: list[float] = []  # the length of each utterance it was handed
 
     async def transcribe(self, audio: np.ndarray, *, prompt: str | None = None) -> Transcription:
         self.urgencies.append(urgency.current())
+        self.heard_s.append(audio.shape[0] / 16000)
         self.calls += 1
         return Transcription(text=self.texts[min(self.calls, len(self.texts)) - 1])
 
@@ -118,7 +120,9 @@ class FakeLLM:
         self.urgencies: list[urgency.Urgent] = []
         self.prefills: list[urgency.Urgent] = []
 
-    async def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[ChatMessage], options: GenerationOptions, *, avoid: Sequence[str] = ()
+    ) -> AsyncIterator[str]:
         if options.max_tokens == 1:
             self.prefills.append(urgency.current())
             return
@@ -157,6 +161,21 @@ class FakeTTS:
         await asyncio.sleep(0)
         self.clock.advance(self.cost_s)
         yield np.full(round(self.clause_s * PHONE_RATE), 800, dtype=np.int16)
+
+    def warmup(self) -> None:
+        return None
+
+
+class FakeTurnModel:
+    """An end-of-turn model that always gives `probability` (and counts what it heard)."""
+
+    def __init__(self, probability: float) -> None:
+        self.p = probability
+        self.calls = 0
+
+    def probability(self, audio_16k: np.ndarray) -> float:
+        self.calls += 1
+        return self.p
 
     def warmup(self) -> None:
         return None
@@ -239,6 +258,7 @@ def open_call(stores: tuple[Storage, Spool]) -> Callable[..., Any]:
         *, greeting: str | None = None, stt: FakeSTT | None = None, llm: FakeLLM | None = None,
         tts: FakeTTS | None = None, clock: FakeClock | None = None, echo: bool = True,
         start_policy: StartPolicy | None = None, hangup: Callable[[], Any] | None = None,
+        turn: FakeTurnModel | None = None,
     ) -> Call:
         clock = clock or FakeClock()
         stt, llm, tts = stt or FakeSTT(), llm or FakeLLM(), tts or FakeTTS(clock)
@@ -247,7 +267,7 @@ def open_call(stores: tuple[Storage, Spool]) -> Callable[..., Any]:
         line = FakeLine(clock, echo=echo)
         session = CallSession(
             call=call, agent=agent, stream_sid="MZ1", send=line.send, storage=storage, spool=spool,
-            engines=Engines(stt=stt, llm=llm, tts=tts, vad_factory=EnergyVAD), clock=clock,
+            engines=Engines(stt=stt, llm=llm, tts=tts, vad_factory=EnergyVAD, turn=turn), clock=clock,
             hangup=hangup, start_policy=start_policy,
         )
         line.session = session
@@ -334,7 +354,9 @@ async def test_short_speech_over_the_agent_is_stored_as_a_backchannel_and_not_an
     await _feed(session, call.clock, _tone(250) + _silence(800))  # shorter than barge_in_min_ms (400)
     await _until(lambda: call.stt.calls == 1 and not session._side_tasks, "the backchannel's STT")
     assert session.reply is greeting and greeting.state is ReplyState.PLAYING
-    assert call.llm.requests == [] and call.line.clears == 0 and session.barge_ins == 0
+    # Paused at the onset (one clear), then resumed: not an interruption.
+    assert call.llm.requests == [] and call.line.clears == 1 and session.barge_ins == 0
+    assert session.pauses == 1 and not session.player.paused
     assert call.stt.urgencies == [urgency.BACKGROUND]
     call.line.release()
     await _until(lambda: greeting.state is ReplyState.PLAYED, "the greeting to finish")
@@ -346,25 +368,132 @@ async def test_short_speech_over_the_agent_is_stored_as_a_backchannel_and_not_an
 
 
 async def test_long_speech_over_the_agent_interrupts_it_and_keeps_what_was_heard(open_call: Any) -> None:
-    call = await open_call(greeting="One two three four five. Six seven eight nine ten.",
-                           stt=FakeSTT("Wait, stop."), echo=False)
+    clock = FakeClock()
+    tts = FakeTTS(clock)
+    call = await open_call(clock=clock, tts=tts, stt=FakeSTT("What are your hours?", "Wait, stop."),
+                           llm=FakeLLM("One two three four five. Six seven eight nine ten."), echo=False,
+                           start_policy=StartPolicy(SpyRates(rate=100.0), margin_s=0.0, writing_margin_s=0.0))
     session = call.session
-    greeting = session.reply
-    assert greeting is not None
-    await _until(lambda: greeting.state is ReplyState.PLAYING, "the greeting to play")
-    await _until(lambda: f"{greeting.id}:1" in call.line.log, "the greeting to be sent")
-    call.line.release(1)  # the first clause's mark is back; the second is playing
-    await _feed(session, call.clock, _tone(600))
-    assert greeting.state is ReplyState.INTERRUPTED and greeting.deadline() == math.inf
-    assert call.line.clears == 1 and session.barge_ins == 1
+
+    def hold_second(text: str) -> None:
+        if text.startswith("Six"):
+            tts.gate = asyncio.Event()  # the second clause is still being made when the caller talks
+
+    tts.on_clause = hold_second
+    reply = await _turn(session, clock)
+    await _until(lambda: reply.state is ReplyState.PLAYING and f"{reply.id}:0" in call.line.log,
+                 "the first clause to be sent")
+    await _feed(session, clock, _tone(600))
+    assert reply.state is ReplyState.INTERRUPTED and reply.deadline() == math.inf
+    assert call.line.clears == 1 and session.barge_ins == 1 and session.pauses == 1  # one clear, at the onset
+    tts.on_clause = None
+    if tts.gate is not None:
+        tts.gate.set()
+        tts.gate = None
     call.line.echo = True
-    answer = await _turn(session, call.clock, 100)
+    answer = await _turn(session, clock, 100)
     await _until(lambda: answer.state is ReplyState.PLAYED, "the answer to the interruption")
 
     transcript = await call.transcript()
     agent = [line for line in transcript if line.speaker == "agent"]
-    assert agent[0].text.startswith("One two three four five.") and agent[0].metrics["interrupted"] is True
-    assert _said(transcript)[1:] == [("caller", "Wait, stop."), ("agent", "We open at nine.")]
+    assert agent[0].text == "One two three four five." and agent[0].metrics["interrupted"] is True
+    assert _said(transcript)[2:] == [("caller", "Wait, stop."), ("agent", "One two three four five. Six seven eight nine ten.")]
+
+
+async def test_a_backchannel_pauses_the_reply_which_then_finishes_with_all_its_words(open_call: Any) -> None:
+    clock = FakeClock()
+    tts = FakeTTS(clock)
+    call = await open_call(clock=clock, tts=tts, stt=FakeSTT("What are your hours?", "Mm-hm."),
+                           llm=FakeLLM("One two three four five. Six seven eight nine ten."), echo=False,
+                           start_policy=StartPolicy(SpyRates(rate=100.0), margin_s=0.0, writing_margin_s=0.0))
+    session = call.session
+
+    def hold_second(text: str) -> None:
+        if text.startswith("Six"):
+            tts.gate = asyncio.Event()
+
+    tts.on_clause = hold_second
+    reply = await _turn(session, clock)
+    await _until(lambda: reply.state is ReplyState.PLAYING and f"{reply.id}:0" in call.line.log,
+                 "the first clause to be sent")
+    await _feed(session, clock, _tone(300) + _silence(800))  # "mm-hm", shorter than barge_in_min_ms
+    await _until(lambda: call.stt.calls == 2 and not session._side_tasks, "the backchannel's STT")
+    assert reply.state is ReplyState.PLAYING and not session.player.paused
+    assert session.pauses == 1 and call.line.clears == 1 and session.barge_ins == 0
+    tts.on_clause = None
+    if tts.gate is not None:
+        tts.gate.set()
+    call.line.echo = True
+    call.line.release()
+    await _until(lambda: reply.state is ReplyState.PLAYED, "the reply to finish")
+
+    transcript = await call.transcript()
+    assert _said(transcript) == [
+        ("caller", "What are your hours?"), ("caller", "Mm-hm."),
+        ("agent", "One two three four five. Six seven eight nine ten."),
+    ]
+    assert transcript[1].metrics == {"backchannel": True} and "interrupted" not in transcript[2].metrics
+    assert len(call.llm.requests) == 1
+
+
+async def test_a_caller_who_goes_on_before_hearing_the_reply_gets_one_reply_to_the_whole_turn(
+    open_call: Any,
+) -> None:
+    clock = FakeClock()
+    tts = FakeTTS(clock)
+    tts.gate = asyncio.Event()  # the reply to the first part is made slowly: not heard yet
+    stt = FakeSTT("My name is Ana. I'm calling about my order.")  # what a whole utterance gives
+    call = await open_call(clock=clock, tts=tts, stt=stt)
+    session = call.session
+    first = await _turn(session, clock, 600)  # 600 ms of speech, then the end-of-turn silence
+    assert first.state is ReplyState.CONFIRMED
+    await _feed(session, clock, _silence(300) + _tone(700))  # the caller goes on
+    assert first.state is ReplyState.CANCELLED and session.merged_turns == 1
+    whole = await _turn(session, clock, 0)
+    assert whole is not first and whole.confirmed
+    tts.gate.set()
+    await _until(lambda: whole.caller_text is not None, "the whole turn's STT")
+    # The whole turn went to STT again as one utterance: both parts and the pause between them.
+    assert stt.heard_s[-1] >= 0.6 + 0.5 + 0.3 + 0.7
+    await _until(lambda: whole.state is ReplyState.PLAYED, "the reply to the whole turn")
+
+    transcript = await call.transcript()
+    assert _said(transcript) == [("caller", "My name is Ana. I'm calling about my order."), ("agent", "We open at nine.")]
+
+
+async def _ended_after(call: Call, model: FakeTurnModel, speech: bytes) -> Reply:
+    """Feed `speech` then silence in 20 ms chunks, letting the model's thread answer in between."""
+    session, clock = call.session, call.clock
+    await _feed(session, clock, speech)
+    for _ in range(200):  # up to 4 s of silence
+        await _feed(session, clock, _silence(20))
+        await asyncio.sleep(0.002)  # the model runs in a worker thread: give it real time
+        if session.reply is not None and session.reply.confirmed:
+            return session.reply
+    raise AssertionError("the turn never ended")
+
+
+async def test_a_confident_done_answers_after_a_short_silence(open_call: Any) -> None:
+    model = FakeTurnModel(0.995)
+    call = await open_call(turn=model)
+    reply = await _ended_after(call, model, _tone(600))
+    assert model.calls == 1
+    assert 200 <= reply.metrics["end_of_turn_ms"] < 500  # the agent's own silence is 500 ms
+    assert reply.metrics["turn_verdict"] == "done" and reply.metrics["turn_p"] == 0.995
+    await call.session.close()
+
+
+async def test_a_confident_not_done_keeps_a_one_second_pause_inside_the_turn(open_call: Any) -> None:
+    model = FakeTurnModel(0.02)
+    stt = FakeSTT("I'd like to book, um, for next Tuesday.")
+    call = await open_call(turn=model, stt=stt)
+    reply = await _ended_after(call, model, _tone(600) + _silence(1000) + _tone(500))
+    assert model.calls == 2  # judged at each pause; the first one did not end the turn
+    assert reply.metrics["end_of_turn_ms"] >= 1500 and reply.metrics["turn_verdict"] == "not_done"
+    await _until(lambda: reply.caller_text is not None, "STT")
+    assert stt.heard_s[-1] >= 0.6 + 1.0 + 0.5
+    transcript = await call.transcript()
+    assert [speaker for speaker, _ in _said(transcript)].count("caller") == 1
 
 
 # --- urgency ----------------------------------------------------------------------------------------

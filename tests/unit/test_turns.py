@@ -8,11 +8,13 @@ import pytest
 from shared.vad.energy import EnergyVAD
 from voice_gateway.turns import (
     PauseDetected,
+    SpeechAbandoned,
     SpeechResumed,
     SpeechStarted,
     TurnConfig,
     TurnDetector,
     TurnEnded,
+    VoiceOnset,
 )
 
 RATE = 16000
@@ -34,11 +36,12 @@ def _silence(ms: int, seed: int = 2) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(_ms(ms)) * 0.0005).astype(np.float32)
 
 
-def _feed(detector: TurnDetector, audio: np.ndarray, chunk: int) -> list:
+def _feed(detector: TurnDetector, audio: np.ndarray, chunk: int, *, onsets: bool = False) -> list:
+    """Feed `audio` in chunks; the events, without VoiceOnset/SpeechAbandoned unless asked."""
     events = []
     for i in range(0, audio.size, chunk):
         events.extend(detector.feed(audio[i : i + chunk]))
-    return events
+    return events if onsets else [e for e in events if not isinstance(e, VoiceOnset | SpeechAbandoned)]
 
 
 def _kinds(events: list) -> list[str]:
@@ -139,3 +142,77 @@ def test_pause_audio_is_a_prefix_of_the_final_utterance() -> None:
     pause = next(e for e in events if isinstance(e, PauseDetected))
     ended = events[-1]
     assert np.array_equal(pause.audio, ended.audio[: pause.audio.size])
+
+
+def test_voice_onset_comes_early_and_a_burst_that_stops_is_abandoned() -> None:
+    detector = TurnDetector(EnergyVAD(), TurnConfig(min_speech_ms=250, onset_ms=64))
+    events = _feed(detector, np.concatenate([_silence(500), _speech(128), _silence(600)]), 320, onsets=True)
+    assert _kinds(events) == ["VoiceOnset", "SpeechAbandoned"]
+    onset = events[0]
+    assert onset.at_sample - onset.onset_sample <= _ms(64) + 512
+    detector = TurnDetector(EnergyVAD(), TurnConfig(min_speech_ms=250, onset_ms=64))
+    events = _feed(detector, np.concatenate([_silence(500), _speech(900), _silence(800)]), 320, onsets=True)
+    assert _kinds(events) == ["VoiceOnset", "SpeechStarted", "PauseDetected", "TurnEnded"]
+    assert events[0].at_sample < events[1].at_sample
+
+
+def _until_pause(detector: TurnDetector, audio: np.ndarray) -> tuple[list, np.ndarray]:
+    """Feed 20 ms chunks up to the first PauseDetected; the events and the audio not fed yet."""
+    events: list = []
+    for i in range(0, audio.size, 320):
+        events.extend(detector.feed(audio[i : i + 320]))
+        if any(isinstance(e, PauseDetected) for e in events):
+            return events, audio[i + 320 :]
+    raise AssertionError("no pause")
+
+
+def test_a_confident_done_ends_the_turn_after_a_shorter_silence() -> None:
+    detector = TurnDetector(EnergyVAD(), TurnConfig(end_of_turn_silence_ms=500, early_pause_ms=150))
+    _, rest = _until_pause(detector, np.concatenate([_speech(900), _silence(1000)]))
+    assert detector.set_end_silence(250) == []  # 150-ish ms of silence so far: not yet
+    ended = [e for e in _feed(detector, rest, 320) if isinstance(e, TurnEnded)]
+    assert len(ended) == 1 and 250 <= ended[0].end_of_turn_ms < 250 + 33
+
+
+def test_a_verdict_that_comes_late_ends_the_turn_at_once() -> None:
+    detector = TurnDetector(EnergyVAD(), TurnConfig(end_of_turn_silence_ms=500, early_pause_ms=150))
+    _, rest = _until_pause(detector, np.concatenate([_speech(900), _silence(1000)]))
+    assert _feed(detector, rest[: _ms(200)], 320) == []  # ~350 ms of silence now
+    (ended,) = detector.set_end_silence(200)
+    assert isinstance(ended, TurnEnded) and 330 <= ended.end_of_turn_ms < 400
+
+
+def test_a_confident_not_done_waits_longer_and_speech_restores_the_default() -> None:
+    config = TurnConfig(end_of_turn_silence_ms=500, early_pause_ms=150)
+    detector = TurnDetector(EnergyVAD(), config)
+    _, rest = _until_pause(detector, np.concatenate([_speech(900), _silence(1200), _speech(600, seed=4),
+                                                     _silence(1000)]))
+    detector.set_end_silence(1500)
+    events = _feed(detector, rest, 320)
+    assert _kinds(events) == ["SpeechResumed", "PauseDetected", "TurnEnded"]  # 1.2 s did not end it
+    assert 500 <= events[-1].end_of_turn_ms < 533  # the next pause waits the default again
+    assert events[-1].audio.size > _ms(2500)
+
+
+def test_a_turn_kept_open_is_continued_with_every_sample_since_it_began() -> None:
+    detector = TurnDetector(EnergyVAD(), TurnConfig(end_of_turn_silence_ms=400, pre_roll_ms=300))
+    first = _feed(detector, np.concatenate([_silence(500), _speech(900), _silence(500)]), 320)
+    assert isinstance(first[-1], TurnEnded)
+    detector.keep_open(True)  # its reply is not heard yet
+    events = _feed(detector, np.concatenate([_silence(300), _speech(800, seed=7), _silence(600)]), 320)
+    assert _kinds(events) == ["SpeechStarted", "PauseDetected", "TurnEnded"]
+    assert events[0].continues
+    whole = events[-1].audio
+    # from the first turn's pre-roll (~300 ms before 500 ms) to the second's end + post-roll
+    assert abs(whole.size - _ms(300 + 900 + 500 + 300 + 800 + 200)) <= 2 * 512
+    assert np.array_equal(whole[: first[-1].audio.size], first[-1].audio)
+
+
+def test_a_closed_turn_is_not_continued() -> None:
+    detector = TurnDetector(EnergyVAD(), TurnConfig(end_of_turn_silence_ms=400))
+    _feed(detector, np.concatenate([_speech(900), _silence(500)]), 320)
+    detector.keep_open(True)
+    detector.keep_open(False)  # its reply started playing
+    events = _feed(detector, np.concatenate([_speech(800, seed=7), _silence(600)]), 320)
+    assert not events[0].continues
+    assert events[-1].audio.size < _ms(800 + 300 + 200) + 512
