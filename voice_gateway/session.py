@@ -242,7 +242,7 @@ class CallSession:
         current = self._current
         if isinstance(event, VoiceOnset):
             if current is not None and current.state is ReplyState.PLAYING:
-                await self._pause(current)  # perhaps only "mm-hm": stop now, decide when it is known
+                await self._pause(current, onset_sample=event.onset_sample)  # perhaps only "mm-hm": decide later
             elif current is not None and current.state is ReplyState.CONFIRMED and self._turn_open:
                 current.hold_start(True)  # the caller may be going on: do not start answering the half
             return
@@ -339,13 +339,16 @@ class CallSession:
         self._live.pop(reply.id, None)
         self._current = None
 
-    async def _pause(self, reply: Reply) -> None:
+    async def _pause(self, reply: Reply, *, onset_sample: int | None = None) -> None:
         if self.player.paused:
             return
         self.pauses += 1
         self._paused_at = self.clock()
         await self.player.pause()
         reply.metrics["paused"] = reply.metrics.get("paused", 0) + 1
+        if onset_sample is not None:
+            # From the caller's first voiced sample reaching the gateway to the clear on the wire.
+            reply.metrics["pause_after_onset_ms"] = round((self.clock() - self._wall_at(onset_sample)) * 1000)
 
     def _resume(self) -> None:
         if self.player.paused:
