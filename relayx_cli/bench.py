@@ -9,6 +9,10 @@ Callers dial a real gateway on the configured engines and speak Twilio's Media S
    voice-to-voice p95 over 2.5 s); the largest passing level is the real-time concurrency.
 3. The media path alone: a gateway with instant engines (named so) under many streams; its CPU
    time gives streams per core.
+4. `--set phone`: the committed phone-band test set (tests/data/phone_set) instead of generated
+   lines: its calls, N at a time, scored against what the callers said (relayx_cli.turn_scoring):
+   WER of the stored caller lines, lines split or merged, end-of-turn p50, repeated replies,
+   refusals, and for lines said over the agent, speech onset → `clear` and whether the reply resumed.
 The gateway runs in its own process so that its CPU and memory are its own.
 """
 
@@ -28,10 +32,12 @@ from typing import Any, Literal
 import httpx
 
 from backend.telephony.virtual_phone import CallerLine
+from relayx_cli import phone_set, turn_scoring
 from relayx_cli.caller_lines import call_script, load_line, noise_bed
 from relayx_cli.voice_bench import (
     BENCH_LINES,
     CallPlan,
+    CallResult,
     caller_lines,
     fmt,
     run_calls,
@@ -54,6 +60,8 @@ class Scenario:
     start: Literal["together", "staggered"] = "together"
     stagger_s: float = 2.3
     realistic: bool = True
+    test_set: str | None = None
+    """"phone": play tests/data/phone_set (its calls and lines; `lines` and `realistic` do not apply)."""
 
 
 def _free_port() -> int:
@@ -114,8 +122,15 @@ class _Plans:
         self.voice_path = voice_path
         self._scripts: dict[int, CallPlan] = {}
         self._quick: list[CallerLine] = []
+        self.test_set: phone_set.PhoneSet | None = None
+        self._set_plans: list[CallPlan] = []
 
     async def prepare(self, calls: int) -> None:
+        if self.scenario.test_set is not None:
+            if not self._set_plans:
+                self.test_set = phone_set.load()
+                self._set_plans = [set_plan(self.test_set, c) for c in self.test_set.calls]
+            return
         if not self.scenario.realistic:
             if not self._quick:
                 self._quick = await caller_lines(BENCH_LINES)
@@ -130,7 +145,11 @@ class _Plans:
                                             voice=specs[0].voice.name, bed=bed)
 
     def level(self, n: int) -> list[CallPlan]:
-        """The plans of n calls, each dialling at its offset (0 for all, or c × stagger)."""
+        """The plans of n calls, each dialling at its offset (0 for all, or c × stagger).
+
+        A test set plays all its calls whatever n is: n at a time (see `_level`)."""
+        if self._set_plans:
+            return list(self._set_plans)
         out = []
         for c in range(n):
             delay = c * self.scenario.stagger_s if self.scenario.start == "staggered" else 0.0
@@ -143,8 +162,29 @@ class _Plans:
         return out
 
 
-async def _level(settings: Settings, ws: str, plans: list[CallPlan], proc: _Proc) -> dict[str, Any]:
-    n = len(plans)
+def set_plan(test_set: phone_set.PhoneSet, call: phone_set.SetCall) -> CallPlan:
+    """One call of the test set as a bench caller's plan (its line noise between lines)."""
+    return CallPlan(test_set.caller_lines(call), voice=call.voice, bed=test_set.audio(call.bed), label=call.id,
+                    overlaps={i: line.overlap for i, line in enumerate(call.lines) if line.overlap})
+
+
+def set_figures(test_set: phone_set.PhoneSet, results: list[CallResult]) -> dict[str, Any]:
+    """Score each call of the set against its references (results in the set's call order)."""
+    by_id = {c.id: c for c in test_set.calls}
+    calls = [by_id[r.phone.label] for r in results]
+    return turn_scoring.set_summary(
+        [[line.reference for line in c.lines] for c in calls],
+        [r.rows for r in results],
+        [o for r in results for o in r.phone.overlaps],
+        tags=[[line.tags for line in c.lines] for c in calls],
+    )
+
+
+async def _level(settings: Settings, ws: str, plans: list[CallPlan], proc: _Proc, *,
+                 at_once: int | None = None, test_set: phone_set.PhoneSet | None = None) -> dict[str, Any]:
+    """Run the plans (all together, or `at_once` at a time) and sum up the level (scored against the
+    test set's references when the plans are its calls)."""
+    n = at_once or len(plans)
     cpu0, wall0, rss0 = proc.cpu_s(), time.monotonic(), proc.rss_mb()
     peak = {"rss": rss0}
 
@@ -155,7 +195,9 @@ async def _level(settings: Settings, ws: str, plans: list[CallPlan], proc: _Proc
 
     sampler = asyncio.create_task(sample())
     try:
-        results = await run_plans(settings, ws, plans)
+        results = []
+        for i in range(0, len(plans), n):
+            results += await run_plans(settings, ws, plans[i : i + n])
     finally:
         sampler.cancel()
     cpu, wall = proc.cpu_s() - cpu0, time.monotonic() - wall0
@@ -164,6 +206,8 @@ async def _level(settings: Settings, ws: str, plans: list[CallPlan], proc: _Proc
     summary["gateway_rss_mb"] = round(peak["rss"], 1)
     summary["rss_mb_per_call"] = round(max(0.0, peak["rss"] - rss0) / n, 1)
     summary["transcripts"] = [r.transcript for r in results]
+    if test_set is not None:
+        summary["set"] = set_figures(test_set, results)
     return summary
 
 
@@ -212,7 +256,7 @@ def run_bench(
     report: dict[str, Any] = {
         "machine": {"cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M")},
         "scenario": {"lines": scenario.lines, "start": scenario.start, "stagger_s": scenario.stagger_s,
-                     "realistic": scenario.realistic, "find_capacity": find_capacity},
+                     "realistic": scenario.realistic, "find_capacity": find_capacity, "set": scenario.test_set},
         "levels": {},
     }
     wanted = [calls, *levels] if not find_capacity else []
@@ -230,14 +274,21 @@ def run_bench(
         async def one(n: int) -> dict[str, Any]:
             if report["levels"]:
                 await asyncio.sleep(SETTLE_S)
-            _say(f"{n} call(s), {scenario.start}, {scenario.lines} line(s) each…")
-            summary = await _level(bench_settings, ws, plans.level(n), proc)
+            if plans.test_set is not None:
+                _say(f"test set {scenario.test_set}: {len(plans.test_set.calls)} calls, {n} at a time…")
+                summary = await _level(bench_settings, ws, plans.level(n), proc, at_once=n,
+                                       test_set=plans.test_set)
+            else:
+                _say(f"{n} call(s), {scenario.start}, {scenario.lines} line(s) each…")
+                summary = await _level(bench_settings, ws, plans.level(n), proc)
             key, k = str(n), 1
             while key in report["levels"]:  # the same level run again (--calls 1 --concurrency 1)
                 k += 1
                 key = f"{n}#{k}"
             report["levels"][key] = summary
             print(f"\n{n} call(s) {scenario.start}:\n{table(summary)}", flush=True)
+            if "set" in summary:
+                print(turn_scoring.set_table(summary["set"]), flush=True)
             return summary
 
         try:
@@ -275,8 +326,8 @@ def render(report: dict[str, Any]) -> str:
     sc = report["scenario"]
     kind = "realistic lines (3–5 s, several voices, phone band + noise)" if sc["realistic"] else "quick lines"
     start = "together" if sc["start"] == "together" else f"staggered by {sc['stagger_s']} s"
-    out = [(f"machine: {report['machine']['cores']} cores, {report['machine']['date']}; "
-            f"{sc['lines']} {kind} per call, calls start {start}"), ""]
+    what = f"{sc['lines']} {kind} per call" if not sc.get("set") else f"the {sc['set']} test set's calls"
+    out = [f"machine: {report['machine']['cores']} cores, {report['machine']['date']}; {what}, calls start {start}", ""]
     out.append(f"{'calls':>5} {'answered':>9} {'v2v p50':>8} {'v2v p95':>8} {'gaps>40':>8} {'worst gap':>9} "
                f"{'gw late':>8} {'cpu/call':>9} {'rss/call':>9} {'real-time':>9}")
     for n, s in report["levels"].items():
@@ -287,6 +338,9 @@ def render(report: dict[str, Any]) -> str:
     how = "ramp 1, 2, 3… to the first failing level" if sc["find_capacity"] else "among the levels run"
     out.append(f"largest real-time concurrency ({how}; every turn answered, no gap > 40 ms at the phone or "
                f"the gateway, voice-to-voice p95 ≤ 2.5 s): {report.get('max_realtime_concurrency', 0)}")
+    for n, s in report["levels"].items():
+        if "set" in s:
+            out += ["", f"test set, {n} call(s) at a time:", turn_scoring.set_table(s["set"])]
     media = report.get("media_path_instant_engines")
     if media:
         out.append("")

@@ -259,6 +259,11 @@ def bench(
         "--realistic/--quick",
         help="Realistic caller lines (3-5 s, several voices, phone band, line noise) or the five short clean ones.",
     )] = True,
+    test_set: Annotated[str, typer.Option(
+        "--set",
+        help="phone: play the committed phone-band test set (tests/data/phone_set), --calls at a time, and score "
+             "it: WER of stored caller lines, turns split wrongly, end_of_turn p50, repeats, refusals, overlaps.",
+    )] = "",
     concurrency: Annotated[str, typer.Option(help="More call counts to run after --calls, e.g. 2,4.")] = "",
     find_capacity: Annotated[bool, typer.Option(
         help="Ramp 1, 2, 3… calls until a level fails; report the largest real-time level.")] = False,
@@ -281,11 +286,15 @@ def bench(
         _fail(f"--start {start!r}: use together or staggered")
     if calls < 1 or lines < 1 or max_calls < 1:
         _fail("--calls, --lines and --max-calls must be at least 1")
+    if test_set not in ("", "phone"):
+        _fail(f"--set {test_set!r}: the only test set is phone")
+    if test_set and find_capacity:
+        _fail("--set and --find-capacity do not go together: the ramp uses generated lines")
     from relayx_cli.bench import Scenario, run_bench
 
     levels = [int(x) for x in concurrency.split(",") if x.strip()]
     scenario = Scenario(lines=lines, start="staggered" if start == "staggered" else "together",
-                        stagger_s=stagger_s, realistic=realistic)
+                        stagger_s=stagger_s, realistic=realistic, test_set=test_set or None)
     sys.exit(run_bench(Settings(), calls=calls, scenario=scenario, levels=levels, find_capacity=find_capacity,
                        max_calls=max_calls, media_streams=media_streams, json_out=json_out))
 

@@ -7,6 +7,10 @@ agent's frames play back to back from their arrival, so a frame that arrives aft
 it has finished, inside one reply, is a gap the caller hears. Figures come from both ends: the phone
 (voice-to-voice = last caller audio frame sent → first agent frame received, as FIELD_NOTES defines
 it; gaps inside replies) and the gateway's per-turn metrics stored with each agent line.
+
+A line can also be said over the agent's reply (a test set's backchannels and interruptions): it
+starts a set time after the reply was first heard, and the phone records when its first frame went
+out, when the gateway's `clear` came back, and whether agent audio followed the clear (`Overlap`).
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ last clause that comes late is heard (and counted as a gap) rather than cut off 
 MIN_GAP_MS = 1.0
 """Gaps shorter than this are timer noise, not recorded."""
 SILENCE_FRAME = bytes([MULAW_SILENCE]) * FRAME_BYTES
+BACKCHANNEL_WAIT_S = 2.5
+"""After a backchannel the caller says nothing for at least this long (time for the agent to resume)."""
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -105,6 +111,33 @@ class Reply:
         return (self.first_frame_at - self.opened_at) * 1000
 
 
+@dataclass
+class Overlap:
+    """A caller line spoken over the agent, as the phone saw it: when it began, what the agent did.
+
+    `clear_at` is the first `clear` after the onset (before the caller's next line); frames after it
+    are the agent speaking again: after a backchannel, its reply resuming (or a new one).
+    """
+
+    turn: int
+    kind: str  # "backchannel" or "interruption"
+    onset_at: float
+    over_agent: bool
+    """The agent's audio was still playing at the onset (else the line did not overlap anything)."""
+    ended_at: float | None = None
+    clear_at: float | None = None
+    frames_after_clear: int = 0
+
+    @property
+    def onset_to_clear_ms(self) -> float | None:
+        return None if self.clear_at is None else (self.clear_at - self.onset_at) * 1000
+
+    @property
+    def resumed(self) -> bool:
+        """Cleared, then the agent spoke again before the caller's next line."""
+        return self.clear_at is not None and self.frames_after_clear > 0
+
+
 class Playout:
     """Twilio's playout of the agent's audio, on the times it is handed (no clock, no I/O).
 
@@ -116,21 +149,39 @@ class Playout:
 
     def __init__(self, start: float) -> None:
         self.replies: list[Reply] = [Reply(turn=None, opened_at=start)]
+        self.overlaps: list[Overlap] = []
         self.play_end = start
         self._in_stretch = False
         self._caller_speaking = False
+        self._overlap: Overlap | None = None  # the latest overlap, until the caller's next line starts
 
     @property
     def current(self) -> Reply:
         return self.replies[-1]
 
-    def line_started(self, at: float) -> None:
-        """The caller's line began (its first frame was sent)."""
+    def playing(self, at: float) -> bool:
+        """The agent's audio received so far is still playing at `at`."""
+        return self.play_end > at
+
+    def line_started(self, at: float, *, turn: int | None = None, overlap: str | None = None) -> None:
+        """The caller's line began (its first frame was sent); `overlap` names a line said over the agent."""
         self._caller_speaking = True
+        self._overlap = None
+        if overlap is not None and turn is not None:
+            self._overlap = Overlap(turn=turn, kind=overlap, onset_at=at, over_agent=self.playing(at))
+            self.overlaps.append(self._overlap)
+
+    def backchannel_ended(self, at: float) -> None:
+        """A backchannel ended: unlike a line, it opens no reply (the agent's current one goes on)."""
+        self._caller_speaking = False
+        if self._overlap is not None:
+            self._overlap.ended_at = at
 
     def line_ended(self, at: float, turn: int) -> None:
         """The caller's line `turn` ended (its last frame was sent): what arrives next is its reply."""
         self._caller_speaking = False
+        if self._overlap is not None:
+            self._overlap.ended_at = at
         self.replies.append(Reply(turn=turn, opened_at=at))
         self._in_stretch = False
 
@@ -142,6 +193,8 @@ class Playout:
             reply.first_frame_at = at
         if self._caller_speaking:
             reply.frames_over_caller += 1
+        if self._overlap is not None and self._overlap.clear_at is not None:
+            self._overlap.frames_after_clear += 1
         gap = at - self.play_end if self._in_stretch and at > self.play_end else 0.0
         if gap * 1000 >= MIN_GAP_MS:
             reply.gaps_ms.append(round(gap * 1000, 1))
@@ -154,6 +207,8 @@ class Playout:
         self.play_end = min(self.play_end, at)
         self.current.clears += 1
         self._in_stretch = False
+        if self._overlap is not None and self._overlap.clear_at is None:
+            self._overlap.clear_at = at
 
     def mark_due(self, at: float) -> float:
         """When a mark received now is echoed: once everything received before it has played."""
@@ -176,6 +231,19 @@ class CallPlan:
     bed: bytes | None = None
     """μ-law line noise looped between lines (None: digital silence)."""
     start_delay_s: float = 0.0
+    overlaps: dict[int, str] = field(default_factory=dict)
+    """Lines said over the agent's reply, by index: "backchannel" or "interruption". Such a line starts
+    its `barge_in_after_ms` after the reply was first heard instead of after the reply."""
+    label: str = ""
+    """The plan's name in reports (a phone-set call's id)."""
+
+    def overlap(self, turn: int) -> str | None:
+        """How line `turn` is said: None (after the reply) or over it, as a backchannel or an interruption
+        (a line with `barge_in_after_ms` and no kind named is an interruption)."""
+        line = self.lines[turn]
+        if turn in self.overlaps:
+            return self.overlaps[turn]
+        return "interruption" if line.barge_in_after_ms is not None else None
 
 
 @dataclass
@@ -186,6 +254,10 @@ class CallReport:
     lines: list[str]
     start_delay_s: float
     replies: list[Reply] = field(default_factory=list)
+    overlaps: list[Overlap] = field(default_factory=list)
+    label: str = ""
+    backchannels: int = 0
+    """Lines that are backchannels: said over a reply, they expect none (not counted as turns)."""
     marks_echoed: int = 0
     close_code: int | None = None
     error: str | None = None
@@ -211,9 +283,10 @@ class BenchCaller:
         self.stream_sid = "MZ" + secrets.token_hex(16)
         self.call_sid = "CA" + secrets.token_hex(16)
         self.report = CallReport(voice=plan.voice, lines=[l.text for l in plan.lines],
-                                 start_delay_s=plan.start_delay_s)
+                                 start_delay_s=plan.start_delay_s, label=plan.label,
+                                 backchannels=sum(1 for i in range(len(plan.lines)) if plan.overlap(i) == "backchannel"))
         self.playout = Playout(clock())
-        self._line: tuple[int, bytes] | None = None
+        self._line: tuple[int, bytes, str | None] | None = None
         self._line_sent: asyncio.Future[float] | None = None
         self._pending_marks: list[tuple[float, str]] = []
         self._bed_pos = 0
@@ -246,6 +319,7 @@ class BenchCaller:
         except (OSError, websockets.WebSocketException) as exc:  # counted as unanswered turns, named
             self.report.error = f"{type(exc).__name__}: {exc}"
         self.report.replies = self.playout.replies
+        self.report.overlaps = self.playout.overlaps
         return self.report
 
     # --- script ------------------------------------------------------------------------------
@@ -256,25 +330,54 @@ class BenchCaller:
             if receiver.done():
                 return
             await asyncio.sleep(0.02)
+        ended: float | None = None
+        previous: str | None = None
         for turn, line in enumerate(self.plan.lines):
+            kind = self.plan.overlap(turn)
+            if ended is not None:  # the previous line's reply: listen to it, or to its start only
+                if kind is not None and line.barge_in_after_ms is not None:
+                    await self._await_overlap_point(turn - 1, ended, line.barge_in_after_ms / 1000, receiver)
+                else:
+                    await self._await_reply(turn - 1, ended, receiver, QUIET_AFTER_REPLY_S, previous)
             if receiver.done() or sender.done():
                 return
             self._line_sent = asyncio.get_running_loop().create_future()
-            self._line = (turn, line.audio)
+            self._line = (turn, line.audio, kind)
             ended = await self._line_sent
-            last = turn == len(self.plan.lines) - 1
-            await self._await_reply(turn, ended, receiver, HANGUP_QUIET_S if last else QUIET_AFTER_REPLY_S)
+            previous = kind
+        if ended is not None:
+            await self._await_reply(len(self.plan.lines) - 1, ended, receiver, HANGUP_QUIET_S, previous)
 
-    async def _await_reply(self, turn: int, ended: float, receiver: asyncio.Task[None], quiet_s: float) -> None:
-        """Wait for the reply to be heard and over (+`quiet_s`), or give up on it after the timeout."""
+    async def _await_reply(self, turn: int, ended: float, receiver: asyncio.Task[None], quiet_s: float,
+                           kind: str | None = None) -> None:
+        """Wait for the reply to be heard and over (+`quiet_s`), or give up on it after the timeout.
+
+        After a backchannel the reply is the one it was said over; the caller also waits
+        BACKCHANNEL_WAIT_S, as a person who said "okay" and heard the agent stop would, so that an
+        agent that resumes has the time to."""
+        min_wait_s = BACKCHANNEL_WAIT_S if kind == "backchannel" else 0.0
         while not receiver.done():
             now = self.clock()
             reply = self.playout.current
-            if self.playout.reply_done(now, quiet_s):
+            if self.playout.reply_done(now, quiet_s) and now - ended >= min_wait_s:
                 break
             if reply.first_frame_at is None and now - ended > self.reply_timeout_s:
                 break
             if now - ended > self.max_reply_s:
+                break
+            await asyncio.sleep(0.02)
+        v2v = None if kind == "backchannel" else self.playout.current.voice_to_voice_ms
+        self.on_event("turn", {"turn": turn, "voice_to_voice_ms": None if v2v is None else round(v2v)})
+
+    async def _await_overlap_point(self, turn: int, ended: float, after_s: float,
+                                   receiver: asyncio.Task[None]) -> None:
+        """Wait until the reply to line `turn` has been heard for `after_s` (the next line talks over it)."""
+        while not receiver.done():
+            now = self.clock()
+            first = self.playout.current.first_frame_at
+            if first is not None and now >= first + after_s:
+                break
+            if first is None and now - ended > self.reply_timeout_s:
                 break
             await asyncio.sleep(0.02)
         v2v = self.playout.current.voice_to_voice_ms
@@ -329,9 +432,9 @@ class BenchCaller:
                     await self._echo_mark(name)
             last = False
             if self._line is not None:
-                _, audio = self._line
+                turn, audio, kind = self._line
                 if pos == 0:
-                    self.playout.line_started(now)
+                    self.playout.line_started(now, turn=turn, overlap=kind)
                 payload = audio[pos : pos + FRAME_BYTES]
                 payload += self._bed_frame()[len(payload):]
                 pos += FRAME_BYTES
@@ -346,7 +449,10 @@ class BenchCaller:
             })
             if last and self._line is not None:
                 sent = self.clock()
-                self.playout.line_ended(sent, self._line[0])
+                if self._line[2] == "backchannel":
+                    self.playout.backchannel_ended(sent)
+                else:
+                    self.playout.line_ended(sent, self._line[0])
                 self._line, pos = None, 0
                 if self._line_sent is not None and not self._line_sent.done():
                     self._line_sent.set_result(sent)
@@ -383,6 +489,8 @@ class CallResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     """The gateway's metrics of every agent line (the greeting's included)."""
     transcript: list[tuple[str, str]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    """Every stored line in order: speaker, text and metrics (caller lines' `end_of_turn_ms`, `backchannel`)."""
 
     @property
     def late_ms(self) -> list[int]:
@@ -424,6 +532,7 @@ async def run_plans(
                 phone=report, call_id=call.id,
                 metrics=[dict(r.metrics) for r in rows if r.speaker == "agent"],
                 transcript=[(r.speaker, r.text) for r in rows],
+                rows=[{"speaker": r.speaker, "text": r.text, "metrics": dict(r.metrics)} for r in rows],
             ))
         return results
     finally:
@@ -475,7 +584,7 @@ def call_summary(result: CallResult, stages: list[str]) -> dict[str, Any]:
         "call_id": result.call_id,
         "voice": phone.voice,
         "start_delay_s": phone.start_delay_s,
-        "turns": len(phone.lines),
+        "turns": len(phone.lines) - phone.backchannels,
         "answered": len(v2v),
         "voice_to_voice_ms": {**_spread(v2v), "each": [round(v) for v in v2v]},
         "gaps_over_40ms": sum(1 for g in gaps if g > GAP_MS),
