@@ -235,12 +235,14 @@ class Reply:
         self.state = ReplyState.CANCELLED
         self._stop_production()
 
-    def interrupt(self) -> None:
+    def interrupt(self, *, store_caller_line: bool = True) -> None:
         """The caller talked over this reply: stop producing it. What was heard (`heard_text`) is read
-        once the player's buffer is cleared, when no more of it can go out."""
+        once the player's buffer is cleared, when no more of it can go out. Without `store_caller_line`
+        the caller's turn goes on (they were continuing it): the longer turn's reply stores it."""
         if self.ended:
             return
-        self._store_caller_line()
+        if store_caller_line:
+            self._store_caller_line()
         self.state = ReplyState.INTERRUPTED
         self.metrics["interrupted"] = True
         self._stop_production()

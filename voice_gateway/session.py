@@ -57,6 +57,11 @@ from voice_gateway.turns import (
 
 log = logging.getLogger(__name__)
 
+CONTINUE_S = 1.2
+"""A caller who speaks again within this long of the end of their turn is going on with it, even if the
+agent's answer has begun meanwhile (it is then cut where it was heard): a thought paused for a second is
+one turn. Later speech over the agent is a barge-in, and a new turn."""
+
 
 class CallSession:
     """Holds one call; the socket handler feeds it messages, it sends audio through `send`."""
@@ -119,7 +124,9 @@ class CallSession:
                 log.warning("call %s: no end-of-turn model loaded: turns end after silence only", call.id)
         self._judging: asyncio.Task[None] | None = None
         self._verdict: tuple[int, dict[str, Any]] | None = None  # (speech end sample, metrics) of the last
-        self._turn_open = False  # the last turn's reply is not heard yet: the caller may still go on
+        self._turn_open = False  # the caller may still go on with their last turn (see CONTINUE_S)
+        self._open_until = 0.0  # ... until this wall time, and until its reply is heard
+        self._held_line: Reply | None = None  # its caller line, written once the turn is closed
         self._paused_at: float | None = None  # when the agent was paused for voice over it
         self._side_tasks: set[asyncio.Task[None]] = set()
         self.turns: list[dict[str, Any]] = []
@@ -174,6 +181,9 @@ class CallSession:
         that raised), every step still runs: keep what was played, close the recording, then write
         every line, the final status and the post-call job (to the database, else to the spool)."""
         self._closing = True
+        held, self._held_line = self._held_line, None
+        if held is not None:
+            self._write_caller_line(held)
         await _step(self.call.id, "stopping the prompt prefill", _stop(self._prefill))
         await _step(self.call.id, "stopping the end-of-turn model", _stop(self._judging))
         for reply in list(self._live.values()):
@@ -211,6 +221,10 @@ class CallSession:
         if self.recorder is not None:
             self.recorder.caller(ulaw)
         audio = self._upsampler.process(ulaw_to_float32(ulaw))
+        current = self._current
+        if self._turn_open and current is not None and current.first_frame_wall is not None \
+                and self.clock() >= self._open_until:
+            self._close_turn()  # the caller hears the answer and was silent long enough: a new turn next
         self._fed += audio.shape[0]
         self._arrivals.append((self._fed, self.clock()))
         for event in self.detector.feed(audio):
@@ -243,7 +257,8 @@ class CallSession:
         if isinstance(event, VoiceOnset):
             if current is not None and current.state is ReplyState.PLAYING:
                 await self._pause(current, onset_sample=event.onset_sample)  # perhaps only "mm-hm": decide later
-            elif current is not None and current.state is ReplyState.CONFIRMED and self._turn_open:
+            elif current is not None and current.state is ReplyState.CONFIRMED and self._turn_open \
+                    and not current.fixed:
                 current.hold_start(True)  # the caller may be going on: do not start answering the half
             return
         if isinstance(event, SpeechAbandoned):  # a click or a cough: carry on
@@ -253,10 +268,13 @@ class CallSession:
             return
         agent_busy = current is not None and current.holds_floor
         if isinstance(event, SpeechStarted):
-            if event.continues and current is not None and current.state is ReplyState.CONFIRMED \
-                    and not current.fixed:
-                self._merge(current)
-                return
+            if event.continues and current is not None and not current.fixed:
+                if current.state is ReplyState.CONFIRMED:
+                    self._merge(current)
+                    return
+                if current.state is ReplyState.PLAYING:
+                    await self._merge_heard(current)
+                    return
             if current is not None:
                 current.hold_start(False)
             if agent_busy:
@@ -298,6 +316,7 @@ class CallSession:
                 reply.metrics.update(self._verdict[1])
             reply.confirm()
             self._turn_open = True
+            self._open_until = (reply.speech_end_wall or self.clock()) + CONTINUE_S
             self.detector.keep_open(True)  # until the caller hears the reply, they may go on
 
     def _judge(self, event: PauseDetected) -> None:
@@ -338,6 +357,18 @@ class CallSession:
         reply.cancel()
         self._live.pop(reply.id, None)
         self._current = None
+        self._held_line = None
+
+    async def _merge_heard(self, reply: Reply) -> None:
+        """The caller went on just after the agent began to answer (within CONTINUE_S of their pause):
+        the answer is cut where it was heard (stored as such, if a word was) and the turn continues."""
+        self.merged_turns += 1
+        log.info("call %s: the caller went on as reply %d began: cut, one longer turn", self.call.id, reply.id)
+        reply.interrupt(store_caller_line=False)
+        self._current = None
+        self._held_line = None  # the longer turn's reply stores the whole of it
+        await self.player.clear()
+        self._store_agent_line(reply)
 
     async def _pause(self, reply: Reply, *, onset_sample: int | None = None) -> None:
         if self.player.paused:
@@ -403,9 +434,6 @@ class CallSession:
         log.info("call %s: barge-in, reply %d cut after %d clause(s)", self.call.id, reply.id, reply.played)
 
     def _on_frame_sent(self, wall: float) -> None:
-        if self._turn_open:  # the caller hears the answer: speech from now on is a new turn
-            self._turn_open = False
-            self.detector.keep_open(False)
         if self._current is not None:
             self._current.frame_sent(wall)
 
@@ -413,8 +441,23 @@ class CallSession:
         return [self._system, *self._history]
 
     # --- transcript ----------------------------------------------------------------------------------
+    def _close_turn(self) -> None:
+        """The caller can no longer go on with their last turn: write its line (the words are final)."""
+        self._turn_open = False
+        self.detector.keep_open(False)
+        held, self._held_line = self._held_line, None
+        if held is not None:
+            self._write_caller_line(held)
+
     def _store_caller_line(self, reply: Reply) -> None:
-        """The turn is confirmed and STT is done (the reply calls this once, when both hold)."""
+        """Its reply starts to be heard (or was cut, or the call ends): the caller's words are final,
+        unless the turn is still open (they may go on: the line waits for `_close_turn`)."""
+        if self._turn_open and reply is self._current and not self._closing:
+            self._held_line = reply
+            return
+        self._write_caller_line(reply)
+
+    def _write_caller_line(self, reply: Reply) -> None:
         if reply.caller_text is None:
             return
         metrics: dict[str, Any] = {k: reply.metrics[k] for k in ("stt_ms", "end_of_turn_ms") if k in reply.metrics}
@@ -425,9 +468,8 @@ class CallSession:
         """Store what the caller actually heard of an ended reply (once: it leaves the live replies)."""
         if self._live.pop(reply.id, None) is None:
             return
-        if reply is self._current and self._turn_open:  # ended unheard (nothing usable was said)
-            self._turn_open = False
-            self.detector.keep_open(False)
+        if reply is self._current and self._turn_open:  # it ended: the turn it answered is over
+            self._close_turn()
         heard = reply.heard_text()
         if not heard:
             return

@@ -31,7 +31,7 @@ from tests.conftest import make_settings
 from voice_gateway.assurance import ProductionRate, StartPolicy
 from voice_gateway.engines import Engines
 from voice_gateway.reply import DUE_WORDS_KNOWN_S, FALLBACK_LINE, RUNNING_DRY_PRECEDENCE_S, Reply, ReplyState
-from voice_gateway.session import CallSession
+from voice_gateway.session import CONTINUE_S, CallSession
 from voice_gateway.spool import Spool
 
 FRAME_S = 0.02
@@ -383,6 +383,7 @@ async def test_long_speech_over_the_agent_interrupts_it_and_keeps_what_was_heard
     reply = await _turn(session, clock)
     await _until(lambda: reply.state is ReplyState.PLAYING and f"{reply.id}:0" in call.line.log,
                  "the first clause to be sent")
+    await _feed(session, clock, _silence(round(CONTINUE_S * 1000)))  # later than a caller going on with their turn
     await _feed(session, clock, _tone(600))
     assert reply.state is ReplyState.INTERRUPTED and reply.deadline() == math.inf
     assert call.line.clears == 1 and session.barge_ins == 1 and session.pauses == 1  # one clear, at the onset
@@ -416,6 +417,7 @@ async def test_a_backchannel_pauses_the_reply_which_then_finishes_with_all_its_w
     reply = await _turn(session, clock)
     await _until(lambda: reply.state is ReplyState.PLAYING and f"{reply.id}:0" in call.line.log,
                  "the first clause to be sent")
+    await _feed(session, clock, _silence(round(CONTINUE_S * 1000)))
     await _feed(session, clock, _tone(300) + _silence(800))  # "mm-hm", shorter than barge_in_min_ms
     await _until(lambda: call.stt.calls == 2 and not session._side_tasks, "the backchannel's STT")
     assert reply.state is ReplyState.PLAYING and not session.player.paused
@@ -459,6 +461,43 @@ async def test_a_caller_who_goes_on_before_hearing_the_reply_gets_one_reply_to_t
 
     transcript = await call.transcript()
     assert _said(transcript) == [("caller", "My name is Ana. I'm calling about my order."), ("agent", "We open at nine.")]
+
+
+async def test_a_caller_who_goes_on_as_the_answer_begins_cuts_it_and_keeps_one_turn(open_call: Any) -> None:
+    clock = FakeClock()
+    tts = FakeTTS(clock)
+    stt = FakeSTT("My name is Ana. I'm calling about my order.")
+    call = await open_call(clock=clock, tts=tts, stt=stt, echo=False,
+                           llm=FakeLLM("One two three four five. Six seven eight nine ten."),
+                           start_policy=StartPolicy(SpyRates(rate=100.0), margin_s=0.0, writing_margin_s=0.0))
+    session = call.session
+
+    def hold_second(text: str) -> None:
+        if text.startswith("Six"):
+            tts.gate = asyncio.Event()  # the answer is still playing when the caller goes on
+
+    tts.on_clause = hold_second
+    first = await _turn(session, clock, 600)
+    await _until(lambda: first.state is ReplyState.PLAYING and f"{first.id}:0" in call.line.log,
+                 "the answer to begin")
+    await _feed(session, clock, _silence(200) + _tone(700))  # within CONTINUE_S of the pause: going on
+    assert first.state is ReplyState.INTERRUPTED and session.merged_turns == 1 and session.barge_ins == 0
+    tts.on_clause = None
+    if tts.gate is not None:
+        tts.gate.set()
+        tts.gate = None
+    call.line.echo = True
+    whole = await _turn(session, clock, 0)
+    await _until(lambda: whole.state is ReplyState.PLAYED, "the answer to the whole turn")
+    assert stt.heard_s[-1] >= 0.6 + 0.5 + 0.2 + 0.7  # both parts, transcribed again as one
+
+    transcript = await call.transcript()
+    assert _said(transcript) == [
+        ("agent", "One two three four five."),  # what was heard of the cut answer
+        ("caller", "My name is Ana. I'm calling about my order."),  # one caller line, not two halves
+        ("agent", "One two three four five. Six seven eight nine ten."),
+    ]
+    assert transcript[0].metrics.get("interrupted") is True
 
 
 async def _ended_after(call: Call, model: FakeTurnModel, speech: bytes) -> Reply:
