@@ -36,6 +36,7 @@ from shared.llm.base import ChatMessage, LLMError
 from shared.storage.base import Agent, Call, Storage
 from shared.turn.bands import TurnBands
 from voice_gateway.assurance import ProductionRate, StartPolicy
+from voice_gateway.backchannel import is_backchannel
 from voice_gateway.call_writer import CallWriter
 from voice_gateway.engines import Engines
 from voice_gateway.playback import Player, Send
@@ -56,6 +57,10 @@ from voice_gateway.turns import (
 )
 
 log = logging.getLogger(__name__)
+
+BACKCHANNEL_WORDS_MAX_MS = 1200
+"""Speech over the agent longer than `barge_in_min_ms` but shorter than this keeps the agent paused
+until its words are known: "okay, yeah" lets it play on, anything else takes the turn."""
 
 CONTINUE_S = 1.2
 """A caller who speaks again within this long of the end of their turn is going on with it, even if the
@@ -116,6 +121,8 @@ class CallSession:
         # Talking over the agent interrupts it only after this much speech: "mm-hm", "ok", a cough or
         # a line click is shorter, and is stored as a backchannel instead of cutting the agent off.
         self._barge_samples = agent.settings.barge_in_min_ms * STT_RATE // 1000
+        self._words_samples = max(self._barge_samples, BACKCHANNEL_WORDS_MAX_MS * STT_RATE // 1000)
+        self._overlap_text: str | None = None  # the words of speech over the agent, once read
         self._bands: TurnBands | None = None
         if agent.settings.turn_detection == "smart":
             if engines.turn is not None:
@@ -230,11 +237,15 @@ class CallSession:
         for event in self.detector.feed(audio):
             await self._on_turn_event(event)
         onset = self._barge_onset
-        if onset is not None and self.detector.speaking and self.detector.speech_end - onset >= self._barge_samples:
-            # The caller has talked over the agent long enough to be more than "mm-hm": yield the floor.
-            self._barge_onset = None
-            if self._current is not None and self._current.holds_floor:
-                await self._barge_in(self._current)
+        if onset is not None and self.detector.speaking:
+            spoken = self.detector.speech_end - onset
+            # Long enough to be more than "mm-hm": yield the floor, unless the agent is paused already
+            # and the speech is short enough to be "okay, yeah" (its words decide, at its first pause).
+            waiting_on_words = self.player.paused or self._overlap_text is not None  # read: listener words
+            if spoken >= self._words_samples or (spoken >= self._barge_samples and not waiting_on_words):
+                self._barge_onset = None
+                if self._current is not None and self._current.holds_floor:
+                    await self._barge_in(self._current)
 
     def on_mark(self, wire_name: str) -> None:
         """Twilio played everything up to this mark: that clause was heard."""
@@ -283,17 +294,26 @@ class CallSession:
         if self._barge_onset is not None:
             # Speech that began while the agent talked and has not lasted long enough to interrupt.
             if isinstance(event, PauseDetected):
-                self._resume()  # short, then a pause: a backchannel; the reply plays on meanwhile
-                return
+                if event.speech_end_sample - self._barge_onset < self._barge_samples \
+                        or await self._listener_words(event.audio):
+                    self._resume()  # "mm-hm", "okay, yeah": a backchannel; the reply plays on meanwhile
+                    return
+                # Words that are not a backchannel: the caller takes the turn (answered as any turn).
+                self._barge_onset = None
+                if current is not None and current.holds_floor:
+                    await self._barge_in(current)
+                current, agent_busy = self._current, False
             if isinstance(event, SpeechResumed):
+                self._overlap_text = None  # more words are coming: the ones read are not all of it
                 if current is not None and current.state is ReplyState.PLAYING:
                     await self._pause(current)
                 return
-            self._barge_onset = None
-            self._resume()
-            if agent_busy:
-                self._track(self._backchannel(event.audio))  # "mm-hm", "ok": kept, not answered
-                return
+            if self._barge_onset is not None:
+                self._barge_onset = None
+                self._resume()
+                if agent_busy:
+                    self._track(self._backchannel(event.audio))  # "mm-hm", "ok": kept, not answered
+                    return
             # The agent finished meanwhile: this short turn ("yes") is an answer; handle it as one.
         if isinstance(event, PauseDetected):
             self._cancel_unconfirmed()
@@ -386,11 +406,24 @@ class CallSession:
             self.player.resume()
             self._paused_at = None
 
+    async def _listener_words(self, audio: np.ndarray) -> bool:
+        """Read the words of speech over the paused agent: only listener words ("okay, yeah")?"""
+        with urgency.working_for(urgency.Fixed(self.clock())):  # the agent is silent until this is known
+            try:
+                heard = await asyncio.wait_for(self.engines.stt.transcribe(audio, prompt=self._stt_prompt), 3.0)
+            except Exception:  # unread words (an STT failure, a timeout) take the turn, as speech would
+                log.warning("call %s: could not read the words over the agent", self.call.id, exc_info=True)
+                return False
+        self._overlap_text = usable_text(heard)
+        return is_backchannel(self._overlap_text)
+
     async def _backchannel(self, audio: np.ndarray) -> None:
         """Store a short utterance made over the agent (a backchannel) without answering it."""
-        with urgency.working_for(urgency.BACKGROUND):  # nobody waits for it: replies go first
-            heard = await self.engines.stt.transcribe(audio, prompt=self._stt_prompt)
-        text = usable_text(heard)
+        text, self._overlap_text = self._overlap_text, None
+        if text is None:
+            with urgency.working_for(urgency.BACKGROUND):  # nobody waits for it: replies go first
+                heard = await self.engines.stt.transcribe(audio, prompt=self._stt_prompt)
+            text = usable_text(heard)
         if text:
             self.writer.add("caller", text, metrics={"backchannel": True})
             self._history.append(ChatMessage("user", text))
@@ -428,6 +461,7 @@ class CallSession:
         (exact: the player paused at the caller's onset and knows which frames were played)."""
         self.barge_ins += 1
         self._paused_at = None
+        self._overlap_text = None
         reply.interrupt()
         await self.player.clear()
         self._store_agent_line(reply)  # after the clear: no more of it can go out

@@ -384,7 +384,7 @@ async def test_long_speech_over_the_agent_interrupts_it_and_keeps_what_was_heard
     await _until(lambda: reply.state is ReplyState.PLAYING and f"{reply.id}:0" in call.line.log,
                  "the first clause to be sent")
     await _feed(session, clock, _silence(round(CONTINUE_S * 1000)))  # later than a caller going on with their turn
-    await _feed(session, clock, _tone(600))
+    await _feed(session, clock, _tone(600) + _silence(400))  # longer than barge_in_min_ms, and not "okay"
     assert reply.state is ReplyState.INTERRUPTED and reply.deadline() == math.inf
     assert call.line.clears == 1 and session.barge_ins == 1 and session.pauses == 1  # one clear, at the onset
     tts.on_clause = None
@@ -436,6 +436,40 @@ async def test_a_backchannel_pauses_the_reply_which_then_finishes_with_all_its_w
     ]
     assert transcript[1].metrics == {"backchannel": True} and "interrupted" not in transcript[2].metrics
     assert len(call.llm.requests) == 1
+
+
+async def test_listener_words_longer_than_barge_in_min_let_the_reply_play_on(open_call: Any) -> None:
+    clock = FakeClock()
+    tts = FakeTTS(clock)
+    stt = FakeSTT("What are your hours?", "Okay, yeah.")
+    call = await open_call(clock=clock, tts=tts, stt=stt, echo=False,
+                           llm=FakeLLM("One two three four five. Six seven eight nine ten."),
+                           start_policy=StartPolicy(SpyRates(rate=100.0), margin_s=0.0, writing_margin_s=0.0))
+    session = call.session
+
+    def hold_second(text: str) -> None:
+        if text.startswith("Six"):
+            tts.gate = asyncio.Event()
+
+    tts.on_clause = hold_second
+    reply = await _turn(session, clock)
+    await _until(lambda: reply.state is ReplyState.PLAYING and f"{reply.id}:0" in call.line.log,
+                 "the first clause to be sent")
+    await _feed(session, clock, _silence(round(CONTINUE_S * 1000)))
+    await _feed(session, clock, _tone(700) + _silence(800))  # longer than barge_in_min_ms: its words decide
+    await _until(lambda: not session._side_tasks, "the backchannel to be stored")
+    assert reply.state is ReplyState.PLAYING and session.barge_ins == 0 and not session.player.paused
+    assert stt.calls == 2  # read once, when its words were needed, and stored from that reading
+    tts.on_clause = None
+    if tts.gate is not None:
+        tts.gate.set()
+    call.line.echo = True
+    call.line.release()
+    await _until(lambda: reply.state is ReplyState.PLAYED, "the reply to finish")
+    transcript = await call.transcript()
+    assert _said(transcript)[1:] == [
+        ("caller", "Okay, yeah."), ("agent", "One two three four five. Six seven eight nine ten."),
+    ]
 
 
 async def test_a_caller_who_goes_on_before_hearing_the_reply_gets_one_reply_to_the_whole_turn(
