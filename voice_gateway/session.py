@@ -314,6 +314,7 @@ class CallSession:
                 if agent_busy:
                     self._track(self._backchannel(event.audio))  # "mm-hm", "ok": kept, not answered
                     return
+                self._overlap_text = None
             # The agent finished meanwhile: this short turn ("yes") is an answer; handle it as one.
         if isinstance(event, PauseDetected):
             self._cancel_unconfirmed()
