@@ -97,3 +97,25 @@ def test_defaults_are_ordered_and_frozen() -> None:
     assert bands.done_silence_ms < bands.not_done_silence_ms <= bands.max_silence_ms
     with pytest.raises(dataclasses.FrozenInstanceError):
         bands.done_threshold = 0.5  # type: ignore[misc]
+
+
+def test_the_agent_settings_defaults_are_the_measured_bands() -> None:
+    from shared.agent_config import AgentSettings
+
+    assert TurnBands(**AgentSettings().smart_turn.model_dump()) == TurnBands()
+    assert AgentSettings().turn_detection == "smart"
+
+
+@pytest.mark.parametrize("bad", [
+    {"done_threshold": 0.2, "not_done_threshold": 0.5},
+    {"done_silence_ms": 2000, "not_done_silence_ms": 1500},
+    {"not_done_silence_ms": 4000, "max_silence_ms": 3000},
+    {"done_threshold": 1.5},
+])
+def test_agent_bands_out_of_order_are_refused(bad: dict[str, float]) -> None:
+    from pydantic import ValidationError
+
+    from shared.agent_config import AgentSettings
+
+    with pytest.raises(ValidationError):
+        AgentSettings.model_validate({"smart_turn": bad})
