@@ -7,7 +7,7 @@ turn detection, pacing): `python -m relayx_cli.instant_engines` serves a gateway
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
 import uvicorn
@@ -33,7 +33,9 @@ class InstantSTT:
 class InstantLLM:
     """Answers the same two clauses at once."""
 
-    async def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[ChatMessage], options: GenerationOptions, *, avoid: Sequence[str] = ()
+    ) -> AsyncIterator[str]:
         for piece in ("Sure, ", "this is an instant reply."):
             yield piece
 

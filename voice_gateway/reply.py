@@ -88,7 +88,10 @@ class ReplyDeps:
     clock: Callable[[], float]
     stt_prompt: str
     context: Callable[[], list[ChatMessage]]
-    """The messages before the caller's new line (system prompt, history), read when STT is done."""
+    """The messages before the caller's new line (system prompt, recent history), read when STT is done."""
+    avoid: Callable[[str], list[str]]
+    """The agent's earlier replies this one must not reopen, given the caller's line (none when they ask
+    for a repeat): the engine masks those openings, and refusals, while it generates."""
     on_caller_line: Callable[[Reply], None]
     """Once, when the caller's words are final: the reply to them starts to be heard (or is cut, or the
     call ends). Not before: until then the caller may go on, and the turn becomes a longer one."""
@@ -305,16 +308,16 @@ class Reply:
             return
         messages = [*self._deps.context(), ChatMessage("user", text)]
         self.caller_text = text
-        await self._synthesize(self._clauses(messages))
+        await self._synthesize(self._clauses(messages, avoid=self._deps.avoid(text)))
 
-    async def _clauses(self, messages: list[ChatMessage]) -> AsyncIterator[str]:
+    async def _clauses(self, messages: list[ChatMessage], *, avoid: list[str]) -> AsyncIterator[str]:
         """LLM tokens → speakable clauses, produced ahead of TTS through a bounded queue."""
         queue: asyncio.Queue[str | None] = asyncio.Queue(CLAUSE_QUEUE)
         clock = self._deps.clock
 
         async def tokens() -> AsyncIterator[str]:
             started = self._production_started = clock()
-            async for piece in self._deps.engines.llm.stream(messages, self._deps.agent.llm):
+            async for piece in self._deps.engines.llm.stream(messages, self._deps.agent.llm, avoid=avoid):
                 if "llm_first_token_ms" not in self.metrics:
                     self.metrics["llm_first_token_ms"] = round((clock() - started) * 1000)
                 yield piece

@@ -32,6 +32,7 @@ import numpy as np
 from shared import urgency
 from shared.agent_config import LLMConfig
 from shared.audio import PHONE_RATE, STT_RATE, StreamResampler, ulaw_to_float32
+from shared.conversation import avoid_for, is_refusal, is_repeat, trim_history
 from shared.llm.base import ChatMessage, LLMError
 from shared.storage.base import Agent, Call, Storage
 from shared.turn.bands import TurnBands
@@ -108,6 +109,7 @@ class CallSession:
         self._deps = ReplyDeps(
             call_id=call.id, agent=agent, engines=engines, player=self.player, policy=self.start_policy,
             clock=clock, stt_prompt=self._stt_prompt, context=self._context,
+            avoid=lambda caller_line: avoid_for(self._history, caller_line),
             on_caller_line=self._store_caller_line, on_ended=self._store_agent_line,
         )
         self._replies = 0
@@ -175,7 +177,7 @@ class CallSession:
         """
         if after is not None:
             await asyncio.wait({after})  # finished, failed or cancelled (barge-in): prefill either way
-        messages = [self._system, *self._history, ChatMessage("user", "Hello?")]
+        messages = [*self._context(), ChatMessage("user", "Hello?")]
         try:
             with urgency.working_for(urgency.Fixed(self.clock() + self.player.ahead_s())):
                 async for _ in self.engines.llm.stream(messages, LLMConfig(max_tokens=1)):
@@ -473,7 +475,9 @@ class CallSession:
             self._current.frame_sent(wall)
 
     def _context(self) -> list[ChatMessage]:
-        return [self._system, *self._history]
+        """The system prompt and the recent turns: a small model strays and parrots on a long history;
+        trimmed in blocks, so the prompt stays a prefix of the next turn's (the KV cache holds)."""
+        return trim_history([self._system, *self._history])
 
     # --- transcript ----------------------------------------------------------------------------------
     def _close_turn(self) -> None:
@@ -513,6 +517,10 @@ class CallSession:
         metrics["max_frame_late_ms"] = round(self.player.lateness_by_reply.pop(reply.id, 0.0) * 1000)
         if interrupted:
             metrics["interrupted"] = True
+        if is_repeat(heard, [m.content for m in self._history if m.role == "assistant"]):
+            metrics["repeat"] = True  # measured: the engine masks repeats, a remote one only penalises them
+        if is_refusal(heard):
+            metrics["refusal"] = True
         self.writer.add("agent", heard, metrics=metrics)
         self._history.append(ChatMessage("assistant", heard))
         self.turns.append(metrics)

@@ -73,10 +73,10 @@ def _build(
         return OpenAICompatLLM(
             settings.openai_base_url, model, api_key=settings.openai_api_key, timeout_s=timeout_s
         )
-    from shared.llm.llama_cpp import LlamaCppLLM
+    from shared.llm.llama_cpp import LlamaCppLLM, named_model_path
 
     return LlamaCppLLM(
-        model_path,
+        model_path or named_model_path(model, settings.model_cache_dir),
         cache_dir=settings.model_cache_dir,
         n_ctx=n_ctx,
         threads=settings.llm_threads,

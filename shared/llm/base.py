@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -29,9 +29,14 @@ class LLM(Protocol):
     """Streams the assistant's reply token by token (text pieces, in order).
 
     Raises `LLMError` on failure. Cancelling the consuming task (barge-in) must stop generation.
+    `avoid` holds the agent's earlier replies in the call (`shared.conversation.avoid_for`): the reply
+    should not open the way any of them opens. The embedded engine masks those openings (and refusal
+    wordings) while sampling; HTTP engines apply the server's repeat penalties instead.
     """
 
-    def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]: ...
+    def stream(
+        self, messages: list[ChatMessage], options: GenerationOptions, *, avoid: Sequence[str] = ()
+    ) -> AsyncIterator[str]: ...
 
     def warmup(self) -> None: ...
 
@@ -50,4 +55,6 @@ class StructuredLLM(Protocol):
         self, messages: list[ChatMessage], schema: dict[str, Any], options: GenerationOptions
     ) -> str: ...
 
-    def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]: ...
+    def stream(
+        self, messages: list[ChatMessage], options: GenerationOptions, *, avoid: Sequence[str] = ()
+    ) -> AsyncIterator[str]: ...

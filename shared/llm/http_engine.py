@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,6 +20,10 @@ from shared.llm.base import ChatMessage, GenerationOptions, LLMError
 
 SPECULATIVE_POLL_S = 0.05
 """How often a held speculative request looks again (its turn may be confirmed meanwhile)."""
+REPEAT_PENALTY = 1.1
+"""Ollama's repeat penalty on a reply that has earlier replies to avoid (the embedded engine's value)."""
+PRESENCE_PENALTY = 0.3
+"""Presence (and, for OpenAI, frequency) penalty then: mild, as a reply repeats the caller's words on purpose."""
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,14 @@ class HTTPEngine(ABC):
         """Close the connection pool."""
         await self._client.aclose()
 
-    async def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[ChatMessage], options: GenerationOptions, *, avoid: Sequence[str] = ()
+    ) -> AsyncIterator[str]:
         """Yield text pieces as they arrive; an error event or a non-200 answer raises LLMError.
+
+        With earlier replies to `avoid`, the server's repeat penalties are asked for: a server cannot be
+        told which openings to mask, and its tokenizer is not ours to build a logit bias from. What still
+        repeats is caught after the fact (`shared.conversation.is_repeat`).
 
         The embedded engine's rule holds for a remote server too (`shared.urgency`): a speculative
         reply is not sent while this process has a confirmed one in flight to the server, which would
@@ -86,13 +96,17 @@ class HTTPEngine(ABC):
         firm = not urgency.is_speculative(handle)
         self._firm_in_flight += firm
         try:
-            async for piece in self._stream(messages, options):
+            async for piece in self._stream(messages, options, penalize=bool(avoid)):
                 yield piece
         finally:
             self._firm_in_flight -= firm
 
-    async def _stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]:
+    async def _stream(
+        self, messages: list[ChatMessage], options: GenerationOptions, *, penalize: bool = False
+    ) -> AsyncIterator[str]:
         body = self._body(messages, options, stream=True)
+        if penalize:
+            body = self._with_penalties(body)
         try:
             async with self._client.stream("POST", self.path, json=body) as response:
                 if response.status_code != 200:
@@ -129,6 +143,10 @@ class HTTPEngine(ABC):
     @abstractmethod
     def _sampling_fields(self, options: GenerationOptions) -> dict[str, Any]:
         """Temperature and token limit, spelled the server's way."""
+
+    @abstractmethod
+    def _with_penalties(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The request body with the server's repeat penalties added (a new dict)."""
 
     @abstractmethod
     def _schema_fields(self, schema: dict[str, Any]) -> dict[str, Any]:

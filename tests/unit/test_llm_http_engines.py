@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
+from shared.errors import ConfigurationError
 from shared.llm import build_analysis_llm, build_llm
 from shared.llm.base import ChatMessage, GenerationOptions, LLMError
 from shared.llm.llama_cpp import LlamaCppLLM
@@ -321,3 +323,39 @@ async def test_a_speculative_reply_waits_while_a_confirmed_one_is_in_flight() ->
         assert await guess == ["Hello", "! How", " can I help?"]
         await llm.aclose()
     assert [r[1]["messages"][-1]["content"] for r in server.requests] == ["confirmed", "guess"]
+
+
+async def test_earlier_replies_to_avoid_ask_each_server_for_its_repeat_penalties() -> None:
+    ollama_server, openai_server = FakeServer(_ollama_ndjson), FakeServer(_openai_sse)
+    avoid = ["Sure, I'll do that. What's her name?"]
+    async with ollama_server as url:
+        ollama = OllamaLLM(url, "m")
+        await _collect(ollama.stream(MESSAGES, GenerationOptions(temperature=0.3, max_tokens=50), avoid=avoid))
+        await ollama.aclose()
+    async with openai_server as url:
+        openai = OpenAICompatLLM(url, "m")
+        await _collect(openai.stream(MESSAGES, GenerationOptions(), avoid=avoid))
+        await openai.aclose()
+    options = ollama_server.requests[0][1]["options"]
+    assert options["temperature"] == 0.3 and options["num_predict"] == 50
+    assert options["repeat_penalty"] > 1.0 and options["presence_penalty"] > 0.0
+    body = openai_server.requests[0][1]
+    assert body["presence_penalty"] > 0.0 and body["frequency_penalty"] > 0.0
+    # The JSON answers of analysis never carry them (a penalty on `"` and `:` would break the JSON);
+    # nor does a first reply, with nothing said yet (the bodies checked above, without `avoid`).
+
+
+def test_the_optional_15b_model_is_chosen_by_name_from_the_model_cache(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, LLM_ENGINE="llama-cpp", LLM_MODEL="qwen2.5-coder-1.5b",
+                        MODEL_CACHE_DIR=str(tmp_path))
+    llm = build_llm(settings)
+    assert isinstance(llm, LlamaCppLLM)
+    assert llm.model_name == "llama-cpp:qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+    with pytest.raises(ConfigurationError, match="get_llm_1_5b.sh"):
+        llm._path()  # not fetched into this cache: the error says how to get it
+    # Any other name is an HTTP engine's; the embedded engine keeps its bundled model.
+    default = build_llm(Settings(_env_file=None, LLM_ENGINE="llama-cpp", LLM_MODEL="llama3:8b"))
+    assert isinstance(default, LlamaCppLLM) and default.model_name.endswith("0.5b-instruct-q4_k_m.gguf")
+    explicit = build_llm(Settings(_env_file=None, LLM_ENGINE="llama-cpp", LLM_MODEL="qwen2.5-coder-1.5b",
+                                  LLM_MODEL_PATH=str(tmp_path / "mine.gguf")))
+    assert isinstance(explicit, LlamaCppLLM) and explicit.model_name == "llama-cpp:mine.gguf"
