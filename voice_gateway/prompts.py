@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from shared.storage.base import Agent
+from shared.stt.prompt import initial_prompt
 
 SPOKEN_STYLE = (
     "You are on a live phone call with the caller. Reply with one or two short spoken sentences "
@@ -21,10 +22,9 @@ def system_prompt(agent: Agent) -> str:
     return f"{who}\n{agent.prompt.strip()}\n\n{SPOKEN_STYLE}"
 
 
-def stt_prompt(agent: Agent) -> str:
-    """Whisper's initial prompt: names and expected answers it would otherwise misspell."""
-    parts = [agent.name]
-    if agent.settings.business:
-        parts.append(agent.settings.business)
-    parts.extend(agent.settings.expected_answers)
-    return ", ".join(parts) + "."
+def stt_prompt(agent: Agent) -> str | None:
+    """Whisper's initial prompt: the business's words, then the greeting the caller answers (measured
+    by scripts/measure_stt.py: WER 0.274 against 0.288 for a list of names and 0.338 for none). The
+    agent's own name is left out: callers do not say it. None when the agent gives nothing to go on."""
+    return initial_prompt(greeting=agent.greeting, business=agent.settings.business,
+                          expected_answers=agent.settings.expected_answers)

@@ -86,7 +86,7 @@ class ReplyDeps:
     player: Player
     policy: StartPolicy
     clock: Callable[[], float]
-    stt_prompt: str
+    stt_prompt: str | None
     context: Callable[[], list[ChatMessage]]
     """The messages before the caller's new line (system prompt, recent history), read when STT is done."""
     avoid: Callable[[str], list[str]]

@@ -21,5 +21,8 @@ def build_stt(settings: Settings) -> STT:
     from shared.stt.faster_whisper import FasterWhisperSTT
 
     return FasterWhisperSTT(
-        settings.stt_model, compute_type=settings.stt_compute_type, threads=settings.stt_threads
+        settings.stt_model,
+        compute_type=settings.stt_compute_type,
+        threads=settings.stt_threads,
+        cache_dir=settings.model_cache_dir,
     )

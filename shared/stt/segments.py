@@ -29,21 +29,36 @@ class Segment:
     avg_logprob: float
 
 
-def is_speech(segment: Segment) -> bool:
+def is_speech(
+    segment: Segment,
+    *,
+    no_speech_threshold: float = NO_SPEECH_THRESHOLD,
+    log_prob_threshold: float = LOGPROB_THRESHOLD,
+) -> bool:
     """Whisper's silence rule (a segment that is both likely silence and unsure is dropped), and no
     words, no speech: on silence tiny.en decodes a lone "." whose log-prob sits near the cut-off
     (-1.16 to -1.30 depending on the CPU's int8 kernels), so that rule alone is not enough."""
     if not any(ch.isalnum() for ch in segment.text):
         return False
-    return not (segment.no_speech_prob > NO_SPEECH_THRESHOLD and segment.avg_logprob < LOGPROB_THRESHOLD)
+    return not (segment.no_speech_prob > no_speech_threshold and segment.avg_logprob < log_prob_threshold)
 
 
-def summarise(segments: Sequence[Segment]) -> Transcription:
-    """Join the speech segments; report the worst no-speech and the mean log-prob over all of them."""
+def summarise(
+    segments: Sequence[Segment],
+    *,
+    no_speech_threshold: float = NO_SPEECH_THRESHOLD,
+    log_prob_threshold: float = LOGPROB_THRESHOLD,
+) -> Transcription:
+    """Join the speech segments; report the worst no-speech and the mean log-prob over all of them.
+    The thresholds are Whisper's unless a measured decoding setting says otherwise."""
     if not segments:
         return Transcription(text="", no_speech_prob=1.0, avg_logprob=-10.0)
     return Transcription(
-        text=" ".join(s.text.strip() for s in segments if is_speech(s)).strip(),
+        text=" ".join(
+            s.text.strip()
+            for s in segments
+            if is_speech(s, no_speech_threshold=no_speech_threshold, log_prob_threshold=log_prob_threshold)
+        ).strip(),
         no_speech_prob=max(s.no_speech_prob for s in segments),
         avg_logprob=float(np.mean([s.avg_logprob for s in segments])),
     )
