@@ -44,7 +44,7 @@ BENCH_AGENT = {
         "The office is at 12 Main Street."
     ),
     "greeting": "Hi, this is Ava from Bright Smile Dental. How can I help?",
-    "settings": {"business": "Bright Smile Dental", "end_of_turn_silence_ms": 500},
+    "settings": {"business": "Bright Smile Dental"},
 }
 BENCH_LINES = [
     "Hi, I would like to book a cleaning.",

@@ -117,6 +117,7 @@ class CallSession:
         self._live: dict[int, Reply] = {}  # replies not yet ended and stored, by id
         self._pacer: asyncio.Task[None] | None = None
         self._prefill: asyncio.Task[None] | None = None
+        self._kept_from = 0  # the first history message the model saw last (trim_history drops blocks)
         self._closing = False
         self._started_wall = clock()
         self._barge_onset: int | None = None
@@ -184,6 +185,17 @@ class CallSession:
                     pass
         except LLMError as exc:
             log.warning("call %s: prompt prefill failed: %s", self.call.id, exc)
+
+    def _refill_if_trimmed(self) -> None:
+        """The history just lost its oldest block (`trim_history`): what follows the system prompt is
+        new to the model's KV cache. Evaluate it now, while the agent's last line plays and the caller
+        thinks, rather than on the caller's next turn, where it would cost its first token ~0.5 s."""
+        kept_from = len(self._history) - (len(self._context()) - 1)
+        if kept_from == self._kept_from or self._closing:
+            return
+        self._kept_from = kept_from
+        if self._prefill is None or self._prefill.done():
+            self._prefill = asyncio.create_task(self._prefill_prompt(after=None), name=f"refill-{self.call.id}")
 
     async def close(self) -> None:
         """The stream ended. Whatever failed before (a pacer that died on a dropped socket, a reply
@@ -523,6 +535,7 @@ class CallSession:
             metrics["refusal"] = True
         self.writer.add("agent", heard, metrics=metrics)
         self._history.append(ChatMessage("assistant", heard))
+        self._refill_if_trimmed()
         self.turns.append(metrics)
         log.info("call %s: turn %s", self.call.id, metrics)
         if not interrupted and not self._closing and self._hangup is not None \

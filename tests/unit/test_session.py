@@ -392,7 +392,10 @@ async def test_long_speech_over_the_agent_interrupts_it_and_keeps_what_was_heard
         tts.gate.set()
         tts.gate = None
     call.line.echo = True
-    answer = await _turn(session, clock, 100)
+    await _feed(session, clock, _silence(500), stop=lambda: session.reply is not reply
+                and session.reply is not None and session.reply.confirmed)
+    answer = session.reply
+    assert answer is not None and answer is not reply and answer.confirmed  # the interruption is a turn
     await _until(lambda: answer.state is ReplyState.PLAYED, "the answer to the interruption")
 
     transcript = await call.transcript()
