@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import websockets
 
 from backend.telephony.caller_voice import synthesize_caller
 from backend.telephony.virtual_phone import CallerLine
 from shared import stream_tokens, twilio_auth
-from shared.audio import FRAME_BYTES, MULAW_SILENCE
+from shared.audio import FRAME_BYTES, MULAW_SILENCE, ulaw_to_float32
 from shared.settings import Settings
 from shared.storage import build_storage
 
@@ -138,6 +139,19 @@ class Overlap:
         return self.clear_at is not None and self.frames_after_clear > 0
 
 
+def speech_onset_s(ulaw: bytes, *, rise_db: float = 15.0) -> float:
+    """Where speech starts in a caller line: the first 20 ms frame 15 dB above the line's own floor
+    (its quietest tenth), so onset → clear is timed from the first syllable, as a listener would."""
+    pcm = ulaw_to_float32(ulaw)
+    frames = pcm[: pcm.shape[0] // 160 * 160].reshape(-1, 160)
+    if frames.shape[0] == 0:
+        return 0.0
+    level = 10 * np.log10((frames.astype(np.float64) ** 2).mean(axis=1) + 1e-12)
+    floor = float(np.percentile(level, 10))
+    loud = np.flatnonzero(level > floor + rise_db)
+    return float(loud[0]) * FRAME_S if loud.size else 0.0
+
+
 class Playout:
     """Twilio's playout of the agent's audio, on the times it is handed (no clock, no I/O).
 
@@ -163,12 +177,15 @@ class Playout:
         """The agent's audio received so far is still playing at `at`."""
         return self.play_end > at
 
-    def line_started(self, at: float, *, turn: int | None = None, overlap: str | None = None) -> None:
-        """The caller's line began (its first frame was sent); `overlap` names a line said over the agent."""
+    def line_started(self, at: float, *, turn: int | None = None, overlap: str | None = None,
+                     onset_s: float = 0.0) -> None:
+        """The caller's line began (its first frame was sent); `overlap` names a line said over the agent,
+        whose speech starts `onset_s` into its audio (the line noise before it is not speech)."""
         self._caller_speaking = True
         self._overlap = None
         if overlap is not None and turn is not None:
-            self._overlap = Overlap(turn=turn, kind=overlap, onset_at=at, over_agent=self.playing(at))
+            onset = at + onset_s
+            self._overlap = Overlap(turn=turn, kind=overlap, onset_at=onset, over_agent=self.playing(onset))
             self.overlaps.append(self._overlap)
 
     def backchannel_ended(self, at: float) -> None:
@@ -434,7 +451,9 @@ class BenchCaller:
             if self._line is not None:
                 turn, audio, kind = self._line
                 if pos == 0:
-                    self.playout.line_started(now, turn=turn, overlap=kind)
+                    # Over the agent, the clock starts at the first syllable, not at the line noise before it.
+                    onset = speech_onset_s(audio) if kind is not None else 0.0
+                    self.playout.line_started(now, turn=turn, overlap=kind, onset_s=onset)
                 payload = audio[pos : pos + FRAME_BYTES]
                 payload += self._bed_frame()[len(payload):]
                 pos += FRAME_BYTES

@@ -250,3 +250,16 @@ def test_a_backchannel_is_not_a_turn_that_waits_for_an_answer() -> None:
 def test_a_short_line_stored_after_the_next_one_is_not_missing() -> None:
     score = score_turns(["Do you open on Fridays?", "Okay.", "Yes."], ["Do you open on Fridays?", "Yes.", "Okay."])
     assert score.missing == [] and score.split == [] and score.merged == []
+
+
+def test_speech_onset_is_found_after_the_line_noise_before_it() -> None:
+    from relayx_cli.voice_bench import speech_onset_s
+    from shared.audio import float32_to_ulaw
+
+    rng = np.random.default_rng(3)
+    noise = (rng.standard_normal(8000) * 0.003).astype(np.float32)
+    t = np.arange(4000) / 8000
+    speech = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    line = float32_to_ulaw(np.concatenate([noise[:1440], speech, noise[:800]]))  # 180 ms of line first
+    assert 0.16 <= speech_onset_s(line) <= 0.2
+    assert speech_onset_s(b"") == 0.0
