@@ -156,7 +156,7 @@ class AgentSettings(_Strict):
 
     # --- turn-taking (voice_gateway.turns, voice_gateway.session) --------------------------------
     end_of_turn_silence_ms: int = Field(
-        default=300, ge=100, le=5000,
+        default=280, ge=100, le=5000,
         description="Silence after the caller's speech that ends their turn (with smart turn detection: "
         "when the model is unsure)",
     )
