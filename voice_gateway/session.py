@@ -144,6 +144,8 @@ class CallSession:
         self.barge_ins = 0
         self.pauses = 0
         """Times the agent was paused by voice over it (each ends in a resume or a barge-in)."""
+        self.judges_skipped = 0
+        """Pauses not judged by the end-of-turn model because the machine was busy with other calls."""
         self.merged_turns = 0
         """Turns the caller went on with before hearing their reply (answered once, as one turn)."""
 
@@ -357,6 +359,11 @@ class CallSession:
     def _judge(self, event: PauseDetected) -> None:
         """Ask the end-of-turn model how long this pause must last to end the turn (off the loop)."""
         if self._bands is None or self.engines.turn is None:
+            return
+        if urgency.gate().urgent_waiting:
+            # Other calls' confirmed work is queued ahead of it: the verdict would come after the
+            # silence has decided, and its ~0.1 s would delay them. This pause ends on silence.
+            self.judges_skipped += 1
             return
         if self._judging is not None:
             self._judging.cancel()
