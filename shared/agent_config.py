@@ -122,33 +122,29 @@ class AnalysisConfig(_Strict):
 class SmartTurnConfig(_Strict):
     """Bands that turn Smart Turn's P(turn complete), scored at the caller's first pause, into a wait.
 
-    Defaults measured on 8 kHz μ-law speech (`scripts/measure_smart_turn.py`; see `shared.turn.bands`):
-    the phone line pushes fragments' scores up, so only the top of the range means "done".
+    The ranges do not overlap, so any values the schema allows are in order (done ≥ not done, and
+    done silence ≤ not-done silence ≤ cap) and a client can check them without asking. Strict numbers:
+    `false` is not 0 ms. Defaults measured on 8 kHz μ-law speech (`scripts/measure_smart_turn.py`; see
+    `shared.turn.bands`): the phone line pushes fragments' scores up, so only the top means "done".
     """
 
     done_threshold: float = Field(
-        default=0.98, ge=0.0, le=1.0, description="P(complete) at or above which the caller is done"
+        default=0.98, ge=0.5, le=1.0, strict=True, description="P(complete) at or above which the caller is done"
     )
     not_done_threshold: float = Field(
-        default=0.10, ge=0.0, le=1.0, description="P(complete) at or below which the caller is mid-thought"
+        default=0.10, ge=0.0, le=0.5, strict=True,
+        description="P(complete) at or below which the caller is mid-thought",
     )
     done_silence_ms: int = Field(
-        default=200, ge=0, le=5000, description="Silence that ends a turn the model calls done"
+        default=200, ge=0, le=500, strict=True, description="Silence that ends a turn the model calls done"
     )
     not_done_silence_ms: int = Field(
-        default=1500, ge=0, le=10_000, description="Silence that ends a turn the model calls unfinished"
+        default=1500, ge=500, le=3000, strict=True, description="Silence that ends a turn the model calls unfinished"
     )
     max_silence_ms: int = Field(
-        default=3000, ge=0, le=10_000, description="Hard cap: no turn waits longer than this for more speech"
+        default=3000, ge=3000, le=10_000, strict=True,
+        description="Hard cap: no turn waits longer than this for more speech",
     )
-
-    @model_validator(mode="after")
-    def _ordered(self) -> SmartTurnConfig:
-        if self.not_done_threshold > self.done_threshold:
-            raise ValueError("not_done_threshold must not exceed done_threshold")
-        if not self.done_silence_ms <= self.not_done_silence_ms <= self.max_silence_ms:
-            raise ValueError("need done_silence_ms <= not_done_silence_ms <= max_silence_ms")
-        return self
 
 
 class AgentSettings(_Strict):

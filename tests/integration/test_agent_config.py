@@ -68,13 +68,14 @@ async def test_an_agent_without_settings_reads_back_the_documented_defaults(api:
     created = (await api.post("/agents", json=AGENT)).json()
     assert created["settings"] == AgentSettings().model_dump()
     assert created["llm"] == {"model": None, "temperature": 0.6, "max_tokens": 80}
-    assert created["settings"]["end_of_turn_silence_ms"] == 500 and created["settings"]["min_speech_ms"] == 150
+    assert created["settings"]["end_of_turn_silence_ms"] == 280 and created["settings"]["min_speech_ms"] == 150
+    assert created["settings"]["turn_detection"] == "smart" and created["settings"]["smart_turn"]["done_threshold"] == 0.98
 
 
 def test_turn_config_defaults_are_the_agent_defaults() -> None:
     defaults = AgentSettings()
     assert TurnConfig() == TurnConfig.for_agent(defaults)
-    assert (TurnConfig().min_speech_ms, TurnConfig().end_of_turn_silence_ms) == (150, 500)
+    assert (TurnConfig().min_speech_ms, TurnConfig().end_of_turn_silence_ms) == (150, 280)
     # The speculative pause never outlasts a short end-of-turn silence.
     assert TurnConfig.for_agent(AgentSettings(end_of_turn_silence_ms=120)).early_pause_ms == 120
 

@@ -88,7 +88,7 @@ async def test_agent_crud(api: tuple[httpx.AsyncClient, FakeTwilio]) -> None:
     client, _ = api
     agent = await _agent(client)
     assert agent["llm"]["temperature"] == 0.4
-    assert agent["settings"]["end_of_turn_silence_ms"] == 500
+    assert agent["settings"]["end_of_turn_silence_ms"] == 280
     patched = await client.patch(f"/agents/{agent['id']}", json={"greeting": "Hello!"}, headers=AUTH)
     assert patched.json()["greeting"] == "Hello!" and patched.json()["prompt"] == AGENT["prompt"]
     assert [a["id"] for a in (await client.get("/agents", headers=AUTH)).json()] == [agent["id"]]

@@ -107,15 +107,36 @@ def test_the_agent_settings_defaults_are_the_measured_bands() -> None:
 
 
 @pytest.mark.parametrize("bad", [
-    {"done_threshold": 0.2, "not_done_threshold": 0.5},
-    {"done_silence_ms": 2000, "not_done_silence_ms": 1500},
-    {"not_done_silence_ms": 4000, "max_silence_ms": 3000},
+    {"done_threshold": 0.2},  # would fall below a not-done threshold: the ranges do not overlap
+    {"not_done_threshold": 0.6},
+    {"done_silence_ms": 2000},
+    {"max_silence_ms": 1000},
     {"done_threshold": 1.5},
 ])
-def test_agent_bands_out_of_order_are_refused(bad: dict[str, float]) -> None:
+def test_agent_bands_out_of_their_ranges_are_refused(bad: dict[str, float]) -> None:
     from pydantic import ValidationError
 
     from shared.agent_config import AgentSettings
 
     with pytest.raises(ValidationError):
         AgentSettings.model_validate({"smart_turn": bad})
+
+
+def test_agent_bands_are_strict_numbers() -> None:
+    from pydantic import ValidationError
+
+    from shared.agent_config import AgentSettings
+
+    with pytest.raises(ValidationError):  # JSON false is not 0 ms
+        AgentSettings.model_validate_json('{"smart_turn": {"done_silence_ms": false}}')
+    assert AgentSettings.model_validate_json('{"smart_turn": {"done_threshold": 1}}').smart_turn.done_threshold == 1.0
+
+
+def test_any_bands_the_ranges_allow_are_in_order() -> None:
+    from shared.agent_config import SmartTurnConfig
+
+    lowest_done = SmartTurnConfig(done_threshold=0.5, not_done_threshold=0.5, done_silence_ms=500,
+                                  not_done_silence_ms=500, max_silence_ms=3000)
+    highest_not_done = SmartTurnConfig(not_done_silence_ms=3000, max_silence_ms=3000)
+    for config in (lowest_done, highest_not_done):
+        TurnBands(**config.model_dump())  # its own checks pass
