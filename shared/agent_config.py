@@ -123,28 +123,35 @@ class SmartTurnConfig(_Strict):
     """Bands that turn Smart Turn's P(turn complete), scored at the caller's first pause, into a wait.
 
     The ranges do not overlap, so any values the schema allows are in order (done ≥ not done, and
-    done silence ≤ not-done silence ≤ cap) and a client can check them without asking. Strict numbers:
-    `false` is not 0 ms. Defaults measured on 8 kHz μ-law speech (`scripts/measure_smart_turn.py`; see
+    done silence ≤ not-done silence ≤ cap) and a client can check them without asking. `false` is not
+    0 ms (JSON Schema's numbers exclude booleans; 3000.0 is an integer to it, and here). Defaults measured on 8 kHz μ-law speech (`scripts/measure_smart_turn.py`; see
     `shared.turn.bands`): the phone line pushes fragments' scores up, so only the top means "done".
     """
 
     done_threshold: float = Field(
-        default=0.98, ge=0.5, le=1.0, strict=True, description="P(complete) at or above which the caller is done"
+        default=0.98, ge=0.5, le=1.0, description="P(complete) at or above which the caller is done"
     )
     not_done_threshold: float = Field(
-        default=0.10, ge=0.0, le=0.5, strict=True,
+        default=0.10, ge=0.0, le=0.5,
         description="P(complete) at or below which the caller is mid-thought",
     )
     done_silence_ms: int = Field(
-        default=200, ge=0, le=500, strict=True, description="Silence that ends a turn the model calls done"
+        default=200, ge=0, le=500, description="Silence that ends a turn the model calls done"
     )
     not_done_silence_ms: int = Field(
-        default=1500, ge=500, le=3000, strict=True, description="Silence that ends a turn the model calls unfinished"
+        default=1500, ge=500, le=3000, description="Silence that ends a turn the model calls unfinished"
     )
     max_silence_ms: int = Field(
-        default=3000, ge=3000, le=10_000, strict=True,
+        default=3000, ge=3000, le=10_000,
         description="Hard cap: no turn waits longer than this for more speech",
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("expected a number, not true/false")  # noqa: TRY004 - pydantic reports ValueError as a 422
+        return value
 
 
 class AgentSettings(_Strict):

@@ -122,7 +122,7 @@ def test_agent_bands_out_of_their_ranges_are_refused(bad: dict[str, float]) -> N
         AgentSettings.model_validate({"smart_turn": bad})
 
 
-def test_agent_bands_are_strict_numbers() -> None:
+def test_agent_bands_refuse_booleans_and_take_whole_floats() -> None:
     from pydantic import ValidationError
 
     from shared.agent_config import AgentSettings
@@ -130,6 +130,7 @@ def test_agent_bands_are_strict_numbers() -> None:
     with pytest.raises(ValidationError):  # JSON false is not 0 ms
         AgentSettings.model_validate_json('{"smart_turn": {"done_silence_ms": false}}')
     assert AgentSettings.model_validate_json('{"smart_turn": {"done_threshold": 1}}').smart_turn.done_threshold == 1.0
+    assert AgentSettings.model_validate_json('{"smart_turn": {"max_silence_ms": 4253.0}}').smart_turn.max_silence_ms == 4253
 
 
 def test_any_bands_the_ranges_allow_are_in_order() -> None:
