@@ -252,20 +252,30 @@ class BatchedLlama:
             except EngineFailure as exc:
                 request.emit(None, exc)
                 continue
-            slot = max((s for s in self.slots if not s.busy), key=lambda s: _slot_fit(s, prompt))
-            slot.busy = True
-            request.slot = slot
-            request.prompt = prompt
-            request.prompt_tokens = len(prompt)
-            self._catch_up(request)
-            # The caller's own line is not echoed back either (the 0.5B model's other habit: "Is there
-            # parking nearby?" answered "Is there parking nearby?"); it is not a penalty, though, as
-            # a reply names the caller's day or name on purpose.
-            said = [m.content for m in request.messages[-1:] if m.role == "user"]
-            request.matcher = AvoidMatcher(self._openings([*request.avoid, *said]), self._refusals)
-            request.sampler = self._sampler(request.options)
-            request.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            self._active.append(request)
+            try:
+                self._start(request, prompt)
+            except Exception as exc:
+                # One request that cannot start fails alone; the engine thread (every call's replies)
+                # must not die with it, or every later request would wait for its timeout.
+                log.exception("llama.cpp: a request could not start")
+                self._finish(request, EngineFailure(f"llama.cpp could not start the request: {exc}"))
+
+    def _start(self, request: Request, prompt: list[int]) -> None:
+        """Put an admitted request in the best slot and make its sampler: it generates from the next step."""
+        slot = max((s for s in self.slots if not s.busy), key=lambda s: _slot_fit(s, prompt))
+        slot.busy = True
+        request.slot = slot
+        request.prompt = prompt
+        request.prompt_tokens = len(prompt)
+        self._catch_up(request)
+        # The caller's own line is not echoed back either (the 0.5B model's other habit: "Is there
+        # parking nearby?" answered "Is there parking nearby?"); it is not a penalty, though, as
+        # a reply names the caller's day or name on purpose.
+        said = [m.content for m in request.messages[-1:] if m.role == "user"]
+        request.matcher = AvoidMatcher(self._openings([*request.avoid, *said]), self._refusals)
+        request.sampler = self._sampler(request.options)
+        request.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._active.append(request)
 
     def _catch_up(self, request: Request) -> None:
         """Before a request evaluates its own prompt tokens: take what any slot already holds of it."""

@@ -257,3 +257,17 @@ def test_ordinary_caller_lines_are_never_refused(server: BatchedLlama) -> None:
         assert out.done.wait(WAIT_S) and out.error is None
         reply = "".join(out.pieces).strip()
         assert reply and not is_refusal(reply), (line, reply)
+
+
+def test_a_request_that_cannot_start_fails_alone_and_the_engine_goes_on(
+    server: BatchedLlama, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(avoid: object) -> object:
+        raise RuntimeError("tokenizer exploded")
+
+    monkeypatch.setattr(server, "_openings", broken)
+    _, failed = ask(server, "What are your opening hours?")
+    assert failed.done.wait(WAIT_S) and isinstance(failed.error, EngineFailure)
+    monkeypatch.undo()
+    _, after = ask(server, "How much is a cleaning?")
+    assert after.done.wait(WAIT_S) and after.error is None and after.pieces
