@@ -16,7 +16,7 @@ from typing import Any
 
 from relayx_cli.voice_bench import Overlap, pct
 
-# --- words (the same normalisation as tests/support/wer.py; the CLI does not import tests) --------
+# --- words (tests/support/wer.py scores with these too: one normalisation for tests and bench) --------
 
 _ONES = [
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
