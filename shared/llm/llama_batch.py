@@ -110,6 +110,15 @@ class Request:
     def cancel(self) -> None:
         self.cancelled = True
 
+    def send(self, piece: str | None, error: Exception | None) -> None:
+        """Hand a piece (or the end) to whoever asked; a receiver that fails (its event loop closed
+        with it still waiting) is one request gone, never the engine thread that serves every call."""
+        try:
+            self.emit(piece, error)
+        except Exception:  # any receiver failure stays with that receiver
+            log.warning("llama.cpp: a request's receiver failed: dropping the request", exc_info=True)
+            self.cancelled = True
+
     @property
     def speculative(self) -> bool:
         return is_speculative(self.handle)
@@ -179,6 +188,7 @@ class BatchedLlama:
         self._active: list[Request] = []
         self._order = itertools.count()
         self._closed = False
+        self._freed = False
         self._last_prompt_step = 0.0
         self._thread = threading.Thread(target=self._run, name="llm-batch", daemon=True)
         self._thread.start()
@@ -201,8 +211,11 @@ class BatchedLlama:
             self._cond.notify()
 
     def close(self) -> None:
+        """Stop the thread and free the model; once (a replaced engine is closed early, then at exit)."""
         with self._cond:
-            self._closed = True
+            if self._freed:
+                return
+            self._closed = self._freed = True
             self._cond.notify()
         self._thread.join(timeout=10)
         lc = self._lc
@@ -211,34 +224,50 @@ class BatchedLlama:
         lc.llama_model_free(self._model)
 
     # --- the engine thread ------------------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        """The engine thread runs (a closed or crashed engine serves nothing: build another)."""
+        return self._thread.is_alive() and not self._closed
+
     def _run(self) -> None:
         while True:
-            with self._cond:
-                while not self._closed and not self._has_work():
-                    self._cond.wait(timeout=0.5)
-                if self._closed:
-                    for request in self._waiting + self._active:
-                        request.emit(None, EngineFailure("the engine is closed"))
-                    return
-                self._admit()
             try:
-                self._step()
-            except Exception as exc:
-                log.exception("llama.cpp batch step failed")
+                if not self._serve_once():
+                    return
+            except Exception:  # a bug here must not leave every call waiting on a dead thread
+                log.exception("llama.cpp engine thread: unexpected error (it goes on)")
                 for request in list(self._active):
-                    self._finish(request, EngineFailure(f"llama.cpp failed: {exc}"))
+                    self._finish(request, EngineFailure("the engine failed"))
+
+    def _serve_once(self) -> bool:
+        """Wait for work, admit, take one step; False once the engine is closed."""
+        with self._cond:
+            while not self._closed and not self._has_work():
+                self._cond.wait(timeout=0.5)
+            if self._closed:
+                for request in self._waiting + self._active:
+                    request.send(None, EngineFailure("the engine is closed"))
+                return False
+            self._admit()
+        try:
+            self._step()
+        except Exception as exc:
+            log.exception("llama.cpp batch step failed")
+            for request in list(self._active):
+                self._finish(request, EngineFailure(f"llama.cpp failed: {exc}"))
+        return True
 
     def _has_work(self) -> bool:
         self._active = [r for r in self._active if not self._drop_if_cancelled(r)]
         for request in [r for r in self._waiting if r.cancelled]:
             self._waiting.remove(request)
-            request.emit(None, None)
+            request.send(None, None)
         return bool(self._active) or (bool(self._waiting) and any(not s.busy for s in self.slots))
 
     def _drop_if_cancelled(self, request: Request) -> bool:
         if request.cancelled:
             self._release(request)
-            request.emit(None, None)
+            request.send(None, None)
             return True
         return False
 
@@ -250,7 +279,7 @@ class BatchedLlama:
             try:
                 prompt = self._prompt_tokens(request)
             except EngineFailure as exc:
-                request.emit(None, exc)
+                request.send(None, exc)
                 continue
             try:
                 self._start(request, prompt)
@@ -433,19 +462,19 @@ class BatchedLlama:
         if lc.llama_vocab_is_eog(self._vocab, token):
             tail = request.decoder.decode(b"", final=True)
             if tail:
-                request.emit(tail, None)
+                request.send(tail, None)
             self._finish(request, None)
             return
         request.generated += 1
         piece = request.decoder.decode(piece_bytes)
         if piece:
-            request.emit(piece, None)
+            request.send(piece, None)
         slot = request.slot
         assert slot is not None
         if request.generated >= request.options.max_tokens or len(slot.tokens) + 1 >= self.ctx_per_slot:
             tail = request.decoder.decode(b"", final=True)
             if tail:
-                request.emit(tail, None)
+                request.send(tail, None)
             self._finish(request, None)
             return
         request.next_token = token
@@ -454,7 +483,7 @@ class BatchedLlama:
         if request in self._active:
             self._active.remove(request)
         self._release(request)
-        request.emit(None, error)
+        request.send(None, error)
 
     def _release(self, request: Request) -> None:
         if request.sampler is not None:

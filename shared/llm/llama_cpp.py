@@ -212,6 +212,11 @@ class LlamaCppLLM:
         path = self._path()
         key = (str(path), self.slots, self.n_ctx, self.threads)
         with _models_lock:
+            stale = _servers.get(key)
+            if stale is not None and not stale.alive:
+                log.error("llama.cpp: the batched engine had stopped: starting a new one")
+                del _servers[key]
+                stale.close()
             if key not in _servers:
                 server = BatchedLlama(str(path), slots=self.slots, ctx_per_slot=self.n_ctx,
                                       threads=self.threads, gate=urgency.gate())
@@ -248,7 +253,8 @@ class LlamaCppLLM:
         queue: asyncio.Queue[tuple[str | None, Exception | None]] = asyncio.Queue()
 
         def emit(piece: str | None, error: Exception | None) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, (piece, error))
+            if not loop.is_closed():  # a loop gone with its call (an app shut down mid-reply): nobody reads
+                loop.call_soon_threadsafe(queue.put_nowait, (piece, error))
 
         handle = urgency.current()
         request = server.submit(messages, options, handle, emit, avoid=avoid)

@@ -271,3 +271,21 @@ def test_a_request_that_cannot_start_fails_alone_and_the_engine_goes_on(
     monkeypatch.undo()
     _, after = ask(server, "How much is a cleaning?")
     assert after.done.wait(WAIT_S) and after.error is None and after.pieces
+
+
+def test_a_receiver_that_fails_drops_its_request_and_the_engine_goes_on(server: BatchedLlama) -> None:
+    """The receiver of a call whose event loop has closed raises (RuntimeError: Event loop is closed):
+    before, that killed the engine thread, and every later call's reply waited for its timeout."""
+    calls: list[str | None] = []
+
+    def gone(piece: str | None, error: Exception | None) -> None:
+        calls.append(piece)
+        raise RuntimeError("Event loop is closed")
+
+    dropped = server.submit([SYSTEM, ChatMessage("user", "What are your opening hours?")],
+                            GenerationOptions(max_tokens=24), Fixed(0.0), gone)
+    _, after = ask(server, "How much is a cleaning?")
+    assert after.done.wait(WAIT_S) and after.error is None and after.pieces
+    # Dropped at its first piece: no piece after it (only the end, which fails the same way).
+    assert dropped.cancelled and len([piece for piece in calls if piece is not None]) == 1, calls
+    assert server.alive
