@@ -154,6 +154,135 @@ class SmartTurnConfig(_Strict):
         return value
 
 
+E164 = r"^\+[1-9][0-9]{6,14}$"
+TRANSFER_TARGET = r"^(\+[1-9][0-9]{6,14}|sips?:[^\s\x00]{3,250})$"
+TOOL_NAME = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
+Line = Annotated[str, Field(min_length=1, max_length=500, pattern=NUL_FREE)]
+
+
+class VoicemailConfig(_Strict):
+    """Answering machines on outbound calls: how the agent finds out, and what it does then.
+
+    On an outbound call the agent first listens: the callee speaks first ("Hello?"). A long opening
+    monologue, voicemail wording ("leave a message", "after the tone") or a beep mark a machine; the
+    agent then waits for the beep (or the end of the greeting), leaves `message` or not, and hangs up.
+    Twilio's answering-machine detection (`AnsweredBy`) leads to the same action where it runs.
+    """
+
+    detect: bool = Field(default=True, description="Listen for an answering machine before greeting (outbound)")
+    action: Literal["hangup", "leave_message"] = Field(
+        default="hangup", description="At a machine: hang up, or speak `message` after the beep then hang up"
+    )
+    message: str | None = Field(
+        default=None, max_length=1000, pattern=NUL_FREE,
+        description="What to leave on the machine (action leave_message); the greeting when empty",
+    )
+    wait_for_callee_ms: int = Field(
+        default=2500, ge=0, le=10_000,
+        description="Outbound: how long the agent waits for the callee to speak first before it greets",
+    )
+    machine_speech_ms: int = Field(
+        default=3500, ge=1000, le=20_000,
+        description="An opening longer than this, without a pause for the agent, is a recorded greeting",
+    )
+
+
+class _Tool(_Strict):
+    description: str = Field(default="", max_length=1000, pattern=NUL_FREE, description="What the model reads")
+    confirm: bool | None = Field(
+        default=None, description="Ask the caller before acting; default: yes for end_call and transfer_call"
+    )
+
+    @property
+    def needs_confirmation(self) -> bool:
+        return self.confirm if self.confirm is not None else self.kind in ("end_call", "transfer_call")  # type: ignore[attr-defined]
+
+
+class EndCallTool(_Tool):
+    """The agent says `line` and hangs up."""
+
+    kind: Literal["end_call"]
+    line: Line = "Thank you for calling. Goodbye!"
+
+
+class TransferTool(_Tool):
+    """A cold transfer: after `line` has played, the call is redirected to `to` and the agent leaves."""
+
+    kind: Literal["transfer_call"]
+    to: str = Field(pattern=TRANSFER_TARGET, description="E.164 number or SIP URI of the person to reach")
+    whisper: bool = Field(default=False, description="Tell the person a one-line summary before connecting them")
+    line: Line = Field(default="Of course, I'm putting you through now. Please hold.", description="Said first")
+
+
+class DtmfTool(_Tool):
+    """The agent presses keys (an IVR's menu): standard DTMF tones in its audio."""
+
+    kind: Literal["send_dtmf"]
+
+
+class HttpTool(_Tool):
+    """An endpoint of the business's own, called with the model's arguments (JSON-Schema-validated).
+
+    Signed like RelayX's webhooks (`X-RelayX-Signature` with WEBHOOK_SECRET); header values may name
+    secrets as `${RELAYX_TOOL_…}`, read from the environment when called, never stored.
+    """
+
+    kind: Literal["http"]
+    url: str = Field(max_length=2000, json_schema_extra={"pattern": WEBHOOK_URL})
+    method: Literal["GET", "POST"] = "POST"
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}},
+        description="JSON Schema (type object) of the arguments",
+    )
+    headers: dict[str, Annotated[str, Field(max_length=2000, pattern=NUL_FREE)]] = Field(default_factory=dict)
+    timeout_s: float = Field(default=5.0, gt=0, le=30)
+    wait_line: str | None = Field(default=None, max_length=500, pattern=NUL_FREE,
+                                  description="Said while the tool runs (e.g. 'Let me check that.')")
+    fallback_line: Line = Field(default="Sorry, I couldn't do that just now.",
+                                description="Said when the tool fails or times out")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        from shared import webhooks
+
+        try:
+            webhooks.check_url_syntax(value)
+        except webhooks.WebhookURLError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters(cls, value: dict[str, Any]) -> dict[str, Any]:
+        import jsonschema
+
+        if value.get("type", "object") != "object":
+            raise ValueError("parameters must be a JSON Schema of type object")
+        try:
+            jsonschema.Draft202012Validator.check_schema(value)
+        except jsonschema.SchemaError as exc:
+            raise ValueError(f"parameters: {exc.message}") from None
+        return {"type": "object", "properties": {}, **value}
+
+
+Tool = Annotated[EndCallTool | TransferTool | DtmfTool | HttpTool, Field(discriminator="kind")]
+ToolName = Annotated[str, Field(pattern=TOOL_NAME)]
+
+
+class CallLimits(_Strict):
+    """Call hygiene: a silent caller is asked, then left; no call runs forever."""
+
+    idle_reprompt_s: float = Field(default=8.0, ge=2, le=120, description="Caller silence before the agent asks")
+    idle_reprompt_line: Line = "Are you still there?"
+    idle_hangups_after: int = Field(default=2, ge=0, le=10, description="Re-prompts without an answer before hanging up")
+    idle_goodbye_line: Line = "I'll let you go now. Goodbye!"
+    max_duration_s: int = Field(default=900, ge=30, le=14_400, description="The agent ends the call after this long")
+    max_duration_line: Line = "I'm sorry, we've reached the time limit for this call. Goodbye!"
+    dtmf_timeout_ms: int = Field(default=1500, ge=300, le=10_000,
+                                 description="Keypad digits are collected until # or this long without one")
+
+
 class AgentSettings(_Strict):
     """Per-agent knobs, grouped by what reads them. The defaults here are the only defaults."""
 
@@ -193,6 +322,14 @@ class AgentSettings(_Strict):
         default=None,
         description='Post-call analysis: {"outcomes": [labels], "schema": JSON Schema of the data to extract}',
     )
+    # --- acting on the call (voice_gateway.actions, voice_gateway.voicemail) ----------------------
+    voicemail: VoicemailConfig = Field(default_factory=VoicemailConfig)
+    tools: dict[ToolName, Tool] = Field(
+        default_factory=dict, max_length=32,
+        description="Tools the agent may call, by name: built-ins (kind end_call, transfer_call, send_dtmf) "
+        "and HTTP endpoints (kind http)",
+    )
+    limits: CallLimits = Field(default_factory=CallLimits)
 
     @field_validator("webhook_url")
     @classmethod
