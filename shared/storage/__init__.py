@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from shared.settings import Settings
-from shared.storage.base import Agent, Call, CallAnalysis, Storage, TranscriptLine
+from shared.storage.base import Agent, Call, CallAnalysis, PhoneNumber, Storage, TranscriptLine
 
-__all__ = ["Agent", "Call", "CallAnalysis", "Storage", "TranscriptLine", "build_storage"]
+__all__ = ["Agent", "Call", "CallAnalysis", "PhoneNumber", "Storage", "TranscriptLine", "build_storage"]
 
 
 def build_storage(settings: Settings) -> Storage:

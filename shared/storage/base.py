@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, get_args
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -12,6 +12,12 @@ from shared.agent_config import AgentSettings, LLMConfig, known_keys_only
 from shared.errors import NotFound
 
 Speaker = Literal["agent", "caller"]
+Direction = Literal["outbound", "inbound"]
+AnsweredBy = Literal[
+    "human", "machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other", "fax", "unknown"
+]
+"""Twilio's answering-machine detection results (`AnsweredBy` of the AsyncAmdStatusCallback)."""
+ANSWERED_BY: Final[tuple[str, ...]] = get_args(AnsweredBy)
 # Which database is behind the seam: the job queue needs to know (procrastinate runs on PostgreSQL only).
 StorageKind = Literal["sqlite", "postgres", "supabase"]
 
@@ -60,14 +66,14 @@ class Agent(BaseModel):
 
 
 class Call(BaseModel):
-    """One phone call placed for an agent."""
+    """One phone call of an agent: placed by it (outbound) or answered by it (inbound)."""
 
     id: str
     agent_id: str
     to_number: str
     from_number: str | None = None
     status: str
-    direction: str = "outbound"
+    direction: str = Field(default="outbound", description="`outbound` (placed by RelayX) or `inbound`")
     duration: int | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     twilio_call_sid: str | None = None
@@ -76,6 +82,24 @@ class Call(BaseModel):
     updated_at: datetime
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    # Free text in the database: the AMD callback stores only Twilio's values (`ANSWERED_BY`), but a row
+    # must stay readable whatever a future detector writes.
+    answered_by: str | None = Field(
+        default=None, description="Twilio's answering-machine detection result (human, machine_end_beep, ...)"
+    )
+    transferred_to: str | None = Field(default=None, description="Where the agent transferred the call")
+    transferred_at: datetime | None = None
+
+
+class PhoneNumber(BaseModel):
+    """A number callers dial: its inbound calls are answered by `agent_id` while `inbound_enabled`."""
+
+    id: str
+    number: str
+    agent_id: str
+    inbound_enabled: bool = True
+    created_at: datetime
+    updated_at: datetime
 
 
 class TranscriptLine(BaseModel):
@@ -150,13 +174,15 @@ class Job(BaseModel):
 
 # Columns a caller may change through `update_call`; everything else is owned by storage.
 CALL_MUTABLE_FIELDS = frozenset(
-    {"status", "duration", "metadata", "twilio_call_sid", "error", "started_at", "ended_at", "from_number"}
+    {"status", "duration", "metadata", "twilio_call_sid", "error", "started_at", "ended_at", "from_number",
+     "answered_by", "transferred_to", "transferred_at"}
 )
 AGENT_MUTABLE_FIELDS = frozenset({"name", "prompt", "greeting", "voice", "language", "llm", "settings"})
+PHONE_NUMBER_MUTABLE_FIELDS = frozenset({"number", "agent_id", "inbound_enabled"})
 
 
 class Storage(Protocol):
-    """Async access to agents, calls, transcripts and analyses, whatever the database."""
+    """Async access to agents, phone numbers, calls, transcripts and analyses, whatever the database."""
 
     @property
     def kind(self) -> StorageKind:
@@ -187,12 +213,42 @@ class Storage(Protocol):
 
     async def delete_agent(self, agent_id: str) -> None: ...
 
+    # phone numbers (numbers are unique: a duplicate is refused with `StorageError`)
+    async def create_phone_number(self, data: dict[str, Any]) -> PhoneNumber: ...
+
+    async def get_phone_number(self, number_id: str) -> PhoneNumber: ...
+
+    async def find_phone_number(self, number: str) -> PhoneNumber | None:
+        """The row of an E.164 `number`, or None."""
+        ...
+
+    async def list_phone_numbers(
+        self, *, agent_id: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[PhoneNumber]: ...
+
+    async def update_phone_number(self, number_id: str, changes: dict[str, Any]) -> PhoneNumber: ...
+
+    async def delete_phone_number(self, number_id: str) -> None: ...
+
     # calls
     async def create_call(
-        self, *, agent_id: str, to_number: str, from_number: str | None, metadata: dict[str, Any]
-    ) -> Call: ...
+        self,
+        *,
+        agent_id: str,
+        to_number: str,
+        from_number: str | None,
+        metadata: dict[str, Any],
+        direction: Direction = "outbound",
+        twilio_call_sid: str | None = None,
+    ) -> Call:
+        """A new row: `queued` when RelayX places it, `ringing` when it is an inbound call already ringing."""
+        ...
 
     async def get_call(self, call_id: str) -> Call: ...
+
+    async def find_call_by_sid(self, twilio_call_sid: str) -> Call | None:
+        """The call Twilio knows by this SID, or None (a repeated inbound webhook finds its first row)."""
+        ...
 
     async def list_calls(
         self,

@@ -11,7 +11,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from shared.storage.base import AGENT_MUTABLE_FIELDS, CALL_MUTABLE_FIELDS, Speaker, new_id, utcnow
+from shared.storage.base import (
+    AGENT_MUTABLE_FIELDS,
+    CALL_MUTABLE_FIELDS,
+    PHONE_NUMBER_MUTABLE_FIELDS,
+    Direction,
+    Speaker,
+    new_id,
+    utcnow,
+)
 
 # The analysis columns a job may write; id, call_id and the timestamps are storage's.
 ANALYSIS_FIELDS = (
@@ -37,12 +45,26 @@ def agent_changes(changes: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in changes.items() if k in AGENT_MUTABLE_FIELDS}, "updated_at": utcnow()}
 
 
+def new_phone_number(data: dict[str, Any]) -> dict[str, Any]:
+    """A number from what the API was given (`agent_id` already checked); inbound calls on by default."""
+    values = {key: data[key] for key in PHONE_NUMBER_MUTABLE_FIELDS if key in data and data[key] is not None}
+    return _stamped({"id": new_id(), "inbound_enabled": True, **values})
+
+
+def phone_number_changes(changes: dict[str, Any]) -> dict[str, Any]:
+    """The columns of `changes` a caller may set on a phone number, and the new `updated_at`."""
+    return {**{k: v for k, v in changes.items() if k in PHONE_NUMBER_MUTABLE_FIELDS}, "updated_at": utcnow()}
+
+
 def new_call(
-    agent_id: str, to_number: str, from_number: str | None, metadata: dict[str, Any]
+    agent_id: str, to_number: str, from_number: str | None, metadata: dict[str, Any],
+    direction: Direction = "outbound", twilio_call_sid: str | None = None,
 ) -> dict[str, Any]:
-    """A call placed for an agent: every call starts `queued`."""
+    """A call of an agent. One RelayX places starts `queued`; an inbound one is written when Twilio asks
+    what to do with it, and it is already ringing then."""
     return _stamped({"id": new_id(), "agent_id": agent_id, "to_number": to_number, "from_number": from_number,
-                     "status": "queued", "metadata": metadata})
+                     "direction": direction, "status": "ringing" if direction == "inbound" else "queued",
+                     "twilio_call_sid": twilio_call_sid, "metadata": metadata})
 
 
 def call_changes(changes: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,9 @@ from shared.storage.base import (
     Agent,
     Call,
     CallAnalysis,
+    Direction,
     Job,
+    PhoneNumber,
     Speaker,
     TranscriptLine,
     WebhookAttempt,
@@ -60,7 +62,7 @@ def default_migrations_dir() -> Path:
 
 
 class SQLStorage(ABC):
-    """Agents, calls, transcripts and analyses over any `Executor`."""
+    """Agents, phone numbers, calls, transcripts and analyses over any `Executor`."""
 
     transcript_order = "timestamp, seq"
 
@@ -181,11 +183,65 @@ class SQLStorage(ABC):
         if not count:
             raise NotFound(f"agent {agent_id}")
 
+    # --- phone numbers -----------------------------------------------------------------------------
+    async def create_phone_number(self, data: dict[str, Any]) -> PhoneNumber:
+        sql, args = self._insert("phone_numbers", rows.new_phone_number(data))
+        async with self._connection() as conn:
+            row = await self._one(conn, sql, *args, what="phone number")
+        return PhoneNumber.model_validate(row)
+
+    async def get_phone_number(self, number_id: str) -> PhoneNumber:
+        async with self._connection() as conn:
+            row = await self._one(
+                conn, "select * from phone_numbers where id = ?", self._encode("id", number_id),
+                what=f"phone number {number_id}",
+            )
+        return PhoneNumber.model_validate(row)
+
+    async def find_phone_number(self, number: str) -> PhoneNumber | None:
+        async with self._connection() as conn:
+            found = await conn.fetch("select * from phone_numbers where number = ?", number)
+        return PhoneNumber.model_validate(self._decode(found[0])) if found else None
+
+    async def list_phone_numbers(
+        self, *, agent_id: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[PhoneNumber]:
+        where, args = "", []
+        if agent_id is not None:
+            where = "where agent_id = ?"
+            args.append(self._encode("agent_id", agent_id))
+        async with self._connection() as conn:
+            found = await conn.fetch(
+                f"select * from phone_numbers {where} order by number, id limit ? offset ?", *args, limit, offset
+            )
+        return [PhoneNumber.model_validate(self._decode(r)) for r in found]
+
+    async def update_phone_number(self, number_id: str, changes: dict[str, Any]) -> PhoneNumber:
+        sql, args = self._update("phone_numbers", number_id, rows.phone_number_changes(changes))
+        async with self._connection() as conn:
+            row = await self._one(conn, sql, *args, what=f"phone number {number_id}")
+        return PhoneNumber.model_validate(row)
+
+    async def delete_phone_number(self, number_id: str) -> None:
+        """A hard delete: calls keep the number they were made to in `to_number`."""
+        async with self._connection() as conn:
+            count = await conn.execute("delete from phone_numbers where id = ?", self._encode("id", number_id))
+        if not count:
+            raise NotFound(f"phone number {number_id}")
+
     # --- calls -------------------------------------------------------------------------------------
     async def create_call(
-        self, *, agent_id: str, to_number: str, from_number: str | None, metadata: dict[str, Any]
+        self,
+        *,
+        agent_id: str,
+        to_number: str,
+        from_number: str | None,
+        metadata: dict[str, Any],
+        direction: Direction = "outbound",
+        twilio_call_sid: str | None = None,
     ) -> Call:
-        sql, args = self._insert("calls", rows.new_call(agent_id, to_number, from_number, metadata))
+        values = rows.new_call(agent_id, to_number, from_number, metadata, direction, twilio_call_sid)
+        sql, args = self._insert("calls", values)
         async with self._connection() as conn:
             row = await self._one(conn, sql, *args, what="call")
         return Call.model_validate(row)
@@ -196,6 +252,11 @@ class SQLStorage(ABC):
                 conn, "select * from calls where id = ?", self._encode("id", call_id), what=f"call {call_id}"
             )
         return Call.model_validate(row)
+
+    async def find_call_by_sid(self, twilio_call_sid: str) -> Call | None:
+        async with self._connection() as conn:
+            found = await conn.fetch("select * from calls where twilio_call_sid = ?", twilio_call_sid)
+        return Call.model_validate(self._decode(found[0])) if found else None
 
     async def list_calls(
         self,

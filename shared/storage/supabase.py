@@ -29,7 +29,9 @@ from shared.storage.base import (
     Agent,
     Call,
     CallAnalysis,
+    Direction,
     Job,
+    PhoneNumber,
     Speaker,
     StorageKind,
     TranscriptLine,
@@ -158,16 +160,66 @@ class SupabaseStorage:
         )
         await self._one(query, what=f"agent {agent_id}")
 
+    # --- phone numbers -----------------------------------------------------------------------------
+    async def create_phone_number(self, data: dict[str, Any]) -> PhoneNumber:
+        values = rows.new_phone_number({**data, "agent_id": _uuid(data["agent_id"])})
+        row = await self._one(self._table("phone_numbers").insert(values), what="creating a phone number")
+        return PhoneNumber.model_validate(row)
+
+    async def get_phone_number(self, number_id: str) -> PhoneNumber:
+        query = self._table("phone_numbers").select("*").eq("id", _uuid(number_id))
+        return PhoneNumber.model_validate(await self._one(query, what=f"phone number {number_id}"))
+
+    async def find_phone_number(self, number: str) -> PhoneNumber | None:
+        found = await self._rows(
+            self._table("phone_numbers").select("*").eq("number", number), what=f"looking up number {number}"
+        )
+        return PhoneNumber.model_validate(found[0]) if found else None
+
+    async def list_phone_numbers(
+        self, *, agent_id: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[PhoneNumber]:
+        query = self._table("phone_numbers").select("*")
+        if agent_id is not None:
+            query = query.eq("agent_id", _uuid(agent_id))
+        query = query.order("number").order("id").limit(limit).offset(offset)
+        return [PhoneNumber.model_validate(r) for r in await self._rows(query, what="listing phone numbers")]
+
+    async def update_phone_number(self, number_id: str, changes: dict[str, Any]) -> PhoneNumber:
+        values = rows.phone_number_changes(changes)
+        if "agent_id" in values:
+            values["agent_id"] = _uuid(values["agent_id"])
+        query = self._table("phone_numbers").update(values).eq("id", _uuid(number_id))
+        return PhoneNumber.model_validate(await self._one(query, what=f"phone number {number_id}"))
+
+    async def delete_phone_number(self, number_id: str) -> None:
+        """A hard delete: calls keep the number they were made to in `to_number`."""
+        await self._one(
+            self._table("phone_numbers").delete().eq("id", _uuid(number_id)), what=f"phone number {number_id}"
+        )
+
     # --- calls -------------------------------------------------------------------------------------
     async def create_call(
-        self, *, agent_id: str, to_number: str, from_number: str | None, metadata: dict[str, Any]
+        self,
+        *,
+        agent_id: str,
+        to_number: str,
+        from_number: str | None,
+        metadata: dict[str, Any],
+        direction: Direction = "outbound",
+        twilio_call_sid: str | None = None,
     ) -> Call:
-        values = rows.new_call(_uuid(agent_id), to_number, from_number, metadata)
+        values = rows.new_call(_uuid(agent_id), to_number, from_number, metadata, direction, twilio_call_sid)
         return Call.model_validate(await self._one(self._table("calls").insert(values), what="creating a call"))
 
     async def get_call(self, call_id: str) -> Call:
         query = self._table("calls").select("*").eq("id", _uuid(call_id))
         return Call.model_validate(await self._one(query, what=f"call {call_id}"))
+
+    async def find_call_by_sid(self, twilio_call_sid: str) -> Call | None:
+        query = self._table("calls").select("*").eq("twilio_call_sid", twilio_call_sid)
+        found = await self._rows(query, what=f"looking up call SID {twilio_call_sid}")
+        return Call.model_validate(found[0]) if found else None
 
     async def list_calls(
         self,

@@ -57,8 +57,13 @@ def _schema() -> dict[str, Table]:
         "calls": Table(
             {"id": _new_id, "agent_id": None, "to_number": None, "from_number": None, "direction": "outbound",
              "status": "queued", "duration": None, "metadata": dict, "twilio_call_sid": None, "error": None,
-             **stamps, "started_at": None, "ended_at": None},
+             **stamps, "started_at": None, "ended_at": None, "answered_by": None, "transferred_to": None,
+             "transferred_at": None},
             unique=[("id",), ("twilio_call_sid",)], foreign={"agent_id": "agents"},
+        ),
+        "phone_numbers": Table(
+            {"id": _new_id, "number": None, "agent_id": None, "inbound_enabled": True, **stamps},
+            unique=[("id",), ("number",)], foreign={"agent_id": "agents"},
         ),
         "transcripts": Table(
             {"id": _new_id, "seq": None, "call_id": None, "speaker": None, "text": None, "timestamp": _now,
