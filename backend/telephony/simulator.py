@@ -20,10 +20,11 @@ from xml.etree import ElementTree
 
 import httpx
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from backend.telephony.base import PlacedCall, TelephonyError, status_url, voice_url
 from backend.telephony.caller_voice import synthesize_caller
-from backend.telephony.virtual_phone import CallerLine, VirtualPhone
+from backend.telephony.virtual_phone import Beep, CallerLine, KeyPresses, ScriptLine, Silence, VirtualPhone
 from shared import stream_tokens, twilio_auth
 from shared.audio import int16_to_float32, phone_line
 from shared.settings import Settings
@@ -37,6 +38,7 @@ DEFAULT_SCRIPT = [
     {"text": "Perfect, thank you so much, goodbye!"},
 ]
 SIM_ACCOUNT_SID = "AC" + "5" * 32
+DTMF_KEYS = r"^[0-9*#A-D]{1,64}$"
 
 
 class SimulatorTelephony:
@@ -70,42 +72,128 @@ class SimulatorTelephony:
                 await task
 
 
+class _Line(BaseModel):
+    """A script line's keys, as named in the JSON; its fields are named as the phone's line types
+    (`virtual_phone.CallerLine`, `Beep`, …), so the fields a line sets are that type's keyword
+    arguments, and the defaults are that type's. Any other key is a mistake worth a clear error."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _SpeechLine(_Line):
+    text: str | None = None
+    wav: str | None = None
+    barge_in_after_ms: int | None = Field(default=None, ge=0, le=60_000)
+    speak_first: bool = CallerLine.speak_first
+    expect_dtmf: str | None = Field(default=None, pattern=DTMF_KEYS)
+    dtmf_timeout_s: float | None = Field(default=None, gt=0, le=600, alias="timeout_s")
+
+
+class _BeepLine(_Line):
+    beep: bool = True
+    hz: float = Field(default=Beep.hz, ge=300, le=3400, alias="beep_hz")
+    ms: int = Field(default=Beep.ms, ge=100, le=5000, alias="beep_ms")
+    record_s: float = Field(default=Beep.record_s, gt=0, le=600)
+
+
+class _KeysLine(_Line):
+    digits: str = Field(pattern=DTMF_KEYS, alias="dtmf")
+    gap_ms: int = Field(default=KeyPresses.gap_ms, ge=100, le=5000)
+    tones: bool = KeyPresses.tones
+    speak_first: bool = KeyPresses.speak_first
+
+
+class _SilenceLine(_Line):
+    seconds: float = Field(gt=0, le=600, alias="silence_s")
+
+
+_KINDS: tuple[tuple[tuple[str, ...], type[_Line]], ...] = (
+    (("text", "wav"), _SpeechLine),
+    (("beep", "beep_hz"), _BeepLine),
+    (("dtmf",), _KeysLine),
+    (("silence_s",), _SilenceLine),
+)
+"""A line's kind is told by the keys it has; one line, one kind."""
+
+
 def parse_script(raw: Any) -> list[dict[str, Any]]:
-    """A script is a list of lines: text strings or {text | wav, barge_in_after_ms}; None = the demo."""
+    """A script is a list of lines; None = the demo. A line is one of:
+
+    - text, or {text | wav, barge_in_after_ms?, speak_first?, expect_dtmf?, timeout_s?}: said by the
+      callee (expect_dtmf: an IVR prompt that then listens for the agent's keys);
+    - {beep: true | beep_hz, beep_ms?, record_s?}: an answering machine's beep, then it records;
+    - {dtmf: "1234#", gap_ms?, tones?, speak_first?}: keys the callee types (Media Streams dtmf events);
+    - {silence_s}: the callee says nothing for that long.
+    """
     if raw is None:
         return DEFAULT_SCRIPT
     if isinstance(raw, dict):
         raw = raw.get("lines")
     if not isinstance(raw, list) or not raw:
         raise TelephonyError("metadata.simulate must be a non-empty list of lines")
-    lines = []
-    for item in raw:
-        line = {"text": item} if isinstance(item, str) else item
-        if not isinstance(line, dict) or not (line.get("text") or line.get("wav")):
-            raise TelephonyError(f"bad simulated line {item!r}: give text or wav")
-        if line.get("wav") is not None:
+    return [_parse_line(item) for item in raw]
+
+
+def _kind(item: Any) -> type[_Line]:
+    """Which kind of line `item` is (by its keys), or a TelephonyError saying what a line may be."""
+    kinds = [model for keys, model in _KINDS if isinstance(item, dict) and any(k in item for k in keys)]
+    if len(kinds) != 1 or (kinds[0] is _SpeechLine and not (item.get("text") or item.get("wav"))):
+        raise TelephonyError(f"bad simulated line {item!r}: give text or wav, or one of "
+                             "beep (or beep_hz), dtmf, silence_s")
+    return kinds[0]
+
+
+def _parse_line(item: Any) -> dict[str, Any]:
+    line = {"text": item} if isinstance(item, str) else item
+    kind = _kind(line)
+    try:
+        parsed = kind.model_validate(line)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "line"
+        raise TelephonyError(f"bad simulated line {item!r}: {where}: {first['msg']}") from None
+    if isinstance(parsed, _SpeechLine):
+        if parsed.wav is not None:
             # The backend reads this path on its own disk: only WAV recordings, never any other file.
-            wav = Path(str(line["wav"]))
+            wav = Path(parsed.wav)
             if wav.suffix.lower() != ".wav" or not wav.is_file():
                 raise TelephonyError(f"bad simulated line {item!r}: wav must name an existing .wav file")
-        lines.append(line)
-    return lines
+        if parsed.dtmf_timeout_s is not None and parsed.expect_dtmf is None:
+            raise TelephonyError(f"bad simulated line {item!r}: timeout_s is how long expect_dtmf waits")
+        if parsed.speak_first and parsed.barge_in_after_ms is not None:
+            raise TelephonyError(f"bad simulated line {item!r}: speak_first or barge_in_after_ms, not both")
+    if isinstance(parsed, _BeepLine) and not parsed.beep:
+        raise TelephonyError(f"bad simulated line {item!r}: beep must be true (or give beep_hz)")
+    return parsed.model_dump(by_alias=True, exclude_unset=True)
 
 
-async def caller_line(spec: dict[str, Any]) -> CallerLine:
-    """Turn one script line into phone audio: a WAV file, or text spoken by the caller's voice."""
-    if spec.get("wav"):
-        with wave.open(str(spec["wav"])) as reader:
+async def caller_line(spec: dict[str, Any]) -> ScriptLine:
+    """Turn one parsed script line into what the phone plays: a WAV file or text spoken by the
+    caller's voice, a beep, keys or silence."""
+    parsed = _kind(spec).model_validate(spec)
+    given = parsed.model_dump(exclude_unset=True)
+    if isinstance(parsed, _SilenceLine):
+        return Silence(**given)
+    if isinstance(parsed, _KeysLine):
+        return KeyPresses(**given)
+    if isinstance(parsed, _BeepLine):
+        given.pop("beep", None)
+        return Beep(**given)
+    assert isinstance(parsed, _SpeechLine)
+    given.pop("text", None)
+    given.pop("wav", None)
+    if parsed.wav:
+        with wave.open(parsed.wav) as reader:
             rate = reader.getframerate()
             samples = np.frombuffer(reader.readframes(reader.getnframes()), dtype=np.int16)
             if reader.getnchannels() > 1:
                 samples = samples.reshape(-1, reader.getnchannels())[:, 0]
         audio = phone_line(int16_to_float32(samples), rate)
-        text = str(spec.get("text") or spec["wav"])
+        text = parsed.text or parsed.wav
     else:
-        text = str(spec["text"])
+        text = str(parsed.text)
         audio = await synthesize_caller(text)
-    return CallerLine(text=text, audio=audio, barge_in_after_ms=spec.get("barge_in_after_ms"))
+    return CallerLine(text=text, audio=audio, **given)
 
 
 class SimulatedCall:
