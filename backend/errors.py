@@ -75,6 +75,14 @@ AT_CAPACITY: ResponseDocs = {
 }
 NOT_FOUND: ResponseDocs = {404: {"model": ErrorOut, "description": "No such row (or a malformed id)"}}
 CONFLICT: ResponseDocs = {409: {"model": ErrorOut, "description": "Not possible in the row's current state"}}
+NUMBER_TAKEN: ResponseDocs = {409: {"model": ErrorOut, "description": "The number is already configured"}}
+SIMULATION_REFUSED: ResponseDocs = {
+    409: {
+        "model": ErrorOut,
+        "description": "Not on the simulated line (TELEPHONY_PROVIDER is not `simulator`), or the number "
+        "rejected the call (inbound calls off, its agent deleted, the voice gateway at capacity)",
+    }
+}
 MALFORMED_BODY: ResponseDocs = {400: {"model": ErrorOut, "description": "The body is not readable (not UTF-8)"}}
 PROVIDER_REFUSED: ResponseDocs = {
     502: {"model": ProviderErrorOut, "description": "The phone provider refused the request"}

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend import errors
-from backend.api import agents, analysis, calls, health, phone, twilio_webhooks
+from backend.api import agents, analysis, calls, health, phone, phone_numbers, twilio_webhooks
 from backend.capacity import Admission, GatewayProbe
 from backend.deps import require_api_key
 from backend.telephony import build_telephony
@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
     app = FastAPI(
         title="RelayX backend",
         version="0.1.0",
-        description="Agents, outbound calls, transcripts, and Twilio's webhooks.",
+        description="Agents, phone numbers, outbound and inbound calls, transcripts, and Twilio's webhooks.",
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
     app.include_router(agents.router, dependencies=protected, responses=errors.API_KEY_ROUTES)
     app.include_router(calls.router, dependencies=protected, responses=errors.API_KEY_ROUTES)
     app.include_router(analysis.router, dependencies=protected, responses=errors.API_KEY_ROUTES)
+    app.include_router(phone_numbers.router, dependencies=protected, responses=errors.API_KEY_ROUTES)
     app.include_router(twilio_webhooks.router)
     app.include_router(phone.router)
     return app

@@ -16,13 +16,21 @@ from shared.agent_config import (
     AgentName,
     AgentSettings,
     AnalysisConfig,
+    CallLimits,
+    DtmfTool,
+    EndCallTool,
     Greeting,
+    HttpTool,
     Language,
     LLMConfig,
     Prompt,
+    SmartTurnConfig,
+    ToolName,
+    TransferTool,
     Voice,
+    VoicemailConfig,
 )
-from shared.storage.base import Agent, Call
+from shared.storage.base import Agent, Call, PhoneNumber
 
 CallStatusName = Literal[
     "queued", "initiated", "ringing", "in-progress", "busy", "canceled", "completed", "failed", "no-answer"
@@ -35,6 +43,14 @@ E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 # The same rule as a pattern the OpenAPI can publish: E.164 once spaces, dots, dashes and
 # parentheses are removed (ASCII digits only: `\d` would let other scripts' digits through).
 PHONE_NUMBER = rf"^{_SEPARATORS}*\+{_SEPARATORS}*[1-9](?:{_SEPARATORS}*[0-9]){{6,14}}{_SEPARATORS}*$"
+
+
+def e164(value: str, name: str) -> str:
+    """`value` as compact E.164, or a ValueError that names the field and the rule."""
+    compact = re.sub(_SEPARATORS, "", value)
+    if not E164.fullmatch(compact):  # the same rule as PHONE_NUMBER
+        raise ValueError(f"{name} must be an E.164 number such as +14155550100")
+    return compact
 
 
 def _keys_without_nul(value: dict[str, Any]) -> dict[str, Any]:
@@ -76,6 +92,55 @@ class LLMConfigInput(LLMConfig):
     _max_tokens = field_validator("max_tokens", mode="before")(_whole_number)
 
 
+class SmartTurnConfigInput(SmartTurnConfig):
+    """`SmartTurnConfig` as a client sends it (JSON types)."""
+
+    model_config = _AS_JSON
+
+    _whole_ms = field_validator("done_silence_ms", "not_done_silence_ms", "max_silence_ms", mode="before")(
+        _whole_number
+    )
+
+
+class VoicemailConfigInput(VoicemailConfig):
+    """`VoicemailConfig` as a client sends it (JSON types)."""
+
+    model_config = _AS_JSON
+
+    _whole_ms = field_validator("wait_for_callee_ms", "machine_speech_ms", mode="before")(_whole_number)
+
+
+class CallLimitsInput(CallLimits):
+    """`CallLimits` as a client sends it (JSON types)."""
+
+    model_config = _AS_JSON
+
+    _whole = field_validator("idle_hangups_after", "max_duration_s", "dtmf_timeout_ms", mode="before")(
+        _whole_number
+    )
+
+
+class EndCallToolInput(EndCallTool):
+    model_config = _AS_JSON
+
+
+class TransferToolInput(TransferTool):
+    model_config = _AS_JSON
+
+
+class DtmfToolInput(DtmfTool):
+    model_config = _AS_JSON
+
+
+class HttpToolInput(HttpTool):
+    model_config = _AS_JSON
+
+
+ToolInput = Annotated[
+    EndCallToolInput | TransferToolInput | DtmfToolInput | HttpToolInput, Field(discriminator="kind")
+]
+
+
 class AgentSettingsInput(AgentSettings):
     """`AgentSettings` as a client sends it: the same fields and rules, JSON types; `analysis` is published
     in the forms it is accepted in (`backend.analysis_input`), not in its stored, normalised form."""
@@ -87,6 +152,15 @@ class AgentSettingsInput(AgentSettings):
     ] = Field(
         default=None,
         description='Post-call analysis: {"outcomes": [labels], "schema": JSON Schema of the data to extract}',
+    )
+
+    # The nested blocks as a client sends them too: JSON types all the way down (false is not 0).
+    smart_turn: SmartTurnConfigInput = Field(default_factory=SmartTurnConfigInput)
+    voicemail: VoicemailConfigInput = Field(default_factory=VoicemailConfigInput)
+    limits: CallLimitsInput = Field(default_factory=CallLimitsInput)
+    tools: dict[ToolName, ToolInput] = Field(  # type: ignore[assignment]  # dict is invariant; subclasses
+        default_factory=dict, max_length=32, description=AgentSettings.model_fields["tools"].description,
+        json_schema_extra={"additionalProperties": False},  # a name outside the pattern is refused, and says so
     )
 
     _whole_ms = field_validator("end_of_turn_silence_ms", "min_speech_ms", "barge_in_min_ms", mode="before")(
@@ -153,10 +227,90 @@ class OutboundCallRequest(BaseModel):
     @field_validator("to_number")
     @classmethod
     def _e164(cls, value: str) -> str:
-        compact = re.sub(_SEPARATORS, "", value)
-        if not E164.fullmatch(compact):  # the same rule as PHONE_NUMBER
-            raise ValueError("to_number must be an E.164 number such as +14155550100")
-        return compact
+        return e164(value, "to_number")
+
+
+_NUMBER_DESCRIPTION = "E.164, e.g. +14155550100 (spaces, dots, dashes, parentheses ignored); stored compact"
+# Published as PHONE_NUMBER, checked by `e164` (with a message that says E.164).
+_NUMBER_PATTERN: dict[str, Any] = {"pattern": PHONE_NUMBER}
+
+
+def _optional_number(schema: dict[str, Any]) -> None:
+    _never_null(schema)
+    schema.update(_NUMBER_PATTERN)
+
+
+class PhoneNumberCreate(BaseModel):
+    """Body of POST /phone-numbers: a number callers dial, and the agent that answers it."""
+
+    model_config = _AS_JSON
+
+    number: str = Field(description=_NUMBER_DESCRIPTION, json_schema_extra=_NUMBER_PATTERN)
+    agent_id: str = Field(min_length=1)
+    inbound_enabled: bool = Field(default=True, description="Answer calls to this number (false: reject them)")
+
+    @field_validator("number")
+    @classmethod
+    def _e164(cls, value: str) -> str:
+        return e164(value, "number")
+
+
+class PhoneNumberUpdate(BaseModel):
+    """Body of PATCH /phone-numbers/{id}: only the fields given change; none takes null."""
+
+    model_config = _AS_JSON
+
+    number: str | None = Field(default=None, description=_NUMBER_DESCRIPTION, json_schema_extra=_optional_number)
+    agent_id: str | None = Field(default=None, min_length=1, json_schema_extra=_never_null)
+    inbound_enabled: bool | None = Field(default=None, json_schema_extra=_never_null)
+
+    @field_validator("number", "agent_id", "inbound_enabled", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("cannot be null: leave the field out to keep its value")
+        return value
+
+    @field_validator("number")
+    @classmethod
+    def _e164(cls, value: str | None) -> str | None:
+        return None if value is None else e164(value, "number")
+
+
+class PhoneNumberOut(PhoneNumber):
+    """A phone number as the API returns it: the stored row."""
+
+
+_LineText = Annotated[str, Field(min_length=1, max_length=1000, pattern=NUL_FREE)]
+
+
+class SimulatedInboundRequest(BaseModel):
+    """Body of POST /phone-numbers/{id}/simulate-inbound (TELEPHONY_PROVIDER=simulator)."""
+
+    model_config = _AS_JSON
+
+    from_number: str = Field(
+        default="+15005550006", description=f"The caller: {_NUMBER_DESCRIPTION}", json_schema_extra=_NUMBER_PATTERN
+    )
+    simulate: list[_LineText | JSONObject] | None = Field(
+        default=None, min_length=1, max_length=50,
+        description="What the caller does, line by line: the lines `metadata.simulate` of an outbound call takes "
+        '(text, or {"text" | "wav", ...}; see backend.telephony.simulator.parse_script); the demo script if null',
+    )
+
+    @field_validator("from_number")
+    @classmethod
+    def _e164(cls, value: str) -> str:
+        return e164(value, "from_number")
+
+
+class SimulatedInboundCall(BaseModel):
+    """Answer of POST /phone-numbers/{id}/simulate-inbound: the call the number's agent answered."""
+
+    call_id: str
+    twilio_call_sid: str
+    to_number: str
+    from_number: str
 
 
 class CallOut(Call):

@@ -2,7 +2,8 @@
 
 The page itself is public (it holds no data: it asks for the API key and sends it as a Bearer token);
 `POST /phone/calls` writes the call row the page then streams to, over the same Media Streams
-protocol Twilio speaks, so the gateway cannot tell a browser from a phone line.
+protocol Twilio speaks, so the gateway cannot tell a browser from a phone line. The page calls an
+agent, or dials a configured number: an inbound call, answered by that number's agent.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from backend.calls import InboundDisabled, inbound_agent
 from backend.deps import SettingsDep, StorageDep, require_api_key
-from backend.errors import API_KEY_ROUTES, CONFLICT, MALFORMED_BODY, NOT_FOUND
-from backend.schemas import CallOut
+from backend.errors import API_KEY_ROUTES, CONFLICT, MALFORMED_BODY, NOT_FOUND, ErrorOut
+from backend.schemas import PHONE_NUMBER, CallOut, e164
 from shared import call_status, jobs, stream_tokens, twilio_auth
 from shared.storage.base import Call
 
@@ -32,16 +34,30 @@ _ASSETS = {
     "capture-worklet.js": "text/javascript",
 }
 BROWSER_NUMBER = "browser"
-"""`calls.to_number` of a browser call: there is no number, and the column is free text."""
+"""`calls.to_number` of a browser call to an agent, `from_number` of one to a number: the browser has no
+number, and the columns are free text."""
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
 class BrowserCallRequest(BaseModel):
-    """Body of POST /phone/calls."""
+    """Body of POST /phone/calls that calls an agent."""
 
     model_config = ConfigDict(extra="forbid")
 
     agent_id: str = Field(min_length=1)
+
+
+class BrowserInboundCallRequest(BaseModel):
+    """Body of POST /phone/calls that dials a configured number (inbound, answered by its agent)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to_number: str = Field(description="A configured phone number (E.164)", json_schema_extra={"pattern": PHONE_NUMBER})
+
+    @field_validator("to_number")
+    @classmethod
+    def _e164(cls, value: str) -> str:
+        return e164(value, "to_number")
 
 
 class BrowserCall(BaseModel):
@@ -69,17 +85,31 @@ async def phone_asset(name: str) -> FileResponse:
     status_code=status.HTTP_201_CREATED,
     response_model=BrowserCall,
     dependencies=[Depends(require_api_key)],
-    responses={**API_KEY_ROUTES, **NOT_FOUND, **MALFORMED_BODY},
+    responses={
+        **API_KEY_ROUTES, **NOT_FOUND, **MALFORMED_BODY,
+        409: {"model": ErrorOut, "description": "The number's inbound calls are disabled"},
+    },
 )
 async def start_browser_call(
-    body: BrowserCallRequest, storage: StorageDep, settings: SettingsDep
+    body: BrowserCallRequest | BrowserInboundCallRequest, storage: StorageDep, settings: SettingsDep
 ) -> BrowserCall:
-    """Write a `queued` call row; the gateway marks it in-progress when the page's stream starts."""
-    agent = await storage.get_agent(body.agent_id)
+    """Write a call row (`queued` for an agent, `ringing` inbound for a number); the gateway marks it
+    in-progress when the page's stream starts."""
     metadata: dict[str, Any] = {"channel": "browser"}
-    call = await storage.create_call(
-        agent_id=agent.id, to_number=BROWSER_NUMBER, from_number=None, metadata=metadata
-    )
+    if isinstance(body, BrowserInboundCallRequest):
+        try:
+            number, agent = await inbound_agent(storage, body.to_number)
+        except InboundDisabled as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+        call = await storage.create_call(
+            agent_id=agent.id, to_number=number.number, from_number=BROWSER_NUMBER,
+            metadata={**metadata, "phone_number_id": number.id}, direction="inbound",
+        )
+    else:
+        agent = await storage.get_agent(body.agent_id)
+        call = await storage.create_call(
+            agent_id=agent.id, to_number=BROWSER_NUMBER, from_number=None, metadata=metadata
+        )
     token = stream_tokens.issue(twilio_auth.signing_token(settings), call.id)
     return BrowserCall(call_id=call.id, stream_url=f"{settings.public_gateway_url}/media?token={token}")
 

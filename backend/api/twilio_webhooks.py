@@ -1,4 +1,5 @@
-"""Twilio's webhooks: the TwiML that connects a call to the gateway, and status callbacks.
+"""Twilio's webhooks: the TwiML that connects a call to the gateway, incoming calls, status callbacks,
+and answering-machine detection results.
 
 They carry no API key: each request is authenticated by its X-Twilio-Signature instead, computed
 over the public URL Twilio called, so PUBLIC_BASE_URL must be exactly what Twilio was given. What
@@ -16,12 +17,14 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.security import APIKeyHeader
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-from backend.deps import SettingsDep, StorageDep
+from backend.calls import CallSidTaken, answer_inbound_call
+from backend.capacity import AtCapacity
+from backend.deps import AdmissionDep, SettingsDep, StorageDep
 from backend.errors import CONFLICT, NOT_FOUND, STORAGE_DOWN, ErrorOut
 from shared import call_status, jobs, twilio_auth
-from shared.errors import StorageError, StorageUnavailable
+from shared.errors import NotFound, StorageError, StorageUnavailable
 from shared.settings import Settings
-from shared.storage.base import Storage
+from shared.storage.base import ANSWERED_BY, Storage
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,9 @@ TWILIO_CALL_STATUSES = (
 )
 CALL_SID = r"CA[0-9a-fA-F]{32}"
 DURATION_S = r"[0-9]{1,9}"  # whole seconds, and inside the column's integer range
+# Who called: E.164, or `anonymous`, `client:alice`, a SIP URI… Stored as given, so no NUL (PostgreSQL's
+# text refuses it) and a bounded length.
+CALLER = r"[^\x00]{1,256}"
 
 _signature = APIKeyHeader(
     name="X-Twilio-Signature",
@@ -51,6 +57,27 @@ _STATUS_FORM = {
     "required": ["CallStatus"],
     "additionalProperties": _OTHER_FIELDS,
 }
+_INBOUND_FORM = {
+    "type": "object",
+    "properties": {
+        "To": {"type": "string", "description": "The number dialed: a configured E.164 number is answered"},
+        "From": {"type": "string", "pattern": f"^{CALLER}$", "description": "The caller"},
+        "CallSid": {"type": "string", "pattern": f"^{CALL_SID}$"},
+    },
+    "required": ["To", "CallSid"],
+    "additionalProperties": _OTHER_FIELDS,
+}
+_INBOUND_STATUS_FORM = {**_STATUS_FORM, "required": ["CallStatus", "CallSid"]}
+_AMD_FORM = {
+    "type": "object",
+    "properties": {
+        "AnsweredBy": {"type": "string", "enum": list(ANSWERED_BY)},
+        "CallSid": {"type": "string", "pattern": f"^{CALL_SID}$"},
+    },
+    "required": ["AnsweredBy"],
+    "additionalProperties": _OTHER_FIELDS,
+}
+_TWIML: dict[str, Any] = {"content": {"application/xml": {}}}
 _REFUSED = {
     400: {"model": ErrorOut, "description": "A signed form Twilio would not send (unknown status, bad field)"},
     403: {"model": ErrorOut, "description": "Missing or invalid X-Twilio-Signature"},
@@ -76,6 +103,9 @@ async def _signed_form(request: Request, settings: Settings, signature: str | No
         log.warning("rejected a webhook to %s: bad or missing X-Twilio-Signature", request.url.path)
         raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid X-Twilio-Signature")
     return form
+
+
+_NOT_A_SID = "must be a Twilio call SID (CA and 32 hex digits)"
 
 
 def _field(form: dict[str, str], name: str, pattern: str, why: str) -> str | None:
@@ -115,7 +145,7 @@ def connect_twiml(gateway_url: str, call_id: str) -> str:
 @router.post(
     "/voice/{call_id}",
     response_class=Response,
-    responses={200: {"description": "TwiML: connect the call to the gateway", "content": {"application/xml": {}}}},
+    responses={200: {"description": "TwiML: connect the call to the gateway", **_TWIML}},
     openapi_extra=_body(_VOICE_FORM),
 )
 async def voice(
@@ -138,7 +168,12 @@ async def status_callback(
     call_id: str, request: Request, settings: SettingsDep, storage: StorageDep,
     signature: Annotated[str | None, Depends(_signature)],
 ) -> Response:
-    form = await _signed_form(request, settings, signature)
+    await _record_status(storage, call_id, await _signed_form(request, settings, signature))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+async def _record_status(storage: Storage, call_id: str, form: dict[str, str]) -> None:
+    """Apply a signed status callback to the call and queue its post-call jobs."""
     raw_status = form.get("CallStatus")
     if not raw_status:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "CallStatus is missing")
@@ -146,7 +181,7 @@ async def status_callback(
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"unknown call status {raw_status!r}")
     new_status = call_status.normalize(raw_status)
     duration = _field(form, "CallDuration", DURATION_S, "must be a whole number of seconds")
-    sid = _field(form, "CallSid", CALL_SID, "must be a Twilio call SID (CA and 32 hex digits)")
+    sid = _field(form, "CallSid", CALL_SID, _NOT_A_SID)
     if sid is not None:
         await _attach_sid(storage, call_id, sid)
     call = await storage.apply_call_status(
@@ -161,4 +196,102 @@ async def status_callback(
             await jobs.notify_call_started(storage, call_id)
     except Exception:  # any failure: the status is stored; post-call jobs must not fail Twilio's callback
         log.exception("call %s: could not queue post-call jobs", call_id)
+
+
+def _required(form: dict[str, str], name: str, pattern: str, why: str) -> str:
+    value = _field(form, name, pattern, why)
+    if value is None:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{name} is missing")
+    return value
+
+
+def reject_twiml(reason: str = "rejected") -> str:
+    """`<Reject>`: the caller hears the call refused (`busy`: a busy tone) and no call row is written."""
+    response = VoiceResponse()
+    response.reject(reason=reason if reason != "rejected" else None)
+    return str(response)
+
+
+@router.post(
+    "/inbound",
+    response_class=Response,
+    responses={
+        200: {"description": "TwiML: connect the call to the number's agent, or reject it", **_TWIML},
+        409: {"model": ErrorOut, "description": "The CallSid belongs to another call"},
+    },
+    openapi_extra=_body(_INBOUND_FORM),
+)
+async def inbound(
+    request: Request, settings: SettingsDep, storage: StorageDep, admission: AdmissionDep,
+    signature: Annotated[str | None, Depends(_signature)],
+) -> Response:
+    """Twilio's incoming-call webhook (a number's "A call comes in"): a configured number with inbound
+    calls on is answered by its agent (an `inbound` call row, `ringing`, then the stream); any other
+    number, or a voice gateway at capacity, gets `<Reject>`. A repeated webhook gets the same call."""
+    form = await _signed_form(request, settings, signature)
+    to_number = form.get("To")
+    if to_number is None:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "To is missing")
+    sid = _required(form, "CallSid", CALL_SID, _NOT_A_SID)
+    caller = _field(form, "From", CALLER, "must be 1 to 256 characters without NUL")
+    try:
+        call = await answer_inbound_call(storage, admission, to_number=to_number, from_number=caller, call_sid=sid)
+    except AtCapacity as exc:
+        log.warning("incoming call %s to %s rejected: %s", sid, to_number, exc.reason)
+        return Response(reject_twiml("busy"), media_type="application/xml")
+    except CallSidTaken as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    if call is None:
+        return Response(reject_twiml(), media_type="application/xml")
+    log.info("incoming call %s from %s to %s: call %s", sid, caller, to_number, call.id)
+    return Response(connect_twiml(settings.public_gateway_url, call.id), media_type="application/xml")
+
+
+@router.post(
+    "/inbound/status",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=CONFLICT,
+    openapi_extra=_body(_INBOUND_STATUS_FORM),
+)
+async def inbound_status(
+    request: Request, settings: SettingsDep, storage: StorageDep,
+    signature: Annotated[str | None, Depends(_signature)],
+) -> Response:
+    """A number's "Call status changes" callback: Twilio names the call by its SID only (the URL is the
+    number's, not the call's), so the call is found by the SID the incoming-call webhook stored."""
+    form = await _signed_form(request, settings, signature)
+    sid = _required(form, "CallSid", CALL_SID, _NOT_A_SID)
+    call = await storage.find_call_by_sid(sid)
+    if call is None:
+        raise NotFound(f"call with CallSid {sid}")
+    await _record_status(storage, call.id, form)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/amd/{call_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=CONFLICT,
+    openapi_extra=_body(_AMD_FORM),
+)
+async def amd_result(
+    call_id: str, request: Request, settings: SettingsDep, storage: StorageDep,
+    signature: Annotated[str | None, Depends(_signature)],
+) -> Response:
+    """Twilio's AsyncAmdStatusCallback: who answered an outbound call (`AnsweredBy`), stored on the call."""
+    form = await _signed_form(request, settings, signature)
+    answered_by = form.get("AnsweredBy")
+    if not answered_by:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "AnsweredBy is missing")
+    if answered_by not in ANSWERED_BY:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, f"unknown AnsweredBy {answered_by!r}: one of {', '.join(ANSWERED_BY)}"
+        )
+    sid = _field(form, "CallSid", CALL_SID, _NOT_A_SID)
+    if sid is not None:
+        await _attach_sid(storage, call_id, sid)  # also the 404 of an unknown call
+    await storage.update_call(call_id, {"answered_by": answered_by})
+    log.info("call %s: answered by %s (after %s ms)", call_id, answered_by, form.get("MachineDetectionDuration"))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

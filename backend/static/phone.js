@@ -1,4 +1,5 @@
-// The browser phone: pick an agent and call it from the microphone.
+// The browser phone: pick an agent and call it from the microphone, or dial one of the configured
+// phone numbers (an inbound call, answered by that number's agent).
 //
 // The page is the phone line: it speaks Twilio's Media Streams protocol to the gateway exactly as
 // Twilio (and backend/telephony/virtual_phone.py) do — `connected`, `start` with the call id, then
@@ -14,6 +15,7 @@ const FRAME_MS = 20;
 const JITTER_S = 0.06;
 const POLL_MS = 1000;
 const POLL_AFTER_END_MS = 5000; // the gateway flushes the last lines when the socket closes
+const NUMBER_PREFIX = "tel:"; // a choice that dials a number; any other is an agent id
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -58,11 +60,40 @@ async function loadAgents(preferred) {
     setStatus("No agents yet");
     return;
   }
-  ui.agent.replaceChildren(...agents.map((agent) => new Option(agent.name, agent.id)));
+  const agentOptions = agents.map((agent) => new Option(agent.name, agent.id));
+  const numbers = await loadNumbers();
+  if (numbers.length === 0) {
+    ui.agent.replaceChildren(...agentOptions);
+  } else {
+    const names = new Map(agents.map((agent) => [agent.id, agent.name]));
+    const numberOptions = numbers.map((number) => {
+      const label = `${number.number} → ${names.get(number.agent_id) || "its agent"}`;
+      const option = new Option(number.inbound_enabled ? label : `${label} (inbound off)`, NUMBER_PREFIX + number.number);
+      option.disabled = !number.inbound_enabled;
+      return option;
+    });
+    ui.agent.replaceChildren(group("Call an agent", agentOptions), group("Dial a number (inbound)", numberOptions));
+  }
   if (preferred && agents.some((agent) => agent.id === preferred)) ui.agent.value = preferred;
   ui.agent.disabled = false;
   ui.call.disabled = current !== null;
   setStatus(`Ready: ${agents.length} agent${agents.length === 1 ? "" : "s"}`);
+}
+
+/** The configured phone numbers; none when they cannot be listed (the agents still can be called). */
+async function loadNumbers() {
+  try {
+    return await api("GET", "/phone-numbers?limit=500");
+  } catch {
+    return [];
+  }
+}
+
+function group(label, options) {
+  const element = document.createElement("optgroup");
+  element.label = label;
+  element.append(...options);
+  return element;
 }
 
 async function pollTranscript(call) {
@@ -178,8 +209,8 @@ function openSocket(url) {
 }
 
 async function startCall() {
-  const agentId = ui.agent.value;
-  if (!agentId || current) return;
+  const choice = ui.agent.value;
+  if (!choice || current) return;
   const call = {
     id: null, socket: null, sequence: 0, chunk: 0, started: false, ended: false,
     streamSid: randomSid("MZ"), callSid: randomSid("CA"), accountSid: "AC" + "0".repeat(32),
@@ -202,7 +233,8 @@ async function startCall() {
     await call.context.audioWorklet.addModule("/phone/static/capture-worklet.js");
     if (call.ended) return release(call); // hung up meanwhile: free what this step created
     setStatus("Placing the call…");
-    const placed = await api("POST", "/phone/calls", { agent_id: agentId });
+    const target = choice.startsWith(NUMBER_PREFIX) ? { to_number: choice.slice(NUMBER_PREFIX.length) } : { agent_id: choice };
+    const placed = await api("POST", "/phone/calls", target);
     call.id = placed.call_id;
     ui.callId.textContent = `Call ${call.id}`;
     document.body.dataset.callId = call.id;

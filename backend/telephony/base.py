@@ -37,6 +37,15 @@ class Telephony(Protocol):
     async def close(self) -> None: ...
 
 
+class CallRedirect(Protocol):
+    """Takes a live call away from its current TwiML: what a transfer does (`<Dial>` the person after the
+    agent has said its line). Twilio implements it; the simulated line does not (yet)."""
+
+    async def update_twiml(self, call: Call, twiml: str) -> None:
+        """Replace what the call is doing with `twiml` (Twilio ends the `<Connect><Stream>` and runs it)."""
+        ...
+
+
 def voice_url(public_base_url: str, call_id: str) -> str:
     """Where the provider fetches the call's TwiML."""
     return f"{public_base_url}/twilio/voice/{call_id}"
@@ -45,6 +54,11 @@ def voice_url(public_base_url: str, call_id: str) -> str:
 def status_url(public_base_url: str, call_id: str) -> str:
     """Where the provider posts the call's status callbacks."""
     return f"{public_base_url}/twilio/status/{call_id}"
+
+
+def amd_url(public_base_url: str, call_id: str) -> str:
+    """Where the provider posts the answering-machine detection result (`AnsweredBy`)."""
+    return f"{public_base_url}/twilio/amd/{call_id}"
 
 
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]

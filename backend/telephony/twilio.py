@@ -10,12 +10,15 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from backend.telephony.base import STATUS_EVENTS, PlacedCall, TelephonyError, status_url, voice_url
+from backend.telephony.base import STATUS_EVENTS, PlacedCall, TelephonyError, amd_url, status_url, voice_url
 from shared.errors import ConfigurationError
 from shared.settings import Settings
 from shared.storage.base import Agent, Call
 
 TWILIO_API = "https://api.twilio.com"
+MACHINE_DETECTION = "DetectMessageEnd"
+"""Wait for the end of a machine's greeting (the beep) before reporting it: `AnsweredBy` then says
+`machine_end_beep` / `_silence` / `_other`, the moment a left message would be heard whole."""
 
 
 class _BaseURLHttpClient(TwilioHttpClient):
@@ -54,6 +57,17 @@ class TwilioTelephony:
         self._public = settings.public_base_url
 
     async def place_call(self, call: Call, agent: Agent) -> PlacedCall:
+        """Dial; with the agent's voicemail detection on, Twilio's answering-machine detection runs
+        alongside the stream (async: the call connects at once) and posts `AnsweredBy` to /twilio/amd."""
+        detection: dict[str, str] = {}
+        if agent.settings.voicemail.detect:
+            detection = {
+                "machine_detection": MACHINE_DETECTION,
+                "async_amd": "true",
+                "async_amd_status_callback": amd_url(self._public, call.id),
+                "async_amd_status_callback_method": "POST",
+            }
+
         def create() -> PlacedCall:
             created = self._client.calls.create(
                 to=call.to_number,
@@ -63,10 +77,19 @@ class TwilioTelephony:
                 status_callback=status_url(self._public, call.id),
                 status_callback_event=STATUS_EVENTS,
                 status_callback_method="POST",
+                **detection,
             )
             return PlacedCall(sid=str(created.sid), status=str(created.status or "queued"))
 
         return await asyncio.to_thread(_twilio_errors, create)
+
+    async def update_twiml(self, call: Call, twiml: str) -> None:
+        """Redirect a live call to `twiml` (a transfer's `<Dial>`): Twilio leaves the `<Connect><Stream>`,
+        which closes the gateway's socket, and runs the new TwiML."""
+        if not call.twilio_call_sid:
+            raise TelephonyError("the call has no Twilio call SID yet")
+        sid = call.twilio_call_sid
+        await asyncio.to_thread(_twilio_errors, lambda: self._client.calls(sid).update(twiml=twiml))
 
     async def hangup(self, call: Call) -> None:
         if not call.twilio_call_sid:

@@ -56,7 +56,8 @@ class FakeTwilio:
         @app.post("/2010-04-01/Accounts/{account}/Calls/{sid}.json")
         async def update_call(account: str, sid: str, request: Request) -> JSONResponse:
             form = dict(await request.form())
-            self.requests.append({"path": request.url.path, "form": form})
+            # A redirect (a transfer) sends `Twiml`; a hang-up sends `Status`: tests read either here.
+            self.requests.append({"path": request.url.path, "form": form, "auth": request.headers.get("authorization")})
             if sid not in self.calls:
                 return JSONResponse(
                     {"code": 20404, "message": f"The requested resource {request.url.path} was not found",
@@ -64,6 +65,8 @@ class FakeTwilio:
                     status_code=404,
                 )
             self.calls[sid].update(status=form.get("Status", self.calls[sid]["status"]))
+            if "Twiml" in form:
+                self.calls[sid]["twiml"] = form["Twiml"]
             return JSONResponse(self.calls[sid])
 
         return app
