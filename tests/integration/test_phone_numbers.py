@@ -19,6 +19,7 @@ import pytest
 from fastapi import FastAPI
 from websockets.asyncio.server import ServerConnection, serve
 
+from backend.capacity import Admission, GatewayProbe
 from backend.main import create_app
 from backend.telephony.simulated_inbound import InboundSimulator
 from shared import stream_tokens
@@ -206,6 +207,20 @@ async def test_unknown_disabled_or_orphaned_numbers_are_rejected(client: httpx.A
     await client.delete(f"/agents/{orphan}", headers=AUTH)
     for to in ("+14155550199", "+14155550111", "+14155550122", "client:alice", ""):
         assert _rejected(await _incoming(client, to=to)), to
+    assert await _calls(client) == []
+
+
+async def test_a_gateway_at_capacity_rejects_the_call_as_busy(client: httpx.AsyncClient, app: FastAPI) -> None:
+    await _number(client, await _agent(client))
+    full = {"status": "ok", "capacity": {"max_calls": 1, "streams": 1, "accepting": False}}
+    probe = GatewayProbe("http://gateway", transport=httpx.MockTransport(lambda _: httpx.Response(200, json=full)))
+    app.state.admission = Admission(probe, retry_after_s=5)
+    try:
+        root = _twiml(await _incoming(client))
+    finally:
+        await probe.aclose()
+    reject = root.find("./Reject")
+    assert reject is not None and reject.get("reason") == "busy"
     assert await _calls(client) == []
 
 
