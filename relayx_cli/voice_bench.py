@@ -45,7 +45,8 @@ BENCH_AGENT = {
         "The office is at 12 Main Street."
     ),
     "greeting": "Hi, this is Ava from Bright Smile Dental. How can I help?",
-    "settings": {"business": "Bright Smile Dental"},
+    # Bench callers speak only once greeted: the agent greets at once (no answering-machine screening).
+    "settings": {"business": "Bright Smile Dental", "voicemail": {"detect": False}},
 }
 BENCH_LINES = [
     "Hi, I would like to book a cleaning.",

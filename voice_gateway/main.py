@@ -25,6 +25,7 @@ from shared.errors import NotFound, StorageError
 from shared.rate_limit import RateLimiter
 from shared.settings import Settings
 from shared.storage import build_storage
+from shared.tones import BeepDetector
 from voice_gateway.assurance import ProductionRate, StartPolicy
 from voice_gateway.capacity import Capacity, max_calls_from
 from voice_gateway.engines import Engines, build_engines, warm
@@ -189,7 +190,7 @@ async def _serve_stream(websocket: WebSocket, app: FastAPI, token_call_id: str |
                 await session.start()
             elif isinstance(message, Dtmf):
                 if session is not None:
-                    session.on_dtmf(message.dtmf.digit)
+                    await session.on_dtmf(message.dtmf.digit)
             elif isinstance(message, Stop):
                 break
             elif isinstance(message, Connected):
@@ -295,7 +296,7 @@ async def _open_session(
         call=call, agent=agent, stream_sid=start.stream_sid, send=send,
         storage=storage, spool=app.state.spool, engines=app.state.engines,
         recordings_dir=app.state.settings.recordings_path,
-        hangup=hangup, start_policy=app.state.start_policy,
+        hangup=hangup, start_policy=app.state.start_policy, beep_detector=BeepDetector(),
     )
 
 

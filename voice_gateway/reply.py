@@ -139,6 +139,10 @@ class Reply:
         self._started_at: float | None = None
         self._start_held = False
         self._caller_line_stored = False
+        self.after: Callable[[], Any] | None = None
+        """What the session does once this reply has been heard in full (hang up, transfer)."""
+        self.after_even_if_cut = False
+        """Do `after` even if the caller cut the reply short (the call's time is up)."""
 
     def __repr__(self) -> str:
         return f"Reply({self.id}, {self.state.value})"
@@ -203,6 +207,18 @@ class Reply:
     def answer(self, audio: np.ndarray) -> None:
         """Start producing the answer to the caller's utterance (STT, then LLM and TTS)."""
         self._task = asyncio.create_task(self._produce(audio=audio), name=f"reply-{self._deps.call_id}-{self.id}")
+
+    def answer_text(self, text: str, *, shown: str | None = None) -> None:
+        """Answer words known without STT (keypad digits): `text` goes to the model, `shown` (default
+        `text`) is the caller line stored."""
+        self._task = asyncio.create_task(self._produce(typed=(text, shown or text)),
+                                         name=f"reply-{self._deps.call_id}-{self.id}")
+
+    def play(self, ulaw: bytes, label: str) -> None:
+        """Play fixed audio (keypad tones into an IVR); `label` is what the transcript says was heard."""
+        self._fixed = True
+        self._task = asyncio.create_task(self._produce(sound=(ulaw, label)),
+                                         name=f"sound-{self._deps.call_id}-{self.id}")
 
     def say(self, text: str) -> None:
         """Start producing a fixed line (the greeting). Its text is all known, so it is synthesised
@@ -277,11 +293,18 @@ class Reply:
                 self.metrics["voice_to_voice_ms"] = round((wall - self.speech_end_wall) * 1000)
 
     # --- production ----------------------------------------------------------------------------------
-    async def _produce(self, *, audio: np.ndarray | None = None, text: str | None = None) -> None:
+    async def _produce(self, *, audio: np.ndarray | None = None, text: str | None = None,
+                       typed: tuple[str, str] | None = None, sound: tuple[bytes, str] | None = None) -> None:
         with urgency.working_for(self):  # inherited by the tasks created inside (the LLM producer)
             try:
                 if text is not None:
                     await self._synthesize(split_clauses(_one(text)))
+                elif typed is not None:
+                    self.caller_text = typed[1]
+                    messages = [*self._deps.context(), ChatMessage("user", typed[0])]
+                    await self._synthesize(self._clauses(messages, avoid=self._deps.avoid(typed[0])))
+                elif sound is not None:
+                    await self._sound(*sound)
                 else:
                     assert audio is not None
                     await self._answer(audio)
@@ -371,6 +394,17 @@ class Reply:
             mark = f"{self.id}:{index}"
             self._marks[mark] = index
             self._out(mark)
+
+    async def _sound(self, ulaw: bytes, label: str) -> None:
+        """Fixed audio as one clause: its label is what `heard_text` reports once it played."""
+        self.clauses.append(label)
+        self.clause_frames.append(0)
+        self._production_started = self._deps.clock()
+        framer = Framer()
+        await self._emit(0, [*framer.push(ulaw), *framer.flush()])
+        mark = f"{self.id}:0"
+        self._marks[mark] = 0
+        self._out(mark)
 
     async def _speech(self, tts: TTS, clause: str) -> AsyncIterator[np.ndarray]:
         """The clause's audio. A fixed line (the greeting) is the same on every call of an agent: it

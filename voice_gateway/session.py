@@ -23,9 +23,9 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -40,10 +40,12 @@ from voice_gateway.assurance import ProductionRate, StartPolicy
 from voice_gateway.backchannel import is_backchannel
 from voice_gateway.call_writer import CallWriter
 from voice_gateway.engines import Engines
+from voice_gateway.keypad import Keypad, caller_line
 from voice_gateway.playback import Player, Send
 from voice_gateway.prompts import stt_prompt, system_prompt
 from voice_gateway.recorder import CallRecorder
 from voice_gateway.reply import Reply, ReplyDeps, ReplyState, usable_text
+from voice_gateway.screening import Action, Screening
 from voice_gateway.spool import Spool
 from voice_gateway.turns import (
     PauseDetected,
@@ -62,6 +64,16 @@ log = logging.getLogger(__name__)
 BACKCHANNEL_WORDS_MAX_MS = 1200
 """Speech over the agent longer than `barge_in_min_ms` but shorter than this keeps the agent paused
 until its words are known: "okay, yeah" lets it play on, anything else takes the turn."""
+
+ANSWERED_BY_POLL_S = 1.0
+"""How often a screening call reads Twilio's answering-machine verdict back from its call row."""
+
+
+class BeepFeed(Protocol):
+    """A streaming beep detector (`shared.tones.BeepDetector`): fed 8 kHz audio, returns beeps ended."""
+
+    def feed(self, audio: np.ndarray) -> Sequence[object]: ...
+
 
 CONTINUE_S = 1.2
 """A caller who speaks again within this long of the end of their turn is going on with it, even if the
@@ -86,6 +98,7 @@ class CallSession:
         recordings_dir: Path | None = None,
         hangup: Callable[[], Coroutine[Any, Any, None]] | None = None,
         start_policy: StartPolicy | None = None,
+        beep_detector: BeepFeed | None = None,
     ) -> None:
         self.call = call
         self._hangup = hangup
@@ -148,6 +161,21 @@ class CallSession:
         """Pauses not judged by the end-of-turn model because the machine was busy with other calls."""
         self.merged_turns = 0
         """Turns the caller went on with before hearing their reply (answered once, as one turn)."""
+        # Acting on the call: who answered (outbound), keypad entries, a silent caller, the time limit.
+        self._limits = agent.settings.limits
+        self._keypad = Keypad(self._limits.dtmf_timeout_ms / 1000)
+        self.screening: Screening | None = None
+        """Outbound: listening for who answered before greeting (None: the agent greets at once)."""
+        if agent.settings.voicemail.detect and call.direction == "outbound" \
+                and call.metadata.get("channel") != "browser":
+            self.screening = Screening(agent.settings.voicemail, started=clock())
+        self._beeps = beep_detector if self.screening is not None else None
+        self._leaving_message = False  # a machine records: the agent speaks its message, hears nothing
+        self._answered_by_poll = 0.0
+        self._idle_since = clock()
+        self.reprompts = 0
+        """Re-prompts said to a silent caller since they last spoke."""
+        self._ending = False  # a closing line is being said: hygiene and new turns wait for the hang-up
 
     @property
     def reply(self) -> Reply | None:
@@ -162,12 +190,16 @@ class CallSession:
         self.writer.start()
         self._pacer = asyncio.create_task(self.player.run(), name=f"pacer-{self.call.id}")
         self.writer.job("call_started")
-        greeting: asyncio.Task[None] | None = None
-        if self.agent.greeting:
-            reply = self._new_reply(confirmed=True)
-            reply.say(self.agent.greeting)
-            greeting = reply.task
+        greeting = None if self.screening is not None else self._greet()
         self._prefill = asyncio.create_task(self._prefill_prompt(after=greeting), name=f"prefill-{self.call.id}")
+
+    def _greet(self) -> asyncio.Task[None] | None:
+        """Say the agent's greeting (at once, or once screening heard a person or nobody)."""
+        if not self.agent.greeting:
+            return None
+        reply = self._new_reply(confirmed=True)
+        reply.say(self.agent.greeting)
+        return reply.task
 
     async def _prefill_prompt(self, *, after: asyncio.Task[None] | None) -> None:
         """Evaluate the system prompt while the greeting plays, so the first answer reuses its KV cache.
@@ -243,7 +275,8 @@ class CallSession:
         """Caller audio (any chunk size): upsample, run turn detection, act on its events."""
         if self.recorder is not None:
             self.recorder.caller(ulaw)
-        audio = self._upsampler.process(ulaw_to_float32(ulaw))
+        narrow = ulaw_to_float32(ulaw)
+        audio = self._upsampler.process(narrow)
         current = self._current
         if self._turn_open and current is not None and current.first_frame_wall is not None \
                 and self.clock() >= self._open_until:
@@ -252,6 +285,7 @@ class CallSession:
         self._arrivals.append((self._fed, self.clock()))
         for event in self.detector.feed(audio):
             await self._on_turn_event(event)
+        await self._tick(narrow)
         onset = self._barge_onset
         if onset is not None and self.detector.speaking:
             spoken = self.detector.speech_end - onset
@@ -275,11 +309,161 @@ class CallSession:
                 reply.on_played(clause)
                 return
 
-    def on_dtmf(self, digit: str) -> None:
+    async def on_dtmf(self, digit: str) -> None:
+        """A key the caller pressed: collected into an entry (until # or a pause), then answered."""
         log.info("call %s: DTMF %s", self.call.id, digit)
+        if self._leaving_message or self._closing:
+            return
+        self._idle_since = self.clock()
+        self.reprompts = 0
+        entry = self._keypad.press(digit, self.clock())
+        if entry is not None:
+            await self._typed(entry)
+
+    # --- acting on the call ----------------------------------------------------------------------
+    async def _tick(self, narrow: np.ndarray) -> None:
+        """Every media chunk (20 ms): who answered, a finished keypad entry, a silent caller, the time."""
+        now = self.clock()
+        screening = self.screening
+        if screening is not None and not screening.done:
+            if self._beeps is not None:
+                for _ in self._beeps.feed(narrow):
+                    log.info("call %s: beep heard", self.call.id)
+                    screening.beep(now)
+            self._poll_answered_by(now)
+            was_holding = screening.holding
+            action = screening.tick(now)
+            if screening.holding and not was_holding:
+                await self._silence_agent()  # a machine showed itself after the greeting
+            if action is Action.GREET:
+                log.info("call %s: answered by %s (%s): greeting", self.call.id,
+                         screening.answered.value, screening.reason)
+                self._greet()
+            elif action is Action.VOICEMAIL:
+                await self._voicemail(screening)
+        entry = self._keypad.due(now)
+        if entry is not None:
+            await self._typed(entry)
+        await self._hygiene(now)
+
+    def _poll_answered_by(self, now: float) -> None:
+        """Twilio's answering-machine detection reaches the backend (AsyncAmdStatusCallback), which
+        stores `answered_by` on the call: read it about once a second while screening goes on."""
+        if now - self._answered_by_poll < ANSWERED_BY_POLL_S or self._closing:
+            return
+        self._answered_by_poll = now
+
+        async def poll() -> None:
+            call = await self.storage.get_call(self.call.id)
+            answered_by = getattr(call, "answered_by", None)
+            if answered_by and self.screening is not None:
+                self.screening.provider_says(str(answered_by), self.clock())
+
+        self._track(poll())
+
+    async def _silence_agent(self) -> None:
+        """Stop whatever the agent is saying or preparing (a machine answered)."""
+        current = self._current
+        if current is None or current.ended:
+            return
+        if current.state is ReplyState.PLAYING:
+            await self._barge_in(current)
+        else:
+            current.cancel()
+            self._live.pop(current.id, None)
+            self._current = None
+
+    async def _voicemail(self, screening: Screening) -> None:
+        """A machine's greeting is over: leave the agent's message (or not), then hang up."""
+        await self._silence_agent()
+        self._leaving_message = True
+        self._keypad = Keypad(self._limits.dtmf_timeout_ms / 1000)
+        answered_by = screening.answered_by
+        log.info("call %s: answering machine (%s, %s)", self.call.id, screening.reason, answered_by)
+        self._track(self._record_call({"answered_by": answered_by}))
+        voicemail = self.agent.settings.voicemail
+        message = voicemail.message or self.agent.greeting
+        if voicemail.action == "leave_message" and message:
+            reply = self._new_reply(confirmed=True)
+            reply.say(message)
+            reply.metrics["voicemail"] = True
+            reply.after, reply.after_even_if_cut = self._hang_up, True
+        else:
+            self._track(self._hang_up())
+
+    async def _record_call(self, fields: dict[str, Any]) -> None:
+        try:
+            await self.storage.update_call(self.call.id, fields)
+        except Exception:
+            log.exception("call %s: could not record %s", self.call.id, fields)
+
+    async def _typed(self, entry: str) -> None:
+        """A keypad entry is a caller turn: it takes the floor like speech and is answered."""
+        if self._ending or self._leaving_message:
+            return
+        self._cancel_unconfirmed()
+        current = self._current
+        if current is not None and current.holds_floor:
+            await self._barge_in(current)  # keys over the agent take the floor, as words would
+        if self._turn_open:
+            self._close_turn()
+        reply = self._new_reply(confirmed=True)
+        reply.answer_text(f"(The caller pressed these keys on their phone's keypad: {entry})",
+                          shown=caller_line(entry))
+
+    async def _hygiene(self, now: float) -> None:
+        """A silent caller is asked if they are there, then left; no call outlives its time limit."""
+        if self._ending or self._leaving_message or self._closing:
+            return
+        if self.screening is not None and self.screening.holding:
+            self._idle_since = now
+            return
+        limits = self._limits
+        if now - self._started_wall >= limits.max_duration_s:
+            log.info("call %s: time limit (%d s) reached", self.call.id, limits.max_duration_s)
+            await self._end_call(limits.max_duration_line, cut_short_ok=True)
+            return
+        current = self._current
+        if self.detector.speaking or self._keypad.typing or self.player.busy \
+                or (current is not None and not current.ended):
+            self._idle_since = now
+            return
+        if now - self._idle_since < limits.idle_reprompt_s:
+            return
+        self._idle_since = now
+        if self.reprompts >= limits.idle_hangups_after:
+            log.info("call %s: no answer to %d re-prompts: hanging up", self.call.id, self.reprompts)
+            await self._end_call(limits.idle_goodbye_line, cut_short_ok=False)
+            return
+        self.reprompts += 1
+        reply = self._new_reply(confirmed=True)
+        reply.say(limits.idle_reprompt_line)
+        reply.metrics["reprompt"] = self.reprompts
+
+    async def _end_call(self, line: str, *, cut_short_ok: bool) -> None:
+        """Say a closing line, then hang up (even if the caller talks over it, with `cut_short_ok`)."""
+        self._ending = True
+        await self._silence_agent()
+        reply = self._new_reply(confirmed=True)
+        reply.say(line)
+        reply.after, reply.after_even_if_cut = self._hang_up, cut_short_ok
+
+    async def _hang_up(self) -> None:
+        if self._hangup is not None and not self._closing:
+            log.info("call %s: the agent hangs up", self.call.id)
+            await self._hangup()
 
     async def _on_turn_event(self, event: TurnEvent) -> None:
         log.debug("call %s: %s at %.2f s", self.call.id, type(event).__name__, event.at_sample / STT_RATE)
+        if self._leaving_message:
+            return  # a machine is recording: nothing it plays is a turn
+        if self.screening is not None and self.screening.holding:
+            self._screen(event)
+            return
+        if isinstance(event, SpeechStarted):
+            self.reprompts = 0
+        if self._ending and self._current is not None and self._current.after_even_if_cut:
+            return  # the call is ending whatever is said: the closing line plays out
         current = self._current
         if isinstance(event, VoiceOnset):
             if current is not None and current.state is ReplyState.PLAYING:
@@ -355,6 +539,31 @@ class CallSession:
             self._turn_open = True
             self._open_until = (reply.speech_end_wall or self.clock()) + CONTINUE_S
             self.detector.keep_open(True)  # until the caller hears the reply, they may go on
+
+    def _screen(self, event: TurnEvent) -> None:
+        """Before the agent greets (or while a machine talks): the callee's speech is evidence of who
+        answered, never a turn to answer. Each utterance's words are read and stored as caller lines."""
+        screening = self.screening
+        assert screening is not None
+        if isinstance(event, SpeechStarted | SpeechResumed):
+            sample = event.onset_sample if isinstance(event, SpeechStarted) else event.at_sample
+            screening.speech_started(self._wall_at(sample))
+        elif isinstance(event, PauseDetected):
+            screening.speech_ended(self._wall_at(event.speech_end_sample))
+        elif isinstance(event, TurnEnded):
+            screening.speech_ended(self._wall_at(event.speech_end_sample))
+            self._track(self._screened_words(event.audio))
+
+    async def _screened_words(self, audio: np.ndarray) -> None:
+        with urgency.working_for(urgency.Fixed(self.clock())):  # the greeting may wait on these words
+            heard = await self.engines.stt.transcribe(audio, prompt=None)
+        text = usable_text(heard)
+        if not text:
+            return
+        if self.screening is not None:
+            self.screening.words(text, self.clock())
+        self.writer.add("caller", text, metrics={"screening": True})
+        self._history.append(ChatMessage("user", text))
 
     def _judge(self, event: PauseDetected) -> None:
         """Ask the end-of-turn model how long this pause must last to end the turn (off the loop)."""
@@ -518,6 +727,8 @@ class CallSession:
     def _write_caller_line(self, reply: Reply) -> None:
         if reply.caller_text is None:
             return
+        if self.screening is not None and not self.screening.done:
+            self.screening.words(reply.caller_text, self.clock())  # a machine may show itself late
         metrics: dict[str, Any] = {k: reply.metrics[k] for k in ("stt_ms", "end_of_turn_ms") if k in reply.metrics}
         self.writer.add("caller", reply.caller_text, metrics=metrics)
         self._history.append(ChatMessage("user", reply.caller_text))
@@ -545,7 +756,12 @@ class CallSession:
         self._refill_if_trimmed()
         self.turns.append(metrics)
         log.info("call %s: turn %s", self.call.id, metrics)
-        if not interrupted and not self._closing and self._hangup is not None \
+        if reply.after is not None and not self._closing:
+            if not interrupted or reply.after_even_if_cut:
+                self._track(_call(reply.after))
+            else:
+                self._ending = False  # the caller spoke over the closing line: the call goes on
+        elif not interrupted and not self._closing and self._hangup is not None \
                 and is_farewell(reply.caller_text) and is_farewell(heard):
             # Both said goodbye and the agent's goodbye has played (its marks came back): end the call,
             # as a person would, instead of waiting in silence for the callee to hang up.
@@ -569,6 +785,12 @@ _FAREWELL = re.compile(r"\b(good ?bye|bye|have a (nice|good|great) (day|one|even
 def is_farewell(text: str | None) -> bool:
     """A line that closes the conversation (checked on both sides before the agent hangs up)."""
     return bool(text) and _FAREWELL.search(text or "") is not None
+
+
+async def _call(action: Callable[[], Any]) -> None:
+    result = action()
+    if asyncio.iscoroutine(result):
+        await result
 
 
 async def _stop(task: asyncio.Task[None] | None) -> None:

@@ -32,7 +32,8 @@ AGENT = {
         "Open days: Monday to Friday, 9am to 5pm. A cleaning costs 80 dollars."
     ),
     "greeting": "Hi, this is Ava from Bright Smile Dental. How can I help you today?",
-    "settings": {"business": "Bright Smile Dental", "end_of_turn_silence_ms": 500},
+    "settings": {"business": "Bright Smile Dental", "end_of_turn_silence_ms": 500,
+                 "voicemail": {"detect": False}},
 }
 
 

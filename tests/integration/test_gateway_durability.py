@@ -57,7 +57,8 @@ async def _call(settings: Settings) -> Call:
     await storage.open()
     try:
         await storage.migrate()
-        agent = await storage.create_agent({"name": "Ava", "prompt": "Be brief.", "greeting": "Hello."})
+        agent = await storage.create_agent({"name": "Ava", "prompt": "Be brief.", "greeting": "Hello.",
+                                              "settings": {"voicemail": {"detect": False}}})
         return await storage.create_call(agent_id=agent.id, to_number="+15550001111", from_number=None, metadata={})
     finally:
         await storage.close()
@@ -223,7 +224,8 @@ async def test_a_dead_pacer_does_not_stop_close_from_writing_every_line_and_the_
     spool = Spool(settings.spool_path)
     await spool.open()
     agent = await storage.create_agent({"name": "Ava", "prompt": "Be brief.",
-                                        "greeting": "One, two, three. Four, five, six."})
+                                        "greeting": "One, two, three. Four, five, six.",
+                                        "settings": {"voicemail": {"detect": False}}})
     call = await storage.create_call(agent_id=agent.id, to_number="+15550001111", from_number=None, metadata={})
     sent: list[str] = []
     session: CallSession | None = None

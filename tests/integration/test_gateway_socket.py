@@ -43,7 +43,8 @@ async def call(gateway: tuple[str, str]) -> AsyncIterator[Call]:
     settings = make_settings(Path(gateway[1]))
     storage = build_storage(settings)
     await storage.open()
-    agent = await storage.create_agent({"name": "Ava", "prompt": "Be brief.", "greeting": "Hello there."})
+    agent = await storage.create_agent({"name": "Ava", "prompt": "Be brief.", "greeting": "Hello there.",
+                                          "settings": {"voicemail": {"detect": False}}})
     yield await storage.create_call(agent_id=agent.id, to_number="+15550001111", from_number=None, metadata={})
     await storage.close()
 

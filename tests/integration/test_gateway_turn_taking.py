@@ -23,7 +23,7 @@ async def test_short_speech_over_the_agent_is_a_backchannel_long_speech_interrup
     await storage.migrate()
     agent = await storage.create_agent({
         "name": "Ava", "prompt": "Be brief.", "greeting": "One, two, three. Four, five, six. Seven, eight, nine.",
-        "settings": {"barge_in_min_ms": 400},
+        "settings": {"barge_in_min_ms": 400, "voicemail": {"detect": False}},
     })
     call = await storage.create_call(agent_id=agent.id, to_number="+15550001111", from_number=None, metadata={})
     lines = [

@@ -85,7 +85,8 @@ async def test_two_sentences_with_a_pause_are_one_caller_line_and_get_one_reply(
     await storage.migrate()
     spool = Spool(settings.spool_path)
     await spool.open()
-    agent = await storage.create_agent({"name": "Ava", "prompt": "Be brief.", "settings": {"turn_detection": "smart"}})
+    agent = await storage.create_agent({"name": "Ava", "prompt": "Be brief.", "settings": {"turn_detection": "smart",
+                                                                                         "voicemail": {"detect": False}}})
     call = await storage.create_call(agent_id=agent.id, to_number="+15550001111", from_number=None, metadata={})
     sent: list[str] = []
     session: CallSession | None = None

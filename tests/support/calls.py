@@ -18,11 +18,13 @@ async def migrate(settings: Settings) -> None:
 
 
 async def new_call(settings: Settings) -> Call:
-    """A queued call of a brief agent that greets with "Hello there."."""
+    """A queued call of a brief agent that greets with "Hello there." at once (no answering-machine
+    screening: these tests' far ends wait for the greeting)."""
     storage = build_storage(settings)
     await storage.open()
     try:
-        agent = await storage.create_agent({"name": "Ava", "prompt": "Be brief.", "greeting": "Hello there."})
+        agent = await storage.create_agent({"name": "Ava", "prompt": "Be brief.", "greeting": "Hello there.",
+                                            "settings": {"voicemail": {"detect": False}}})
         return await storage.create_call(agent_id=agent.id, to_number="+15550001111", from_number=None, metadata={})
     finally:
         await storage.close()

@@ -258,17 +258,21 @@ def open_call(stores: tuple[Storage, Spool]) -> Callable[..., Any]:
         *, greeting: str | None = None, stt: FakeSTT | None = None, llm: FakeLLM | None = None,
         tts: FakeTTS | None = None, clock: FakeClock | None = None, echo: bool = True,
         start_policy: StartPolicy | None = None, hangup: Callable[[], Any] | None = None,
-        turn: FakeTurnModel | None = None,
+        turn: FakeTurnModel | None = None, settings: dict[str, Any] | None = None,
+        beep_detector: Any = None,
     ) -> Call:
         clock = clock or FakeClock()
         stt, llm, tts = stt or FakeSTT(), llm or FakeLLM(), tts or FakeTTS(clock)
-        agent = await storage.create_agent({"name": "Ava", "prompt": "Be brief.", "greeting": greeting})
+        # Greeting at once unless a test screens: the far end here waits for it.
+        agent_settings = {"voicemail": {"detect": False}, **(settings or {})}
+        agent = await storage.create_agent({"name": "Ava", "prompt": "Be brief.", "greeting": greeting,
+                                              "settings": agent_settings})
         call = await storage.create_call(agent_id=agent.id, to_number="+15550001111", from_number=None, metadata={})
         line = FakeLine(clock, echo=echo)
         session = CallSession(
             call=call, agent=agent, stream_sid="MZ1", send=line.send, storage=storage, spool=spool,
             engines=Engines(stt=stt, llm=llm, tts=tts, vad_factory=EnergyVAD, turn=turn), clock=clock,
-            hangup=hangup, start_policy=start_policy,
+            hangup=hangup, start_policy=start_policy, beep_detector=beep_detector,
         )
         line.session = session
         await session.start()
