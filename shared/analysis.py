@@ -211,7 +211,8 @@ def _strip_lengths(node: dict[str, Any]) -> dict[str, Any]:
 
 def transcript_text(lines: Sequence[TranscriptLine]) -> str:
     """One `SPEAKER: text` line per turn, as the model reads it."""
-    return "\n".join(f"{'CALLER' if line.speaker == 'caller' else 'AGENT'}: {line.text}" for line in lines)
+    names = {"caller": "CALLER", "agent": "AGENT", "tool": "AGENT ACTION"}
+    return "\n".join(f"{names.get(line.speaker, 'AGENT')}: {line.text}" for line in lines)
 
 
 def has_caller_speech(lines: Sequence[TranscriptLine]) -> bool:
@@ -294,6 +295,34 @@ def no_conversation_values() -> dict[str, Any]:
         "condensed": False,
         "attempts": 0,
     }
+
+
+VOICEMAIL = "voicemail"
+
+
+def voicemail_values(answered_by: str, lines: Sequence[TranscriptLine], spec: AnalysisSpec) -> dict[str, Any]:
+    """The analysis of a call an answering machine took (Twilio's AMD or the gateway's own screening
+    said so): decided without a model, which would read the machine's greeting as a conversation.
+    The outcome is `voicemail` where the agent's outcomes have it (the default set does)."""
+    left = any(line.speaker == "agent" and line.metrics.get("voicemail") for line in lines)
+    outcome = VOICEMAIL if VOICEMAIL in spec.outcomes else NO_CONVERSATION
+    return {
+        "status": "completed",
+        "summary": ("An answering machine answered; the agent left its message." if left
+                    else "An answering machine answered; the agent hung up without a message."),
+        "key_points": [f"answered by: {answered_by}"],
+        "sentiment": "neutral",
+        "outcome": outcome,
+        "data": {},
+        "error": None,
+        "model": None,
+        "condensed": False,
+        "attempts": 0,
+    }
+
+
+def answered_by_machine(answered_by: str | None) -> bool:
+    return bool(answered_by) and (str(answered_by).startswith("machine") or answered_by == "fax")
 
 
 # --- running it ------------------------------------------------------------------------------------

@@ -89,7 +89,9 @@ async def analyze_call(ctx: JobContext, call_id: str, request: str = "auto", for
         agent = await ctx.storage.get_agent(call.agent_id)
         lines = await ctx.storage.list_transcripts(call_id)
         values: dict[str, Any]
-        if not analysis.has_caller_speech(lines):
+        if analysis.answered_by_machine(call.answered_by):
+            values = analysis.voicemail_values(str(call.answered_by), lines, analysis.spec_from_settings(agent.settings))
+        elif not analysis.has_caller_speech(lines):
             values = analysis.no_conversation_values()  # no model needed (nor loaded)
         else:
             values = await analysis.analyze(

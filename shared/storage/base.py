@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, field_validator
 from shared.agent_config import AgentSettings, LLMConfig, known_keys_only
 from shared.errors import NotFound
 
-Speaker = Literal["agent", "caller"]
+Speaker = Literal["agent", "caller", "tool"]
 Direction = Literal["outbound", "inbound"]
 AnsweredBy = Literal[
     "human", "machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other", "fax", "unknown"

@@ -129,6 +129,20 @@ async def test_transcripts_are_ordered_and_retries_store_once(storage: Storage) 
     assert lines[1].metrics == {"stt_ms": 310}
 
 
+async def test_tool_rows_are_stored_in_order_and_other_speakers_refused(storage: Storage) -> None:
+    agent_id = await _agent(storage)
+    call = await storage.create_call(agent_id=agent_id, to_number="+15551234567", from_number=None, metadata={})
+    await storage.add_transcript(call.id, "caller", "Anything free on Tuesday?")
+    await storage.add_transcript(call.id, "tool", 'check_availability("day": "Tuesday") → {"free": ["10am"]}',
+                                 metrics={"tool": "check_availability", "ok": True})
+    await storage.add_transcript(call.id, "agent", "Tuesday at ten is free.")
+    lines = await storage.list_transcripts(call.id)
+    assert [l.speaker for l in lines] == ["caller", "tool", "agent"]
+    assert lines[1].metrics == {"tool": "check_availability", "ok": True}
+    with pytest.raises(StorageError):  # the database's own check, not only the type
+        await storage.add_transcript(call.id, "robot", "beep")  # type: ignore[arg-type]
+
+
 async def test_analysis_is_one_row_per_call(storage: Storage) -> None:
     agent_id = await _agent(storage)
     call = await storage.create_call(agent_id=agent_id, to_number="+15551234567", from_number=None, metadata={})
