@@ -12,6 +12,7 @@ from typing_extensions import TypeAliasType
 from backend.analysis_input import AnalysisSpecInput
 from shared.agent_config import (
     NUL_FREE,
+    WEBHOOK_URL,
     AgentConfig,
     AgentName,
     AgentSettings,
@@ -134,6 +135,17 @@ class DtmfToolInput(DtmfTool):
 
 class HttpToolInput(HttpTool):
     model_config = _AS_JSON
+
+    # The shared pattern also matches "" (no URL, which is right for a webhook_url); a tool needs one.
+    url: str = Field(min_length=1, max_length=2000, json_schema_extra={"pattern": WEBHOOK_URL})
+
+    @field_validator("url")
+    @classmethod
+    def _as_published(cls, value: str) -> str:
+        """What urlsplit accepts but the published pattern does not (a space in the host) is refused too."""
+        if not re.fullmatch(WEBHOOK_URL, value):
+            raise ValueError("url is malformed: a space, control or bracket in the host, or a port that is not a number")
+        return value
 
 
 ToolInput = Annotated[
@@ -292,11 +304,11 @@ class SimulatedInboundRequest(BaseModel):
     from_number: str = Field(
         default="+15005550006", description=f"The caller: {_NUMBER_DESCRIPTION}", json_schema_extra=_NUMBER_PATTERN
     )
-    simulate: list[_LineText | JSONObject] | None = Field(
+    simulate: list[_LineText | dict[str, Any]] | None = Field(
         default=None, min_length=1, max_length=50,
         description="What the caller does, line by line: the lines `metadata.simulate` of an outbound call takes "
         '(text, or {"text" | "wav", ...}; see backend.telephony.simulator.parse_script); the demo script if null',
-    )
+    )  # checked by parse_script (a 422 naming the line), never stored
 
     @field_validator("from_number")
     @classmethod
