@@ -53,6 +53,9 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
                 await background.aclose()
             if telephony is not None:
                 await telephony.close()
+            inbound = getattr(app.state, "inbound_simulator", None)  # made on first use (simulate-inbound)
+            if inbound is not None:
+                await inbound.aclose()
             await admission.aclose()
             await storage.close()
 

@@ -228,7 +228,7 @@ class HttpTool(_Tool):
     """
 
     kind: Literal["http"]
-    url: str = Field(max_length=2000, json_schema_extra={"pattern": WEBHOOK_URL})
+    url: str = Field(min_length=1, max_length=2000, json_schema_extra={"pattern": WEBHOOK_URL})
     method: Literal["GET", "POST"] = "POST"
     parameters: dict[str, Any] = Field(
         default_factory=lambda: {"type": "object", "properties": {}},

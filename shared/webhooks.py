@@ -163,7 +163,7 @@ def target_url(agent: Agent, default_url: str | None) -> str | None:
 def _call_fields(call: Call) -> dict[str, Any]:
     return json.loads(call.model_dump_json(include={
         "id", "agent_id", "to_number", "from_number", "direction", "status", "duration", "metadata",
-        "error", "created_at", "started_at", "ended_at",
+        "error", "created_at", "started_at", "ended_at", "answered_by", "transferred_to", "transferred_at",
     }))
 
 
@@ -172,14 +172,20 @@ def call_started_data(call: Call) -> dict[str, Any]:
 
 
 def call_ended_data(call: Call, transcript: list[TranscriptLine]) -> dict[str, Any]:
-    """Status, duration, every transcript line, and the latency metrics of each agent turn."""
+    """Status, duration, every transcript line, the latency metrics of each agent turn, and the tools the
+    agent called (each also a transcript row, in order) with their arguments and results."""
     lines = [json.loads(line.model_dump_json(include={"speaker", "text", "timestamp", "metrics"}))
              for line in transcript]
     latencies = [
         {"turn": index, **{k: line.metrics[k] for k in LATENCY_KEYS if k in line.metrics}}
         for index, line in enumerate((line for line in transcript if line.speaker == "agent"), start=1)
     ]
-    return {"call": _call_fields(call), "transcript": lines, "latencies": latencies}
+    tool_calls = [
+        {"tool": line.metrics.get("tool"), "arguments": line.metrics.get("arguments"), "ok": line.metrics.get("ok"),
+         "result": line.metrics.get("result"), "timestamp": line.timestamp.isoformat()}
+        for line in transcript if line.speaker == "tool"
+    ]
+    return {"call": _call_fields(call), "transcript": lines, "latencies": latencies, "tool_calls": tool_calls}
 
 
 def call_analyzed_data(call: Call, analysis: CallAnalysis) -> dict[str, Any]:

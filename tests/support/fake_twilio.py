@@ -6,6 +6,7 @@ The real `twilio` SDK talks to it over HTTP (TWILIO_API_BASE_URL); nothing in Re
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +58,8 @@ class FakeTwilio:
         async def update_call(account: str, sid: str, request: Request) -> JSONResponse:
             form = dict(await request.form())
             # A redirect (a transfer) sends `Twiml`; a hang-up sends `Status`: tests read either here.
-            self.requests.append({"path": request.url.path, "form": form, "auth": request.headers.get("authorization")})
+            self.requests.append({"path": request.url.path, "form": form, "auth": request.headers.get("authorization"),
+                                  "at": time.monotonic()})
             if sid not in self.calls:
                 return JSONResponse(
                     {"code": 20404, "message": f"The requested resource {request.url.path} was not found",
