@@ -295,3 +295,32 @@ async def amd_result(
     await storage.update_call(call_id, {"answered_by": answered_by})
     log.info("call %s: answered by %s (after %s ms)", call_id, answered_by, form.get("MachineDetectionDuration"))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def whisper_twiml(caller_lines: list[str]) -> str:
+    """What the person a call is transferred to hears before being connected: who it is and what the
+    caller said last (the agent's summary is the caller's own words, so nothing is invented)."""
+    response = VoiceResponse()
+    said = " ".join(caller_lines[-2:])[:400]
+    response.say(f"Transferred call from your AI receptionist. The caller said: {said}" if said
+                 else "Transferred call from your AI receptionist.")
+    return str(response)
+
+
+@router.post(
+    "/whisper/{call_id}",
+    response_class=Response,
+    responses={200: {"description": "TwiML: a short summary said to the person before the transfer connects",
+                     **_TWIML}},
+    openapi_extra=_body(_VOICE_FORM),
+)
+async def whisper(
+    call_id: str, request: Request, settings: SettingsDep, storage: StorageDep,
+    signature: Annotated[str | None, Depends(_signature)],
+) -> Response:
+    """The `url` of a transfer's `<Number>` (agent setting `whisper`): Twilio plays it to the person."""
+    await _signed_form(request, settings, signature)
+    await storage.get_call(call_id)
+    lines = [line.text for line in await storage.list_transcripts(call_id)
+             if line.speaker == "caller" and not line.metrics.get("screening")]
+    return Response(whisper_twiml(lines), media_type="application/xml")

@@ -163,3 +163,17 @@ async def test_a_transfer_redirects_the_live_call_and_is_listed(
     with pytest.raises(TelephonyError) as refused:
         await telephony.update_twiml(unknown, twiml)
     assert refused.value.code == 20404
+
+
+async def test_a_transfer_whisper_tells_the_person_what_the_caller_said(client: httpx.AsyncClient, app: FastAPI) -> None:
+    call = await _call(client)
+    storage = app.state.storage
+    await storage.add_transcript(call["id"], "caller", "Hello?", metrics={"screening": True})
+    await storage.add_transcript(call["id"], "caller", "I need to talk to someone about my bill.")
+    path = f"/twilio/whisper/{call['id']}"
+    response = await signed_post(client, PUBLIC + path, path, {"CallSid": call["twilio_call_sid"]})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("application/xml")
+    assert "<Say>" in response.text and "talk to someone about my bill" in response.text
+    assert "Hello?" not in response.text  # what was said before the agent greeted is no summary
+    forged = await signed_post(client, PUBLIC + path, path, {}, token="not-the-token")
+    assert forged.status_code == 403
