@@ -13,6 +13,7 @@ import numpy as np
 import uvicorn
 
 from shared.llm.base import ChatMessage, GenerationOptions
+from shared.llm.tools import ToolSpec
 from shared.settings import Settings
 from shared.stt.base import Transcription
 from shared.vad import build_vad
@@ -34,7 +35,8 @@ class InstantLLM:
     """Answers the same two clauses at once."""
 
     async def stream(
-        self, messages: list[ChatMessage], options: GenerationOptions, *, avoid: Sequence[str] = ()
+        self, messages: list[ChatMessage], options: GenerationOptions, *, avoid: Sequence[str] = (),
+        tools: Sequence[ToolSpec] = (),
     ) -> AsyncIterator[str]:
         for piece in ("Sure, ", "this is an instant reply."):
             yield piece

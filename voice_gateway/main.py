@@ -26,6 +26,7 @@ from shared.rate_limit import RateLimiter
 from shared.settings import Settings
 from shared.storage import build_storage
 from shared.tones import BeepDetector
+from voice_gateway.actions import CallRedirect, ToolRunner
 from voice_gateway.assurance import ProductionRate, StartPolicy
 from voice_gateway.capacity import Capacity, max_calls_from
 from voice_gateway.engines import Engines, build_engines, warm
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     # One production-rate estimate for the process: every call's replies share its cores.
     app.state.start_policy = StartPolicy(ProductionRate(), busy=lambda: len(app.state.sessions) > 1)
     app.state.capacity = Capacity(max_calls_from(settings), queue_depth=lambda: urgency.gate().waiting)
+    app.state.tool_runner = ToolRunner(settings, redirect=_call_redirect(settings))
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -297,7 +299,23 @@ async def _open_session(
         storage=storage, spool=app.state.spool, engines=app.state.engines,
         recordings_dir=app.state.settings.recordings_path,
         hangup=hangup, start_policy=app.state.start_policy, beep_detector=BeepDetector(),
+        tool_runner=app.state.tool_runner,
     )
+
+
+def _call_redirect(settings: Settings) -> CallRedirect | None:
+    """Transfers redirect the live call through Twilio's REST API (the SDK the backend dials with);
+    on the simulated line there is no provider call: a transferred call just ends there."""
+    if settings.telephony_provider != "twilio":
+        return None
+    from backend.telephony.twilio import TwilioTelephony
+    from shared.errors import ConfigurationError
+
+    try:
+        return TwilioTelephony(settings)
+    except ConfigurationError as exc:
+        log.warning("transfers cannot redirect calls: %s", exc)
+        return None
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:

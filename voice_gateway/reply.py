@@ -18,7 +18,7 @@ import contextlib
 import logging
 import math
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -28,6 +28,7 @@ import numpy as np
 from shared import urgency
 from shared.audio import FRAME_MS, PHONE_RATE, Framer, StreamResampler, float32_to_ulaw
 from shared.llm.base import ChatMessage, LLMError
+from shared.llm.tools import InvalidToolCall, ToolCall, ToolSpec
 from shared.storage.base import Agent
 from shared.stt.base import Transcription
 from shared.text import split_clauses
@@ -77,6 +78,23 @@ _LIVE = frozenset({ReplyState.SPECULATIVE, ReplyState.CONFIRMED, ReplyState.PLAY
 
 
 @dataclass(frozen=True)
+class Sound:
+    """Fixed audio inside a reply (keypad tones into an IVR): played as one clause named `label`."""
+
+    ulaw: bytes
+    label: str
+
+
+Said = str | Sound
+"""What a reply plays, clause by clause: words to synthesise, or a sound."""
+Act = Callable[["Reply", ToolCall | InvalidToolCall, list[ChatMessage], str], AsyncIterator[Said]]
+"""The session's handler of a tool the model called: given the reply, the call, the messages the model
+saw and what it said before calling, it yields what the reply says next (and may set `reply.after`)."""
+Intercept = Callable[["Reply", str], AsyncIterator[Said] | None]
+"""The session may answer a caller line itself (a "yes" to "shall I transfer you?"): clauses, or None."""
+
+
+@dataclass(frozen=True)
 class ReplyDeps:
     """What every reply of one call shares, and the session's hooks (each handed the reply itself)."""
 
@@ -97,6 +115,10 @@ class ReplyDeps:
     call ends). Not before: until then the caller may go on, and the turn becomes a longer one."""
     on_ended: Callable[[Reply], None]
     """The reply ended by itself (PLAYED or EMPTY); interrupting and cancelling are the session's own acts."""
+    tools: Sequence[ToolSpec] = ()
+    """The agent's tools, offered to the model on every turn (none: text only, as before tools)."""
+    act: Act | None = None
+    intercept: Intercept | None = None
 
 
 class Reply:
@@ -208,9 +230,10 @@ class Reply:
         """Start producing the answer to the caller's utterance (STT, then LLM and TTS)."""
         self._task = asyncio.create_task(self._produce(audio=audio), name=f"reply-{self._deps.call_id}-{self.id}")
 
-    def answer_text(self, text: str, *, shown: str | None = None) -> None:
-        """Answer words known without STT (keypad digits): `text` goes to the model, `shown` (default
-        `text`) is the caller line stored."""
+    def answer_text(self, text: str, *, shown: str | None = None, stored: bool = False) -> None:
+        """Answer words known without STT (keypad digits, a menu heard while screening): `text` goes to
+        the model, `shown` (default `text`) is the caller line stored, unless it is `stored` already."""
+        self._caller_line_stored = stored
         self._task = asyncio.create_task(self._produce(typed=(text, shown or text)),
                                          name=f"reply-{self._deps.call_id}-{self.id}")
 
@@ -227,6 +250,10 @@ class Reply:
         fraction of a second before it starts."""
         self._fixed = True
         self._task = asyncio.create_task(self._produce(text=text), name=f"greeting-{self._deps.call_id}-{self.id}")
+
+    async def until_confirmed(self) -> None:
+        """Wait for the turn's end (an action must not run on a turn the caller may still go on with)."""
+        await self._confirmed.wait()
 
     def confirm(self) -> None:
         """The caller's turn is over: this reply may be heard."""
@@ -298,13 +325,12 @@ class Reply:
         with urgency.working_for(self):  # inherited by the tasks created inside (the LLM producer)
             try:
                 if text is not None:
-                    await self._synthesize(split_clauses(_one(text)))
+                    await self._synthesize(split_clauses(_one_text(text)))
                 elif typed is not None:
                     self.caller_text = typed[1]
-                    messages = [*self._deps.context(), ChatMessage("user", typed[0])]
-                    await self._synthesize(self._clauses(messages, avoid=self._deps.avoid(typed[0])))
+                    await self._reply_to(typed[0])
                 elif sound is not None:
-                    await self._sound(*sound)
+                    await self._synthesize(_one(Sound(*sound)))
                 else:
                     assert audio is not None
                     await self._answer(audio)
@@ -329,21 +355,41 @@ class Reply:
             self.state = ReplyState.EMPTY
             self._deps.on_ended(self)
             return
-        messages = [*self._deps.context(), ChatMessage("user", text)]
         self.caller_text = text
+        await self._reply_to(text)
+
+    async def _reply_to(self, text: str) -> None:
+        """The session's own answer (a confirmed action, a menu key), else the model's."""
+        intercepted = self._deps.intercept(self, text) if self._deps.intercept is not None else None
+        if intercepted is not None:
+            await self._synthesize(intercepted)
+            return
+        messages = [*self._deps.context(), ChatMessage("user", text)]
         await self._synthesize(self._clauses(messages, avoid=self._deps.avoid(text)))
 
-    async def _clauses(self, messages: list[ChatMessage], *, avoid: list[str]) -> AsyncIterator[str]:
-        """LLM tokens → speakable clauses, produced ahead of TTS through a bounded queue."""
-        queue: asyncio.Queue[str | None] = asyncio.Queue(CLAUSE_QUEUE)
+    async def _clauses(self, messages: list[ChatMessage], *, avoid: list[str]) -> AsyncIterator[Said]:
+        """LLM tokens → speakable clauses, produced ahead of TTS through a bounded queue. A tool the
+        model calls is handed to the session (`act`) once its words before the call are queued; what
+        the session says about it follows in the same reply."""
+        queue: asyncio.Queue[Said | None] = asyncio.Queue(CLAUSE_QUEUE)
         clock = self._deps.clock
+        tools = self._deps.tools if self._deps.act is not None else ()
+        called: list[ToolCall | InvalidToolCall] = []
+        spoken: list[str] = []
 
         async def tokens() -> AsyncIterator[str]:
             started = self._production_started = clock()
-            async for piece in self._deps.engines.llm.stream(messages, self._deps.agent.llm, avoid=avoid):
+            llm, options = self._deps.engines.llm, self._deps.agent.llm
+            stream = llm.stream(messages, options, avoid=avoid, tools=tools) if tools else \
+                llm.stream(messages, options, avoid=avoid)
+            async for piece in stream:
                 if "llm_first_token_ms" not in self.metrics:
                     self.metrics["llm_first_token_ms"] = round((clock() - started) * 1000)
-                yield piece
+                if isinstance(piece, str):
+                    spoken.append(piece)
+                    yield piece
+                elif not called:  # one action per turn: a second call in the same answer is ignored
+                    called.append(piece)
 
         async def produce() -> None:
             produced = False
@@ -354,6 +400,10 @@ class Reply:
                         self.metrics["llm_first_clause_ms"] = round((clock() - self._production_started) * 1000)
                     produced = True
                     await queue.put(clause)
+                if called and self._deps.act is not None:
+                    async for said in self._deps.act(self, called[0], messages, "".join(spoken).strip()):
+                        produced = True
+                        await queue.put(said)
             except LLMError as exc:
                 log.warning("call %s: LLM failed (%s): speaking the fallback line", self._deps.call_id, exc)
                 self.metrics["llm_error"] = str(exc)
@@ -373,37 +423,33 @@ class Reply:
             with contextlib.suppress(asyncio.CancelledError):
                 await producer
 
-    async def _synthesize(self, clauses: AsyncIterator[str]) -> None:
+    async def _synthesize(self, clauses: AsyncIterator[Said]) -> None:
         """Speak clauses as they come; each clause ends with a mark, echoed once it has played."""
         tts = self._deps.engines.tts
         resampler = StreamResampler(tts.sample_rate, PHONE_RATE)
         framer = Framer()
         async for clause in clauses:
             index = len(self.clauses)
-            self.clauses.append(clause)
+            self.clauses.append(clause.label if isinstance(clause, Sound) else clause)
             self.clause_frames.append(0)
             started = self._deps.clock()
             if self._production_started is None:
                 self._production_started = started  # a fixed line: no LLM request
+            if isinstance(clause, Sound):
+                await self._emit(index, [*framer.push(clause.ulaw), *framer.flush()])
+                self._mark(index)
+                continue
             async for chunk in self._speech(tts, clause):
                 if "tts_first_audio_ms" not in self.metrics:
                     self.metrics["tts_first_audio_ms"] = round((self._deps.clock() - started) * 1000)
                 await self._emit(index, framer.push(float32_to_ulaw(resampler.process(chunk))))
             # The clause's last partial frame is padded with silence so its mark lands at its end.
             await self._emit(index, framer.flush())
-            mark = f"{self.id}:{index}"
-            self._marks[mark] = index
-            self._out(mark)
+            self._mark(index)
 
-    async def _sound(self, ulaw: bytes, label: str) -> None:
-        """Fixed audio as one clause: its label is what `heard_text` reports once it played."""
-        self.clauses.append(label)
-        self.clause_frames.append(0)
-        self._production_started = self._deps.clock()
-        framer = Framer()
-        await self._emit(0, [*framer.push(ulaw), *framer.flush()])
-        mark = f"{self.id}:0"
-        self._marks[mark] = 0
+    def _mark(self, index: int) -> None:
+        mark = f"{self.id}:{index}"
+        self._marks[mark] = index
         self._out(mark)
 
     async def _speech(self, tts: TTS, clause: str) -> AsyncIterator[np.ndarray]:
@@ -542,5 +588,9 @@ def usable_text(heard: Transcription) -> str:
     return text
 
 
-async def _one(text: str) -> AsyncIterator[str]:
+async def _one(item: Said) -> AsyncIterator[Said]:
+    yield item
+
+
+async def _one_text(text: str) -> AsyncIterator[str]:
     yield text

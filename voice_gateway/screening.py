@@ -26,6 +26,8 @@ HUMAN_GAP_S = 0.7
 """Silence after a short first utterance that says a person is waiting for an answer ("Hello?" …)."""
 GREETING_END_SILENCE_S = 2.0
 """At a machine without a beep: this much silence after its last words ends its greeting."""
+MENU_GAP_S = 1.5
+"""Silence after a phone menu's last words that says it has read all its options."""
 LATE_MACHINE_S = 20.0
 """After greeting a supposed person, a machine still shows itself this long after the answer."""
 MACHINE_WAIT_MAX_S = 30.0
@@ -39,6 +41,16 @@ _VOICEMAIL = re.compile(
     r"|away from (the|my) (phone|desk))\b",
     re.IGNORECASE,
 )
+
+
+_MENU = re.compile(r"\b(press|dial|enter)\s+([0-9*#]|zero|one|two|three|four|five|six|seven|eight|nine|star|pound)\b",
+                   re.IGNORECASE)
+
+
+def sounds_like_menu(text: str) -> bool:
+    """An automated phone menu ("For appointments, press 2."): not a person, not a machine to leave a
+    message on: the agent answers it (with keys) instead of greeting it."""
+    return _MENU.search(text) is not None
 
 
 def sounds_like_voicemail(text: str) -> bool:
@@ -57,6 +69,8 @@ class Action(Enum):
     """A person (or nobody yet): the agent speaks its greeting now."""
     VOICEMAIL = "voicemail"
     """The machine's greeting is over: leave the message (or hang up) now."""
+    MENU = "menu"
+    """An automated menu answered: no greeting, its options are answered (a key pressed) as a turn."""
 
 
 @dataclass
@@ -78,6 +92,11 @@ class Screening:
     _last_speech_end: float | None = None
     _beep_at: float | None = None
     _machine_at: float | None = None
+    _voicemail_words = False
+    reading = 0
+    """Utterances whose words are being read (STT): the verdict may still turn on them (a menu)."""
+    menu = False
+    """The callee is an automated phone menu (its words said "press 2 for …")."""
     heard: list[str] = field(default_factory=list)
 
     @property
@@ -104,8 +123,15 @@ class Screening:
     def words(self, text: str, now: float) -> None:
         """What STT heard of a callee utterance while screening goes on."""
         self.heard.append(text)
-        if not self.done and self.answered is not Answered.MACHINE and sounds_like_voicemail(text):
-            self._machine(now, "voicemail_words")
+        if self.done:
+            return
+        if sounds_like_voicemail(text):
+            self._voicemail_words = True
+            if self.answered is not Answered.MACHINE:
+                self._machine(now, "voicemail_words")
+        elif sounds_like_menu(text) and not self._voicemail_words and not self.greeted:
+            # A menu talks at length too: it is not a machine to leave a message on.
+            self.answered, self.reason, self._machine_at, self.menu = Answered.HUMAN, "menu", None, True
 
     def beep(self, now: float) -> None:
         """A beep ended: a machine is recording from now."""
@@ -136,10 +162,12 @@ class Screening:
             if now - self.started >= LATE_MACHINE_S:
                 self.done = True  # a conversation: no more screening
             return None
-        if self.answered is Answered.UNKNOWN and spoken >= self.config.machine_speech_ms / 1000:
+        if self.answered is Answered.UNKNOWN and spoken >= self.config.machine_speech_ms / 1000 and not self.menu:
             self._machine(now, "long_greeting")
         if self.answered is Answered.MACHINE:
             assert self._machine_at is not None
+            if self.reading and now - self._machine_at < MACHINE_WAIT_MAX_S:
+                return None  # its words may still say it is a menu (a long one is not a machine)
             if self._beep_at is not None and not speaking:
                 return self._act(Action.VOICEMAIL)
             quiet_since = self._last_speech_end if self._last_speech_end is not None else self._machine_at
@@ -148,6 +176,12 @@ class Screening:
             if now - self._machine_at >= MACHINE_WAIT_MAX_S:
                 return self._act(Action.VOICEMAIL)
             return None
+        if self.menu:
+            if speaking or self.reading or \
+                    (self._last_speech_end is not None and now - self._last_speech_end < MENU_GAP_S):
+                return None  # all of the menu first: the option wanted may come last
+            self.greeted = True  # the conversation is on: no greeting for a menu
+            return self._act(Action.MENU)
         if self.answered is Answered.HUMAN and not speaking:
             return self._greet()
         if speaking:

@@ -23,19 +23,21 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from shared import urgency
-from shared.agent_config import LLMConfig
+from shared.agent_config import DtmfTool, EndCallTool, HttpTool, LLMConfig, TransferTool
 from shared.audio import PHONE_RATE, STT_RATE, StreamResampler, ulaw_to_float32
 from shared.conversation import avoid_for, is_refusal, is_repeat, trim_history
 from shared.llm.base import ChatMessage, LLMError
+from shared.llm.tools import InvalidToolCall, ToolCall, tool_specs
 from shared.storage.base import Agent, Call, Storage
 from shared.turn.bands import TurnBands
+from voice_gateway import actions
 from voice_gateway.assurance import ProductionRate, StartPolicy
 from voice_gateway.backchannel import is_backchannel
 from voice_gateway.call_writer import CallWriter
@@ -44,7 +46,7 @@ from voice_gateway.keypad import Keypad, caller_line
 from voice_gateway.playback import Player, Send
 from voice_gateway.prompts import stt_prompt, system_prompt
 from voice_gateway.recorder import CallRecorder
-from voice_gateway.reply import Reply, ReplyDeps, ReplyState, usable_text
+from voice_gateway.reply import Reply, ReplyDeps, ReplyState, Said, Sound, usable_text
 from voice_gateway.screening import Action, Screening
 from voice_gateway.spool import Spool
 from voice_gateway.turns import (
@@ -99,6 +101,7 @@ class CallSession:
         hangup: Callable[[], Coroutine[Any, Any, None]] | None = None,
         start_policy: StartPolicy | None = None,
         beep_detector: BeepFeed | None = None,
+        tool_runner: actions.ToolRunner | None = None,
     ) -> None:
         self.call = call
         self._hangup = hangup
@@ -124,6 +127,7 @@ class CallSession:
             clock=clock, stt_prompt=self._stt_prompt, context=self._context,
             avoid=lambda caller_line: avoid_for(self._history, caller_line),
             on_caller_line=self._store_caller_line, on_ended=self._store_agent_line,
+            tools=tool_specs(agent.settings.tools), act=self._act, intercept=self._intercept,
         )
         self._replies = 0
         self._current: Reply | None = None
@@ -176,6 +180,8 @@ class CallSession:
         self.reprompts = 0
         """Re-prompts said to a silent caller since they last spoke."""
         self._ending = False  # a closing line is being said: hygiene and new turns wait for the hang-up
+        self._tools = tool_runner or actions.ToolRunner()
+        self._pending_action: ToolCall | None = None  # a risky tool call waiting for the caller's "yes"
 
     @property
     def reply(self) -> Reply | None:
@@ -186,7 +192,8 @@ class CallSession:
     async def start(self) -> None:
         """Load the history (a reconnected stream continues the call) and greet at once."""
         for line in await self.storage.list_transcripts(self.call.id):
-            self._history.append(ChatMessage("user" if line.speaker == "caller" else "assistant", line.text))
+            if line.speaker != "tool":  # actions are in the lines around them ("Let me check…")
+                self._history.append(ChatMessage("user" if line.speaker == "caller" else "assistant", line.text))
         self.writer.start()
         self._pacer = asyncio.create_task(self.player.run(), name=f"pacer-{self.call.id}")
         self.writer.job("call_started")
@@ -341,6 +348,10 @@ class CallSession:
                 self._greet()
             elif action is Action.VOICEMAIL:
                 await self._voicemail(screening)
+            elif action is Action.MENU:
+                log.info("call %s: an automated menu answered: answering it", self.call.id)
+                reply = self._new_reply(confirmed=True)
+                reply.answer_text(" ".join(screening.heard), stored=True)
         entry = self._keypad.due(now)
         if entry is not None:
             await self._typed(entry)
@@ -390,6 +401,113 @@ class CallSession:
             reply.after, reply.after_even_if_cut = self._hang_up, True
         else:
             self._track(self._hang_up())
+
+    # --- tools -------------------------------------------------------------------------------------
+    def _intercept(self, reply: Reply, text: str) -> AsyncIterator[Said] | None:
+        """Caller lines the session answers itself, before the model: a "yes" to "shall I …?" runs the
+        action; a request for a person, with a transfer tool, asks (or transfers); a phone menu whose
+        option matches the agent's purpose gets its key (`actions.menu_choice`). Small models pick
+        these tools unreliably; the model still decides every other line, tools included."""
+        tools = self.agent.settings.tools
+        pending = self._pending_action
+        if pending is not None:
+            return self._after_turn(reply, self._confirmed(reply, pending)) if actions.is_yes(text) else None
+        transfer = next((name for name, tool in tools.items() if isinstance(tool, TransferTool)), None)
+        if transfer is not None and actions.asks_for_person(text):
+            return self._act(reply, ToolCall(transfer, {}, f"person_{reply.id}"), [], "")
+        keypad = next((name for name, tool in tools.items() if isinstance(tool, DtmfTool)), None)
+        key = actions.menu_choice(text, self.agent.prompt) if keypad is not None else None
+        if keypad is not None and key is not None:
+            return self._act(reply, ToolCall(keypad, {"digits": key}, f"menu_{reply.id}"), [], "")
+        return None
+
+    async def _after_turn(self, reply: Reply, said: AsyncIterator[Said]) -> AsyncIterator[Said]:
+        await reply.until_confirmed()  # the caller may still go on: act once their turn is over
+        async for item in said:
+            yield item
+
+    async def _confirmed(self, reply: Reply, call: ToolCall) -> AsyncIterator[Said]:
+        self._pending_action = None
+        async for said in self._run_tool(reply, call):
+            yield said
+
+    async def _act(self, reply: Reply, call: ToolCall | InvalidToolCall, messages: list[ChatMessage],
+                   spoken: str) -> AsyncIterator[Said]:
+        """The model called a tool: check it, ask first if it is risky, else run it. Nothing is done
+        while the reply is speculative (the caller may still go on): the call waits for the turn's end."""
+        await reply.until_confirmed()
+        if isinstance(call, InvalidToolCall):
+            log.warning("call %s: invalid tool call (%s): %r", self.call.id, call.reason, call.raw[:200])
+            self._tool_row(call, ok=False, result=call.reason)
+            tool = self.agent.settings.tools.get(call.name or "")
+            if not spoken:
+                yield tool.fallback_line if isinstance(tool, HttpTool) else actions.CANNOT_DO_LINE
+            return
+        tool = self.agent.settings.tools[call.name]
+        if tool.needs_confirmation:
+            self._pending_action = call
+            reply.metrics["tool_asked"] = call.name
+            yield actions.confirmation_question(tool)
+            return
+        async for said in self._run_tool(reply, call, messages=messages, spoken=spoken):
+            yield said
+
+    async def _run_tool(self, reply: Reply, call: ToolCall, *, messages: list[ChatMessage] | None = None,
+                        spoken: str = "") -> AsyncIterator[Said]:
+        tool = self.agent.settings.tools[call.name]
+        reply.metrics["tool"] = call.name
+        log.info("call %s: tool %s %s", self.call.id, call.name, call.arguments)
+        if isinstance(tool, EndCallTool):
+            self._tool_row(call, ok=True, result="the agent hangs up")
+            self._ending = True
+            reply.after, reply.after_even_if_cut = self._hang_up, True
+            yield tool.line
+        elif isinstance(tool, TransferTool):
+            self._tool_row(call, ok=True, result=f"transfer to {tool.to}")
+            self._ending = True
+            reply.after, reply.after_even_if_cut = (lambda: self._transfer(tool)), True
+            yield tool.line
+        elif isinstance(tool, DtmfTool):
+            digits = str(call.arguments["digits"])
+            self._tool_row(call, ok=True, result=f"pressed {digits}")
+            yield Sound(actions.dtmf_ulaw(digits), f"[keys: {digits}]")
+        elif isinstance(tool, HttpTool):
+            if tool.wait_line:
+                yield tool.wait_line  # said while the tool runs (the reply plays it meanwhile)
+            result = await self._tools.call_http(tool, call, call_id=self.call.id)
+            self._tool_row(call, ok=result.ok, result=result.content, ms=result.ms)
+            if not result.ok:
+                log.warning("call %s: %s", self.call.id, result.content)
+                yield tool.fallback_line
+                return
+            follow = [*(messages or [*self._context()]), ChatMessage.calling([call], spoken),
+                      ChatMessage.tool_result(call, result.content)]
+            async for clause in actions.spoken_answer(self.engines.llm, follow, self.agent.llm):
+                yield clause
+
+    async def _transfer(self, tool: TransferTool) -> None:
+        """After the agent's line has played: hand the call to the person, then leave it."""
+        self._track(self._record_call({"transferred_to": tool.to, "transferred_at": actions.utcnow()}))
+        try:
+            redirected = await self._tools.transfer(self.call, tool, summary=self._summary())
+        except Exception:
+            log.exception("call %s: transfer to %s failed", self.call.id, tool.to)
+            redirected = False
+        if not redirected:  # no provider to redirect (the simulated line, the browser): the agent leaves
+            await self._hang_up()
+
+    def _summary(self) -> str:
+        """One line for the person a call is transferred to: what the caller said last."""
+        said = [m.content for m in self._history if m.role == "user"][-2:]
+        return " ".join(said)[:300]
+
+    def _tool_row(self, call: ToolCall | InvalidToolCall, *, ok: bool, result: str, ms: int | None = None) -> None:
+        """A tool call and its result, stored in order with the lines around it."""
+        arguments = call.arguments if isinstance(call, ToolCall) else {"raw": call.raw[:500]}
+        metrics: dict[str, Any] = {"tool": call.name, "arguments": arguments, "ok": ok, "result": result[:2000]}
+        if ms is not None:
+            metrics["tool_ms"] = ms
+        self.writer.add("tool", f"{call.name}({actions.short_json(arguments)}) → {result[:300]}", metrics=metrics)
 
     async def _record_call(self, fields: dict[str, Any]) -> None:
         try:
@@ -462,7 +580,8 @@ class CallSession:
             return
         if isinstance(event, SpeechStarted):
             self.reprompts = 0
-        if self._ending and self._current is not None and self._current.after_even_if_cut:
+        if self._ending and self._current is not None and self._current.after_even_if_cut \
+                and self._current.confirmed:
             return  # the call is ending whatever is said: the closing line plays out
         current = self._current
         if isinstance(event, VoiceOnset):
@@ -555,8 +674,14 @@ class CallSession:
             self._track(self._screened_words(event.audio))
 
     async def _screened_words(self, audio: np.ndarray) -> None:
-        with urgency.working_for(urgency.Fixed(self.clock())):  # the greeting may wait on these words
-            heard = await self.engines.stt.transcribe(audio, prompt=None)
+        if self.screening is not None:
+            self.screening.reading += 1
+        try:
+            with urgency.working_for(urgency.Fixed(self.clock())):  # the greeting may wait on these words
+                heard = await self.engines.stt.transcribe(audio, prompt=None)
+        finally:
+            if self.screening is not None:
+                self.screening.reading -= 1
         text = usable_text(heard)
         if not text:
             return
@@ -729,6 +854,10 @@ class CallSession:
             return
         if self.screening is not None and not self.screening.done:
             self.screening.words(reply.caller_text, self.clock())  # a machine may show itself late
+        pending = self._pending_action
+        if pending is not None and reply.metrics.get("tool_asked") is None and not actions.is_yes(reply.caller_text):
+            self._pending_action = None  # "no", or something else: the question is dropped
+            self._tool_row(pending, ok=False, result="not confirmed by the caller")
         metrics: dict[str, Any] = {k: reply.metrics[k] for k in ("stt_ms", "end_of_turn_ms") if k in reply.metrics}
         self.writer.add("caller", reply.caller_text, metrics=metrics)
         self._history.append(ChatMessage("user", reply.caller_text))

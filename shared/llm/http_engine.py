@@ -1,7 +1,9 @@
 """What the two HTTP engines share: the client, the request loop and the mapping of failures to LLMError.
 
 Ollama and OpenAI-compatible servers differ only in their wire format (the path, how sampling and the
-schema are spelled, how a streamed line and a whole answer carry the text); a subclass writes just that.
+schema are spelled, how a message with tool calls is written, how a streamed line and a whole answer
+carry the text and the calls); a subclass writes just that. Both take tools as OpenAI-style function
+objects; the calls they stream are gathered here and checked against the specs (`shared.llm.tools`).
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, overload
 
 import httpx
 
 from shared import urgency
-from shared.llm.base import ChatMessage, GenerationOptions, LLMError
+from shared.llm.base import ChatMessage, GenerationOptions, LLMError, StreamItem
+from shared.llm.tools import InvalidToolCall, ToolCall, ToolSpec, check_call
 
 SPECULATIVE_POLL_S = 0.05
 """How often a held speculative request looks again (its turn may be confirmed meanwhile)."""
@@ -27,11 +30,54 @@ PRESENCE_PENALTY = 0.3
 
 
 @dataclass(frozen=True)
+class CallDelta:
+    """One tool call, or a fragment of one, as a streamed line carried it.
+
+    OpenAI-compatible servers stream a call in fragments sharing an `index` (the id and name first, then
+    the arguments' JSON text in pieces); Ollama sends each call whole, its arguments already an object.
+    """
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str | dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class StreamLine:
-    """What one line of a streamed answer carried: a text piece (maybe none) and whether it was the last."""
+    """What one line of a streamed answer carried: a text piece (maybe none), tool calls or fragments of
+    them, whether the calls gathered so far are complete, and whether it was the last line."""
 
     text: str | None = None
     last: bool = False
+    calls: tuple[CallDelta, ...] = ()
+    calls_done: bool = False
+
+
+class _Calls:
+    """The tool calls of one streamed answer, gathered by index until the server says they are complete."""
+
+    def __init__(self) -> None:
+        self._parts: dict[int, list[Any]] = {}  # index → [id, name, arguments text or object]
+
+    def add(self, deltas: tuple[CallDelta, ...]) -> None:
+        for delta in deltas:
+            part = self._parts.setdefault(delta.index, [None, None, None])
+            part[0] = part[0] or delta.id
+            part[1] = part[1] or delta.name
+            if isinstance(delta.arguments, str) and (part[2] is None or isinstance(part[2], str)):
+                part[2] = (part[2] or "") + delta.arguments
+            elif delta.arguments is not None:
+                part[2] = delta.arguments
+
+    def finish(self, specs: Sequence[ToolSpec]) -> list[ToolCall | InvalidToolCall]:
+        """The calls gathered so far, checked, in index order; forgotten once returned."""
+        out = []
+        for _, (call_id, name, arguments) in sorted(self._parts.items()):
+            raw = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+            out.append(check_call(specs, name, arguments, raw=raw, call_id=call_id))
+        self._parts.clear()
+        return out
 
 
 class HTTPEngine(ABC):
@@ -76,10 +122,34 @@ class HTTPEngine(ABC):
         """Close the connection pool."""
         await self._client.aclose()
 
-    async def stream(
+    @overload
+    def stream(
         self, messages: list[ChatMessage], options: GenerationOptions, *, avoid: Sequence[str] = ()
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[str]: ...
+
+    @overload
+    def stream(
+        self,
+        messages: list[ChatMessage],
+        options: GenerationOptions,
+        *,
+        avoid: Sequence[str] = (),
+        tools: Sequence[ToolSpec],
+    ) -> AsyncIterator[StreamItem]: ...
+
+    async def stream(
+        self,
+        messages: list[ChatMessage],
+        options: GenerationOptions,
+        *,
+        avoid: Sequence[str] = (),
+        tools: Sequence[ToolSpec] = (),
+    ) -> AsyncIterator[StreamItem]:
         """Yield text pieces as they arrive; an error event or a non-200 answer raises LLMError.
+
+        With `tools`, they go in the request and the calls the server streams are yielded once each is
+        complete (Ollama: at once; OpenAI-compatible: at `finish_reason` or the end of the stream),
+        checked against their specs. Text before or between calls streams as usual.
 
         With earlier replies to `avoid`, the server's repeat penalties are asked for: a server cannot be
         told which openings to mask, and its tokenizer is not ours to build a logit bias from. What still
@@ -96,17 +166,25 @@ class HTTPEngine(ABC):
         firm = not urgency.is_speculative(handle)
         self._firm_in_flight += firm
         try:
-            async for piece in self._stream(messages, options, penalize=bool(avoid)):
+            async for piece in self._stream(messages, options, penalize=bool(avoid), tools=tools):
                 yield piece
         finally:
             self._firm_in_flight -= firm
 
     async def _stream(
-        self, messages: list[ChatMessage], options: GenerationOptions, *, penalize: bool = False
-    ) -> AsyncIterator[str]:
+        self,
+        messages: list[ChatMessage],
+        options: GenerationOptions,
+        *,
+        penalize: bool = False,
+        tools: Sequence[ToolSpec] = (),
+    ) -> AsyncIterator[StreamItem]:
         body = self._body(messages, options, stream=True)
         if penalize:
             body = self._with_penalties(body)
+        if tools:
+            body["tools"] = [spec.function() for spec in tools]
+        calls = _Calls()
         try:
             async with self._client.stream("POST", self.path, json=body) as response:
                 if response.status_code != 200:
@@ -118,8 +196,15 @@ class HTTPEngine(ABC):
                         continue
                     if line.text:
                         yield line.text
+                    if tools:  # without tools, a server's stray call is not ours to act on
+                        calls.add(line.calls)
+                        if line.calls_done or line.last:
+                            for call in calls.finish(tools):
+                                yield call
                     if line.last:
                         return
+                for call in calls.finish(tools) if tools else ():  # a stream that ended without its last line
+                    yield call
         except LLMError:
             raise
         except (httpx.HTTPError, json.JSONDecodeError) as exc:
@@ -153,6 +238,10 @@ class HTTPEngine(ABC):
         """The fields that constrain a non-streamed answer to `schema`."""
 
     @abstractmethod
+    def _message(self, message: ChatMessage) -> dict[str, Any]:
+        """One message, spelled the server's way (an assistant's tool calls and a tool's result differ)."""
+
+    @abstractmethod
     def _read_line(self, line: str) -> StreamLine | None:
         """One line of the streamed body; None for a line that carries no event (blank, comment)."""
 
@@ -182,7 +271,7 @@ class HTTPEngine(ABC):
     ) -> dict[str, Any]:
         return {
             "model": options.model or self.model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": [self._message(m) for m in messages],
             "stream": stream,
         } | self._sampling_fields(options)
 

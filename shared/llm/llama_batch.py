@@ -37,6 +37,8 @@ from typing import Any
 from shared.conversation import REFUSAL_PHRASES
 from shared.llm.avoid import AvoidMatcher, TokenTrie, ends_sentence, opening, sentences
 from shared.llm.base import ChatMessage, GenerationOptions
+from shared.llm.hermes import render
+from shared.llm.tools import ToolSpec
 from shared.urgency import ComputeGate, Urgent, is_speculative
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,9 @@ REPEAT_PENALTY = 1.1
 ("Tuesday at ten, then")."""
 PRESENCE_PENALTY = 0.0
 """Subtracted once from a token already seen (OpenAI's presence penalty; 0 = off)."""
+TOOL_CALL_TOKENS = 96
+"""Tokens a tool call may take beyond the reply's `max_tokens`: a call begun near the end of a phone
+reply's budget is finished, not cut into invalid JSON."""
 
 
 class EngineFailure(Exception):
@@ -104,6 +109,10 @@ class Request:
     """Earlier replies of the call whose sentences this one must not reopen (see `shared.llm.avoid`); the
     caller's line it answers is added to them."""
     matcher: AvoidMatcher | None = None
+    tools: tuple[ToolSpec, ...] = ()
+    """Tools the model may call (shown in the system prompt, Hermes-style: `shared.llm.hermes`)."""
+    in_call: bool = False
+    """The reply has begun a `<tool_call>`: no masking from here, and room for the call to finish."""
     masked: int = 0
     """Sampling steps at which a banned continuation had to be masked (for tests and logs)."""
 
@@ -176,6 +185,8 @@ class BatchedLlama:
         self._vocab = lc.llama_model_get_vocab(model)
         self._memory = lc.llama_get_memory(ctx)
         template = lc.llama_model_chat_template(model, None)
+        self._call_open = self._special_token("<tool_call>")
+        self._call_close = self._special_token("</tool_call>")
         if not template:
             raise EngineFailure("the model has no chat template")
         self._template: bytes = template
@@ -195,9 +206,11 @@ class BatchedLlama:
 
     # --- the calling side -------------------------------------------------------------------------
     def submit(self, messages: list[ChatMessage], options: GenerationOptions, handle: Urgent, emit: Emit,
-               *, avoid: Sequence[str] = ()) -> Request:
-        """Queue one reply; it must not open the way any text in `avoid` opens, nor refuse."""
-        request = Request(messages, options, handle, emit, order=next(self._order), avoid=tuple(avoid))
+               *, avoid: Sequence[str] = (), tools: Sequence[ToolSpec] = ()) -> Request:
+        """Queue one reply; it must not open the way any text in `avoid` opens, nor refuse. With `tools`,
+        it may call them: the raw `<tool_call>` text is emitted like any other (the caller parses it)."""
+        request = Request(messages, options, handle, emit, order=next(self._order), avoid=tuple(avoid),
+                          tools=tuple(tools))
         with self._cond:
             if self._closed:
                 raise EngineFailure("the engine is closed")
@@ -446,6 +459,8 @@ class BatchedLlama:
         lc = self._lc
         matcher = request.matcher
         banned = matcher.banned() if matcher is not None else set()
+        if request.tools:
+            banned.discard(self._call_open)  # a sentence opening or refusal never hides a tool call
         if banned:
             # The sampler reads the context's logits for this output: masking them there is all it takes.
             logits = lc.llama_get_logits_ith(self._ctx, index)
@@ -454,6 +469,10 @@ class BatchedLlama:
             request.masked += 1
         token = int(lc.llama_sampler_sample(request.sampler, self._ctx, index))
         piece_bytes = self._piece(token)
+        if request.tools and token == self._call_open:
+            # JSON follows: the masks are for speech, and one masked token would break the call.
+            request.in_call = True
+            request.matcher = matcher = None
         if matcher is not None:
             matcher.advance(token, ends_sentence=ends_sentence(piece_bytes.decode(errors="ignore")))
         if request.cancelled:
@@ -471,7 +490,11 @@ class BatchedLlama:
             request.send(piece, None)
         slot = request.slot
         assert slot is not None
-        if request.generated >= request.options.max_tokens or len(slot.tokens) + 1 >= self.ctx_per_slot:
+        budget = request.options.max_tokens + (TOOL_CALL_TOKENS if request.in_call else 0)
+        # One call per reply: what the model would say after it comes before the tool's result,
+        # a guess at that result ("Tuesday is free!"), so the reply ends with the call.
+        called = bool(request.tools) and token == self._call_close
+        if called or request.generated >= budget or len(slot.tokens) + 1 >= self.ctx_per_slot:
             tail = request.decoder.decode(b"", final=True)
             if tail:
                 request.send(tail, None)
@@ -501,17 +524,23 @@ class BatchedLlama:
         messages = list(request.messages)
         room = self.ctx_per_slot - request.options.max_tokens - 1
         while True:
-            tokens = self._tokenize(self._format(messages))
+            tokens = self._tokenize(self._format(messages, request.tools))
             if len(tokens) <= room:
                 return tokens
             droppable = [i for i, m in enumerate(messages[:-1]) if m.role != "system"]
             if not droppable:
                 raise EngineFailure(f"the prompt ({len(tokens)} tokens) does not fit the context ({room})")
-            del messages[droppable[0]]
+            first = droppable[0]
+            end = first + 1  # a call goes with its results: a result without its call reads as nonsense
+            while messages[first].tool_calls and end < len(messages) - 1 and messages[end].role == "tool":
+                end += 1
+            del messages[first:end]
 
-    def _format(self, messages: list[ChatMessage]) -> bytes:
+    def _format(self, messages: list[ChatMessage], tools: Sequence[ToolSpec] = ()) -> bytes:
+        """The prompt text through the model's chat template; tool sections, calls and results are
+        written Hermes-style first (`shared.llm.hermes`), as the C API's template knows plain roles only."""
         lc = self._lc
-        keep = [(m.role.encode(), m.content.encode()) for m in messages]
+        keep = [(role.encode(), content.encode()) for role, content in render(messages, tools)]
         chat = (lc.llama_chat_message * len(keep))()
         for i, (role, content) in enumerate(keep):
             chat[i].role = role
@@ -537,6 +566,13 @@ class BatchedLlama:
             tokens = (lc.llama_token * size)()
             n = lc.llama_tokenize(self._vocab, text, len(text), tokens, size, True, True)
         return list(tokens[:n])
+
+    def _special_token(self, text: str) -> int | None:
+        """The id of a token the vocabulary holds whole (`<tool_call>`), or None where it has none."""
+        raw = text.encode()
+        tokens = (self._lc.llama_token * 8)()
+        n = self._lc.llama_tokenize(self._vocab, raw, len(raw), tokens, 8, False, True)
+        return int(tokens[0]) if n == 1 else None
 
     def _text_tokens(self, text: str) -> list[int]:
         """Plain text as the model would generate it: no special tokens added or parsed."""

@@ -17,12 +17,14 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from shared import urgency
 from shared.errors import ConfigurationError
-from shared.llm.base import ChatMessage, GenerationOptions, LLMError
+from shared.llm.base import ChatMessage, GenerationOptions, LLMError, StreamItem
+from shared.llm.hermes import ToolCallStream
 from shared.llm.llama_batch import BatchedLlama, EngineFailure
+from shared.llm.tools import ToolSpec
 
 log = logging.getLogger(__name__)
 
@@ -235,15 +237,39 @@ class LlamaCppLLM:
                       urgency.BACKGROUND, lambda piece, error: done.set() if piece is None else None)
         done.wait(60)
 
-    async def stream(
+    @overload
+    def stream(
         self, messages: list[ChatMessage], options: GenerationOptions, *, avoid: Sequence[str] = ()
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[str]: ...
+
+    @overload
+    def stream(
+        self,
+        messages: list[ChatMessage],
+        options: GenerationOptions,
+        *,
+        avoid: Sequence[str] = (),
+        tools: Sequence[ToolSpec],
+    ) -> AsyncIterator[StreamItem]: ...
+
+    async def stream(
+        self,
+        messages: list[ChatMessage],
+        options: GenerationOptions,
+        *,
+        avoid: Sequence[str] = (),
+        tools: Sequence[ToolSpec] = (),
+    ) -> AsyncIterator[StreamItem]:
         """Yield text pieces as the batched server produces them; cancelling frees the slot at once.
 
         The request carries the urgency of the task that asked (`shared.urgency`): a speculative reply
         waits while confirmed ones are made; the first token must come within `first_token_timeout_s`.
         The reply never opens the way a text in `avoid` opens, nor completes a refusal wording: both are
         masked while sampling (`shared.llm.avoid`).
+
+        With `tools`, they are listed in the system prompt Hermes-style and the reply is split as it
+        streams (`shared.llm.hermes.ToolCallStream`): speech goes on at once, a `<tool_call>` block is
+        held back and yielded as one checked `ToolCall` (or `InvalidToolCall`); the reply ends there.
         """
         try:
             server = await asyncio.to_thread(self._server)
@@ -257,7 +283,8 @@ class LlamaCppLLM:
                 loop.call_soon_threadsafe(queue.put_nowait, (piece, error))
 
         handle = urgency.current()
-        request = server.submit(messages, options, handle, emit, avoid=avoid)
+        request = server.submit(messages, options, handle, emit, avoid=avoid, tools=tools)
+        calls = ToolCallStream(tools) if tools else None
         first = True
         waited = 0.0  # seconds waited for the first token while the request had a deadline
         try:
@@ -276,10 +303,16 @@ class LlamaCppLLM:
                     piece, error = await queue.get()
                 if piece is not None:
                     first = False
-                    yield piece
+                    if calls is None:
+                        yield piece
+                    else:
+                        for item in calls.feed(piece):
+                            yield item
                 elif error is not None:
                     raise LLMError(f"llama.cpp failed: {error}") from error
                 else:
+                    for item in calls.close() if calls is not None else ():
+                        yield item
                     return
         finally:
             request.cancel()  # barge-in, timeout or normal end: the slot is freed at the next step

@@ -4,11 +4,16 @@ an answering machine's message, keypad entries, a silent caller, the call's time
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
 
+from shared.agent_config import HttpTool, TransferTool
+from shared.audio import ulaw_to_float32
+from shared.llm.base import ChatMessage
+from shared.llm.tools import InvalidToolCall, ToolCall
+from shared.tones import decode_dtmf
 from tests.unit import test_session as harness
 from tests.unit.test_session import (
     FRAME_BYTES,
@@ -21,6 +26,8 @@ from tests.unit.test_session import (
     _tone,
     _until,
 )
+from voice_gateway.actions import ToolRunner, dtmf_ulaw
+from voice_gateway.http_tools import ToolResult
 from voice_gateway.session import CallSession
 
 stores = harness.stores  # the fake-clock session harness's fixtures, used by name
@@ -179,3 +186,190 @@ async def test_the_call_ends_at_its_time_limit_even_mid_reply(open_call: Any) ->
     assert hangup.calls == 1
     said = _said(await call.transcript())
     assert said[-1] == ("agent", "We have to stop here. Goodbye!")
+
+
+# --- tools ------------------------------------------------------------------------------------------
+
+
+class ScriptedLLM:
+    """Answers request n with `script[n]`: text pieces and tool calls, as an engine streams them."""
+
+    def __init__(self, *script: list[Any]) -> None:
+        self.script = list(script)
+        self.requests: list[list[ChatMessage]] = []
+        self.tools_offered: list[list[str]] = []
+
+    async def stream(self, messages: list[ChatMessage], options: Any, *, avoid: Any = (),
+                     tools: Any = ()) -> AsyncIterator[Any]:
+        if options.max_tokens == 1:
+            return
+        self.requests.append(messages)
+        self.tools_offered.append([spec.name for spec in tools])
+        items = self.script[min(len(self.requests), len(self.script)) - 1]
+        for item in items:
+            await asyncio.sleep(0)
+            yield item
+
+    def warmup(self) -> None:
+        return None
+
+
+class FakeRunner(ToolRunner):
+    """The gateway's tool runner without a network: HTTP answers and transfers are scripted."""
+
+    def __init__(self, result: ToolResult | None = None, *, redirects: bool = False) -> None:
+        super().__init__()
+        self.result = result or ToolResult(True, '{"free": ["10am"]}', 200, 12)
+        self.http_calls: list[tuple[str, dict[str, Any]]] = []
+        self.transfers: list[str] = []
+        self.redirects = redirects
+
+    async def call_http(self, tool: HttpTool, call: ToolCall, *, call_id: str) -> ToolResult:
+        self.http_calls.append((call.name, call.arguments))
+        return self.result
+
+    async def transfer(self, call: Any, tool: TransferTool, *, summary: str) -> bool:
+        self.transfers.append(tool.to)
+        return self.redirects
+
+
+TOOLS = {
+    "end_call": {"kind": "end_call", "confirm": False, "line": "Thanks for calling, goodbye!"},
+    "transfer_call": {"kind": "transfer_call", "to": "+14155550123"},
+    "send_dtmf": {"kind": "send_dtmf"},
+    "check_availability": {"kind": "http", "url": "https://tools.example.test/slots",
+                           "parameters": {"type": "object", "properties": {"day": {"type": "string"}},
+                                          "required": ["day"]},
+                           "wait_line": "Let me check.", "fallback_line": "I can't see the diary right now."},
+}
+
+
+async def _tool_call(open_call: Any, llm: ScriptedLLM, *, runner: FakeRunner | None = None,
+                     stt: FakeSTT | None = None, hangup: Hangup | None = None) -> Any:
+    return await open_call(llm=llm, stt=stt, hangup=hangup, tool_runner=runner or FakeRunner(),
+                           settings={"tools": TOOLS})
+
+
+async def _speak(call: Any, ms: int = 600) -> None:
+    await _feed(call.session, call.clock, _tone(ms) + _silence(1500))
+    await _feed(call.session, call.clock, _silence(3000), stop=lambda: call.session.reply is not None
+                and call.session.reply.ended)
+
+
+async def test_the_model_is_offered_the_agents_tools_and_end_call_hangs_up_after_its_line(open_call: Any) -> None:
+    hangup = Hangup()
+    llm = ScriptedLLM([ToolCall("end_call", {}, "c1")])
+    call = await _tool_call(open_call, llm, hangup=hangup, stt=FakeSTT("That's all, bye."))
+    await _speak(call)
+    await _feed(call.session, call.clock, _silence(500), stop=lambda: hangup.calls > 0)
+    assert llm.tools_offered[0] == list(TOOLS)
+    assert hangup.calls == 1
+    rows = await call.transcript()
+    assert [(r.speaker, r.text) for r in rows if r.speaker != "tool"] == [
+        ("caller", "That's all, bye."), ("agent", "Thanks for calling, goodbye!")]
+    tool = [r for r in rows if r.speaker == "tool"]
+    assert len(tool) == 1 and tool[0].metrics["tool"] == "end_call" and tool[0].metrics["ok"] is True
+
+
+async def test_a_transfer_is_confirmed_by_the_caller_first_then_made_after_its_line(open_call: Any) -> None:
+    hangup, runner = Hangup(), FakeRunner()
+    llm = ScriptedLLM([ToolCall("transfer_call", {}, "c1")], ["We open at nine."])
+    call = await _tool_call(open_call, llm, runner=runner, hangup=hangup,
+                            stt=FakeSTT("Could your colleague help me instead?", "Yes, please."))
+    await _speak(call)
+    assert runner.transfers == [] and hangup.calls == 0, "not before the caller said yes"
+    await _speak(call)
+    await _feed(call.session, call.clock, _silence(500), stop=lambda: hangup.calls > 0)
+    assert runner.transfers == ["+14155550123"]
+    assert hangup.calls == 1, "no provider call to redirect here: the agent leaves the call"
+    assert len(llm.requests) == 1, "the yes is answered by the action, not by the model"
+    rows = await call.transcript()
+    said = [(r.speaker, r.text) for r in rows if r.speaker != "tool"]
+    assert said == [("caller", "Could your colleague help me instead?"),
+                    ("agent", "Would you like me to put you through to a person now?"),
+                    ("caller", "Yes, please."),
+                    ("agent", "Of course, I'm putting you through now. Please hold.")], said
+    stored = await call.storage.get_call(call.session.call.id)
+    assert stored.transferred_to == "+14155550123" and stored.transferred_at is not None
+
+
+async def test_a_transfer_the_caller_declines_is_dropped_and_the_model_answers(open_call: Any) -> None:
+    runner = FakeRunner()
+    llm = ScriptedLLM([ToolCall("transfer_call", {}, "c1")], ["Sure, what else can I do?"])
+    call = await _tool_call(open_call, llm, runner=runner, stt=FakeSTT("I want a person.", "No, never mind."))
+    await _speak(call)
+    await _speak(call)
+    assert runner.transfers == [] and len(llm.requests) == 2
+    rows = await call.transcript()
+    assert rows[-1].text == "Sure, what else can I do?"
+
+
+async def test_an_http_tool_is_called_with_its_arguments_and_its_answer_spoken(open_call: Any) -> None:
+    runner = FakeRunner()
+    llm = ScriptedLLM([ToolCall("check_availability", {"day": "Tuesday"}, "c1")], ["Tuesday at ten is free."])
+    call = await _tool_call(open_call, llm, runner=runner, stt=FakeSTT("Anything free on Tuesday?"))
+    await _speak(call)
+    assert runner.http_calls == [("check_availability", {"day": "Tuesday"})]
+    follow = llm.requests[1]
+    assert follow[-1].role == "tool" and "10am" in follow[-1].content
+    assert follow[-2].role == "assistant" and follow[-2].tool_calls[0].name == "check_availability"
+    rows = await call.transcript()
+    agent = [r.text for r in rows if r.speaker == "agent"]
+    assert agent == ["Let me check. Tuesday at ten is free."], agent
+    tool = [r for r in rows if r.speaker == "tool"]
+    assert tool[0].metrics["arguments"] == {"day": "Tuesday"} and tool[0].metrics["ok"] is True
+
+
+async def test_a_failing_http_tool_leaves_the_call_going_with_its_fallback_line(open_call: Any) -> None:
+    runner = FakeRunner(ToolResult(False, "tool check_availability timed out after 5.0 s"))
+    llm = ScriptedLLM([ToolCall("check_availability", {"day": "Monday"}, "c1")])
+    call = await _tool_call(open_call, llm, runner=runner, stt=FakeSTT("Anything on Monday?"))
+    await _speak(call)
+    rows = await call.transcript()
+    assert [r.text for r in rows if r.speaker == "agent"] == ["Let me check. I can't see the diary right now."]
+    assert [r.metrics["ok"] for r in rows if r.speaker == "tool"] == [False]
+    assert len(llm.requests) == 1
+
+
+async def test_an_invalid_tool_call_is_a_spoken_fallback_never_a_crash(open_call: Any) -> None:
+    llm = ScriptedLLM([InvalidToolCall("check_availability", '{"name": "check_availability"}', "day is required")])
+    call = await _tool_call(open_call, llm, stt=FakeSTT("Anything free?"))
+    await _speak(call)
+    rows = await call.transcript()
+    assert [r.text for r in rows if r.speaker == "agent"] == ["I can't see the diary right now."]
+    assert [r.metrics["ok"] for r in rows if r.speaker == "tool"] == [False]
+
+
+async def test_send_dtmf_plays_the_keys_into_the_call(open_call: Any) -> None:
+    llm = ScriptedLLM([ToolCall("send_dtmf", {"digits": "2"}, "c1")])
+    call = await _tool_call(open_call, llm, stt=FakeSTT("Press 2 for appointments."))
+    frames_before = call.line.frames
+    await _speak(call)
+    assert call.line.frames - frames_before >= 5  # 100 ms of tone, in 20 ms frames
+    assert decode_dtmf(ulaw_to_float32(dtmf_ulaw("2#"))) == "2#"  # what was played decodes as the keys
+    rows = await call.transcript()
+    assert [r.text for r in rows if r.speaker == "agent"] == ["[keys: 2]"]
+    assert [r.metrics["arguments"] for r in rows if r.speaker == "tool"] == [{"digits": "2"}]
+
+
+async def test_a_request_for_a_person_is_recognised_without_the_model(open_call: Any) -> None:
+    hangup, runner = Hangup(), FakeRunner()
+    llm = ScriptedLLM(["We open at nine."])
+    call = await _tool_call(open_call, llm, runner=runner, hangup=hangup,
+                            stt=FakeSTT("Can I speak to a real person please?", "Yes."))
+    await _speak(call)
+    await _speak(call)
+    await _feed(call.session, call.clock, _silence(500), stop=lambda: hangup.calls > 0)
+    assert runner.transfers == ["+14155550123"] and llm.requests == []
+
+
+async def test_a_phone_menu_is_answered_with_the_key_matching_the_agents_purpose(open_call: Any) -> None:
+    llm = ScriptedLLM(["Hello?"])
+    call = await open_call(llm=llm, tool_runner=FakeRunner(),
+                           stt=FakeSTT("For billing, press 1. For appointments, press 2."),
+                           settings={"tools": {"press": {"kind": "send_dtmf"}}})
+    call.session.agent = call.session.agent.model_copy(update={"prompt": "You book an appointment for a patient."})
+    await _speak(call)
+    rows = await call.transcript()
+    assert [r.metrics["arguments"] for r in rows if r.speaker == "tool"] == [{"digits": "2"}]
+    assert llm.requests == []

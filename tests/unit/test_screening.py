@@ -9,6 +9,7 @@ from voice_gateway.screening import (
     GREETING_END_SILENCE_S,
     HUMAN_GAP_S,
     LATE_MACHINE_S,
+    MENU_GAP_S,
     Action,
     Answered,
     Screening,
@@ -118,3 +119,22 @@ def test_voicemail_wording(text: str) -> None:
 @pytest.mark.parametrize("text", ["Hello?", "Yes, this is Sam speaking.", "Who is this?", "Hi, can I help you?"])
 def test_ordinary_answers_are_not_voicemail(text: str) -> None:
     assert not sounds_like_voicemail(text)
+
+
+def test_a_phone_menu_is_answered_not_greeted_nor_left_a_message() -> None:
+    screening = _screening(machine_speech_ms=3500)
+    screening.speech_started(T0 + 0.2)
+    screening.speech_ended(T0 + 2.0)
+    screening.words("Thank you for calling. For appointments, press 2.", T0 + 2.3)
+    screening.speech_started(T0 + 2.4)
+    assert screening.tick(T0 + 5.0) is None  # a long menu is not a machine's greeting
+    assert screening.answered is Answered.HUMAN and screening.menu
+    screening.speech_ended(T0 + 5.5)
+    assert screening.tick(T0 + 5.5 + HUMAN_GAP_S) is None  # all of it first: options may come last
+    assert screening.tick(T0 + 5.5 + MENU_GAP_S) is Action.MENU
+
+
+def test_voicemail_wording_wins_over_a_key_to_press() -> None:
+    screening = _screening()
+    screening.words("Please leave a message after the tone. When you are done, press pound.", T0 + 3.0)
+    assert screening.machine and not screening.menu

@@ -259,7 +259,7 @@ def open_call(stores: tuple[Storage, Spool]) -> Callable[..., Any]:
         tts: FakeTTS | None = None, clock: FakeClock | None = None, echo: bool = True,
         start_policy: StartPolicy | None = None, hangup: Callable[[], Any] | None = None,
         turn: FakeTurnModel | None = None, settings: dict[str, Any] | None = None,
-        beep_detector: Any = None,
+        beep_detector: Any = None, tool_runner: Any = None,
     ) -> Call:
         clock = clock or FakeClock()
         stt, llm, tts = stt or FakeSTT(), llm or FakeLLM(), tts or FakeTTS(clock)
@@ -272,7 +272,7 @@ def open_call(stores: tuple[Storage, Spool]) -> Callable[..., Any]:
         session = CallSession(
             call=call, agent=agent, stream_sid="MZ1", send=line.send, storage=storage, spool=spool,
             engines=Engines(stt=stt, llm=llm, tts=tts, vad_factory=EnergyVAD, turn=turn), clock=clock,
-            hangup=hangup, start_policy=start_policy, beep_detector=beep_detector,
+            hangup=hangup, start_policy=start_policy, beep_detector=beep_detector, tool_runner=tool_runner,
         )
         line.session = session
         await session.start()
