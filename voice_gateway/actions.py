@@ -164,8 +164,9 @@ class ToolRunner:
                                     secret=settings.webhook_signing_secret,
                                     allow_private=settings.webhook_allow_private)
 
-    async def transfer(self, call: Call, tool: TransferTool, *, summary: str) -> bool:
-        """Redirect the call to the person; False where there is no provider call to redirect."""
+    async def transfer(self, call: Call, tool: TransferTool) -> bool:
+        """Redirect the call to the person; False where there is no provider call to redirect. The
+        whisper (`tool.whisper`) is fetched by Twilio from the backend, which reads the transcript."""
         if self._redirect is None or not call.twilio_call_sid:
             log.info("call %s: transfer to %s (no provider call to redirect: the agent leaves)", call.id, tool.to)
             return False

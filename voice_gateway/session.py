@@ -366,9 +366,8 @@ class CallSession:
 
         async def poll() -> None:
             call = await self.storage.get_call(self.call.id)
-            answered_by = getattr(call, "answered_by", None)
-            if answered_by and self.screening is not None:
-                self.screening.provider_says(str(answered_by), self.clock())
+            if call.answered_by and self.screening is not None:
+                self.screening.provider_says(call.answered_by, self.clock())
 
         self._track(poll())
 
@@ -489,17 +488,12 @@ class CallSession:
         """After the agent's line has played: hand the call to the person, then leave it."""
         self._track(self._record_call({"transferred_to": tool.to, "transferred_at": actions.utcnow()}))
         try:
-            redirected = await self._tools.transfer(self.call, tool, summary=self._summary())
+            redirected = await self._tools.transfer(self.call, tool)
         except Exception:
             log.exception("call %s: transfer to %s failed", self.call.id, tool.to)
             redirected = False
         if not redirected:  # no provider to redirect (the simulated line, the browser): the agent leaves
             await self._hang_up()
-
-    def _summary(self) -> str:
-        """One line for the person a call is transferred to: what the caller said last."""
-        said = [m.content for m in self._history if m.role == "user"][-2:]
-        return " ".join(said)[:300]
 
     def _tool_row(self, call: ToolCall | InvalidToolCall, *, ok: bool, result: str, ms: int | None = None) -> None:
         """A tool call and its result, stored in order with the lines around it."""

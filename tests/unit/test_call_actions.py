@@ -228,7 +228,7 @@ class FakeRunner(ToolRunner):
         self.http_calls.append((call.name, call.arguments))
         return self.result
 
-    async def transfer(self, call: Any, tool: TransferTool, *, summary: str) -> bool:
+    async def transfer(self, call: Any, tool: TransferTool) -> bool:
         self.transfers.append(tool.to)
         return self.redirects
 
