@@ -14,6 +14,7 @@ from backend import errors
 from backend.api import agents, analysis, calls, health, phone, phone_numbers, twilio_webhooks
 from backend.capacity import Admission, GatewayProbe
 from backend.deps import require_api_key
+from backend.metrics import BackendMetrics, MetricsMiddleware
 from backend.telephony import build_telephony
 from shared import jobs
 from shared.errors import NotFound, StorageError
@@ -66,6 +67,8 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = BackendMetrics()  # /metrics (backend.api.health); one registry per app
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     # Swapped by tests for one on a fake clock; per API key, or per address while the key is wrong.
     app.state.rate_limiter = RateLimiter(settings.api_rate_limit_per_minute, settings.api_rate_limit_burst)
     app.add_exception_handler(NotFound, errors.not_found)

@@ -114,6 +114,14 @@ class Settings(BaseSettings):
     # The Retry-After (seconds) of a refusal for capacity, by the gateway and by POST /calls/outbound.
     capacity_retry_after_s: int = Field(default=10, ge=1, le=3600, alias="CAPACITY_RETRY_AFTER_S")
 
+    # --- drain and metrics (voice_gateway.drain, voice_gateway.metrics, backend.metrics) ------------
+    # After SIGTERM a gateway takes no new stream and waits this long for its calls to end by
+    # themselves; then the agent ends each remaining call politely (a line, a hang-up) and it exits.
+    gateway_drain_timeout_s: float = Field(default=600.0, ge=0, alias="GATEWAY_DRAIN_TIMEOUT_S")
+    # /metrics (Prometheus text) on both services: open when unset (scrape it on the private network;
+    # keep it off the public proxy); set, a scraper must send `Authorization: Bearer <token>`.
+    metrics_token: str | None = Field(default=None, alias="METRICS_TOKEN")
+
     # --- durability: the gateway's spool ----------------------------------------------------------
     spool_dir: Path | None = Field(default=None, alias="SPOOL_DIR")
     spool_retry_s: float = Field(default=1.0, gt=0, le=60, alias="SPOOL_RETRY_S")

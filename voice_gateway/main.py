@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.websockets import WebSocketState
 
 from shared import call_status, jobs, stream_tokens, twilio_auth, urgency
@@ -29,6 +29,7 @@ from shared.tones import BeepDetector
 from voice_gateway.actions import CallRedirect, ToolRunner
 from voice_gateway.assurance import ProductionRate, StartPolicy
 from voice_gateway.capacity import Capacity, max_calls_from
+from voice_gateway.drain import Drain, install_sigterm
 from voice_gateway.engines import Engines, build_engines, warm
 from voice_gateway.media_stream import (
     CloseCode,
@@ -42,6 +43,7 @@ from voice_gateway.media_stream import (
     parse_message,
     policy_violation,
 )
+from voice_gateway.metrics import GatewayMetrics, live_from, metrics_response
 from voice_gateway.playback import Send
 from voice_gateway.session import CallSession
 from voice_gateway.spool import Spool, SpoolReplayer
@@ -60,6 +62,7 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        restore_sigterm = install_sigterm(app.state.drain)  # SIGTERM drains (voice_gateway.drain)
         storage = build_storage(settings)
         await storage.open()
         spool = Spool(settings.spool_path)
@@ -76,6 +79,8 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
             app.state.sessions = set()
             yield
         finally:
+            restore_sigterm()
+            await app.state.drain.aclose()
             await _stop_replayer(replaying)
             await spool.close()
             await jobs.enqueuer_for(storage).aclose()  # the job queue's pool, if a call opened one
@@ -88,6 +93,9 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     app.state.start_policy = StartPolicy(ProductionRate(), busy=lambda: len(app.state.sessions) > 1)
     app.state.capacity = Capacity(max_calls_from(settings), queue_depth=lambda: urgency.gate().waiting)
     app.state.tool_runner = ToolRunner(settings, redirect=_call_redirect(settings))
+    app.state.metrics = metrics = GatewayMetrics(live_from(app.state))
+    app.state.drain = Drain(streams=lambda: app.state.capacity.streams, calls=lambda: list(app.state.sessions),
+                            timeout_s=settings.gateway_drain_timeout_s, on_polite_end=metrics.drain_ended.inc)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -101,7 +109,8 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
         body: dict[str, Any] = {"status": "ok", "service": "gateway", "database": "ok",
                                 "active_calls": len(app.state.sessions), "warmup_s": app.state.warmup,
                                 "spool": {"pending": spool.depth, "set_aside": spool.dead},
-                                "accepting": headroom.accepting, "capacity": headroom.as_json()}
+                                "accepting": headroom.accepting, "capacity": headroom.as_json(),
+                                "draining": app.state.drain.draining}
         try:
             await app.state.storage.ping()
         except (StorageError, OSError) as exc:
@@ -111,17 +120,26 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
-        """200 while a new call would be taken; 503 while the gateway is full or its database does not
-        answer (a new stream needs its call row). For load balancers and scalers: not a liveness check."""
+        """200 while a new call would be taken; 503 while the gateway drains, is full or its database does
+        not answer (a new stream needs its call row). For load balancers and scalers: not a liveness check."""
         headroom = app.state.capacity.headroom()
-        reasons = [] if headroom.accepting else [app.state.capacity.refusal()]
+        draining = app.state.drain.draining
+        reasons = ["draining"] if draining else []
+        reasons += [] if headroom.accepting else [app.state.capacity.refusal()]
         try:
             await app.state.storage.ping()
         except (StorageError, OSError) as exc:
             log.error("ready: database unreachable: %s", exc)
             reasons.append("database unreachable")
-        body = {"ready": not reasons, "reasons": reasons, "capacity": headroom.as_json()}
+        capacity = headroom.as_json() | ({"accepting": False} if draining else {})
+        body = {"ready": not reasons, "reasons": reasons, "capacity": capacity}
         return JSONResponse(body, status_code=503 if reasons else 200)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus(request: Request) -> Response:
+        """Prometheus text format; no key unless METRICS_TOKEN is set (scraped on the private network)."""
+        return metrics_response(lambda: metrics.render(app.state.sessions), settings.metrics_token,
+                                request.headers.get("authorization"))
 
     @app.websocket("/media")
     async def media(websocket: WebSocket) -> None:
@@ -134,27 +152,34 @@ async def handle_media_stream(websocket: WebSocket, app: FastAPI) -> None:
     """One Twilio Media Stream, from the upgrade to `stop` (or a dropped connection).
 
     Refused before it is accepted, in this order: over the per-address rate (429), without a valid
-    signature or token (403), above capacity (503, Retry-After). The calls already running see none of it.
+    signature or token (403), draining or above capacity (503, Retry-After). The calls already running
+    see none of it.
     """
     settings: Settings = app.state.settings
+    metrics: GatewayMetrics = app.state.metrics
     client = websocket.client.host if websocket.client else "unknown"
     allowance = app.state.stream_limiter.check(client)
     if not allowance.allowed:
         log.warning("media stream from %s refused: over STREAM_RATE_LIMIT_PER_MINUTE", client)
+        metrics.refuse("rate_limited")
         await _deny(websocket, 429, "too many streams opened from this address",
                     {"Retry-After": str(allowance.retry_after_s)})
         return
     authorized, token_call_id = _authenticate(websocket, settings)
     if not authorized:
+        metrics.refuse("unauthorized")
         await _deny(websocket, 403, "invalid X-Twilio-Signature or stream token")
         return
     capacity: Capacity = app.state.capacity
-    slot = capacity.reserve()
+    drain: Drain = app.state.drain
+    slot = None if drain.draining else capacity.reserve()  # no await between the check and the count
     if slot is None:
-        reason = capacity.refusal()
-        log.warning("media stream from %s refused: %s (GATEWAY_MAX_CALLS)", client, reason)
+        reason = drain.refusal() if drain.draining else capacity.refusal()
+        log.warning("media stream from %s refused: %s", client, reason)
+        metrics.refuse("draining" if drain.draining else "capacity")
         await _deny(websocket, 503, reason, {"Retry-After": str(settings.capacity_retry_after_s)})
         return
+    metrics.accepted.inc()
     try:
         await _serve_stream(websocket, app, token_call_id)
     finally:
@@ -212,6 +237,7 @@ async def _serve_stream(websocket: WebSocket, app: FastAPI, token_call_id: str |
         if session is not None:
             app.state.sessions.discard(session)
             await session.close()
+            app.state.metrics.call_ended(session)
     await _close(websocket, CloseCode.NORMAL, "stream ended")
 
 

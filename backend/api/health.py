@@ -1,15 +1,16 @@
-"""Liveness and readiness: the service and its database."""
+"""Liveness and readiness: the service and its database; its Prometheus metrics."""
 
 from __future__ import annotations
 
 import logging
 from typing import Literal
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from backend.deps import SettingsDep, StorageDep
+from backend.metrics import BackendMetrics, metrics_response
 from shared.errors import StorageError
 
 router = APIRouter(tags=["health"])
@@ -38,3 +39,11 @@ async def health(storage: StorageDep, settings: SettingsDep) -> HealthOut | JSON
         body = HealthOut(status="degraded", database="unreachable", telephony=settings.telephony_provider)
         return JSONResponse(body.model_dump(), status_code=503)
     return HealthOut(status="ok", database="ok", telephony=settings.telephony_provider)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request, settings: SettingsDep) -> Response:
+    """Prometheus text format (`backend.metrics`). No API key: scrapers on the private network read it;
+    with METRICS_TOKEN set they must send it as a bearer token. Keep it off the public proxy."""
+    registry: BackendMetrics = request.app.state.metrics
+    return metrics_response(registry.render, settings.metrics_token, request.headers.get("authorization"))
