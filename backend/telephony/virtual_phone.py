@@ -30,6 +30,10 @@ from shared.audio import FRAME_BYTES, MULAW_SILENCE, PHONE_RATE, float32_to_ulaw
 
 log = logging.getLogger(__name__)
 FRAME_S = 0.02
+AGENT_SILENT_S = 5.0
+"""A callee who waits to be greeted speaks anyway after this long: longer than an outbound agent's own
+wait for the callee to speak first (`VoicemailConfig.wait_for_callee_ms`, 2.5 s) plus its greeting's
+synthesis, so the two never start talking at the same moment."""
 SILENCE_FRAME = bytes([MULAW_SILENCE]) * FRAME_BYTES
 KEY_TONE_MS = 100
 """A typed key's tone (when the caller's track carries them); the rest of `KeyPresses.gap_ms` is quiet."""
@@ -375,7 +379,7 @@ class VirtualPhone:
             if self._last_agent_frame >= heard_since:
                 answered = True
             quiet = now >= self._play_until and now - self._last_agent_frame >= self.quiet_s
-            if quiet and (answered or (first and now - heard_since > 3.0)):
+            if quiet and (answered or (first and now - heard_since > AGENT_SILENT_S)):
                 return
             await asyncio.sleep(0.02)
 

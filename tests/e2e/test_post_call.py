@@ -66,6 +66,7 @@ async def test_call_ends_with_analysis_signed_webhooks_and_stereo_recording(tmp_
             "prompt": "You call patients of Bright Smile Dental to reschedule their teeth cleaning. "
                       "Ask which day suits them and whether they have dental insurance.",
             "settings": {"business": "Bright Smile Dental", "webhook_url": f"{hook_base}/hook",
+                         "voicemail": {"detect": False},  # the greeting first: the recording's order is checked
                          "analysis": {"schema": SCHEMA}},
         })).json()
         storage = build_storage(settings)
