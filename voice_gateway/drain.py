@@ -14,7 +14,7 @@ mid-word. Here SIGTERM starts a drain instead:
 
 Works with a plain `uvicorn voice_gateway.main:create_app --factory` (the Dockerfile's command):
 uvicorn installs its handler with `signal.signal` before the app starts, and the app's lifespan
-chains in front of it (`install_sigterm`). Keep the orchestrator's kill delay longer than the drain
+chains in front of it (`attach`). Keep the orchestrator's kill delay longer than the drain
 timeout (Kubernetes: terminationGracePeriodSeconds >= GATEWAY_DRAIN_TIMEOUT_S + 60).
 """
 
@@ -87,6 +87,8 @@ class Drain:
         self._sleep = sleep
         self.draining = False
         self.task: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The server's event loop, once `attach` has run (the drain's task runs there)."""
         self.ended_politely = 0
         """Calls the drain ended because the timeout passed."""
 
@@ -94,8 +96,15 @@ class Drain:
         """Why a new stream is refused while draining (the body of the 503)."""
         return REFUSAL
 
+    def request(self) -> None:
+        """Start the drain from any thread (a signal handler, a test serving the app in a thread)."""
+        if self.loop is None:
+            raise RuntimeError("the drain is not attached to a running server (attach)")
+        self.loop.call_soon_threadsafe(self.begin)
+
     def begin(self) -> asyncio.Task[None]:
-        """Stop taking streams and start waiting for the calls to end (a second call changes nothing)."""
+        """On the server's loop: stop taking streams and start waiting for the calls to end (a second
+        call changes nothing)."""
         if self.task is None:
             self.draining = True
             log.warning("draining: no new streams; %d stream(s) open, exiting once they end (at most %.0f s, "
@@ -149,16 +158,17 @@ class Drain:
             self._on_polite_end()
 
 
-def install_sigterm(drain: Drain) -> Callable[[], None]:
-    """Make SIGTERM start `drain`; once drained, the signal goes on to the handler it replaced
-    (uvicorn's, which then shuts the server down). Returns what undoes it (at the lifespan's end).
+def attach(drain: Drain) -> Callable[[], None]:
+    """At the server's start (its lifespan): bind `drain` to the running loop and make SIGTERM start
+    it; once drained, the signal goes on to the handler it replaced (uvicorn's, which then shuts the
+    server down). Returns what undoes it, for the lifespan's end.
 
-    A no-op outside the main thread (a test serving the app in a thread): signals are delivered
-    there only, and such a test starts the drain itself.
+    Outside the main thread (a test serving the app in a thread) no signal reaches the app: the
+    drain is only bound, and such a test calls `drain.request()` itself.
     """
+    drain.loop = asyncio.get_running_loop()
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    loop = asyncio.get_running_loop()
     previous = signal.getsignal(signal.SIGTERM)
     if previous is None:  # a handler installed outside Python: deliver to the default action
         previous = signal.SIG_DFL
@@ -167,7 +177,7 @@ def install_sigterm(drain: Drain) -> Callable[[], None]:
         if drain.draining:
             log.warning("draining: SIGTERM again: still waiting for the calls to end")
             return
-        loop.call_soon_threadsafe(drain.begin)
+        drain.request()
 
     def hand_on() -> None:
         """The drain is over: give SIGTERM back to its previous handler and deliver it."""

@@ -29,7 +29,7 @@ from shared.tones import BeepDetector
 from voice_gateway.actions import CallRedirect, ToolRunner
 from voice_gateway.assurance import ProductionRate, StartPolicy
 from voice_gateway.capacity import Capacity, max_calls_from
-from voice_gateway.drain import Drain, install_sigterm
+from voice_gateway.drain import Drain, attach
 from voice_gateway.engines import Engines, build_engines, warm
 from voice_gateway.media_stream import (
     CloseCode,
@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        restore_sigterm = install_sigterm(app.state.drain)  # SIGTERM drains (voice_gateway.drain)
+        restore_sigterm = attach(app.state.drain)  # SIGTERM drains (voice_gateway.drain)
         storage = build_storage(settings)
         await storage.open()
         spool = Spool(settings.spool_path)

@@ -8,7 +8,7 @@ import signal
 from types import FrameType
 from typing import Any
 
-from voice_gateway.drain import POLL_S, Drain, closing_line, install_sigterm
+from voice_gateway.drain import POLL_S, Drain, attach, closing_line
 
 
 class Clock:
@@ -151,7 +151,7 @@ async def test_sigterm_starts_the_drain_and_reaches_the_previous_handler_once_dr
         calls: list[FakeCall] = []
         calls.append(FakeCall(calls))
         drain = Drain(streams=lambda: len(calls), calls=lambda: list(calls), timeout_s=600)
-        restore = install_sigterm(drain)
+        restore = attach(drain)
         signal.raise_signal(signal.SIGTERM)
         await _until(lambda: drain.draining)
         assert received == []  # the server has not heard of it: it keeps serving the call
@@ -171,7 +171,7 @@ async def test_restore_puts_the_server_handler_back_when_no_drain_happened() -> 
 
     original = signal.signal(signal.SIGTERM, server_handler)
     try:
-        restore = install_sigterm(Drain(streams=lambda: 0, calls=list, timeout_s=1))
+        restore = attach(Drain(streams=lambda: 0, calls=list, timeout_s=1))
         assert signal.getsignal(signal.SIGTERM) is not server_handler
         restore()
         assert signal.getsignal(signal.SIGTERM) is server_handler
@@ -183,7 +183,7 @@ async def test_outside_the_main_thread_nothing_is_installed() -> None:
     before = signal.getsignal(signal.SIGTERM)
 
     async def in_thread() -> None:
-        install_sigterm(Drain(streams=lambda: 0, calls=list, timeout_s=1))()
+        attach(Drain(streams=lambda: 0, calls=list, timeout_s=1))()
 
     await asyncio.to_thread(asyncio.run, in_thread())
     assert signal.getsignal(signal.SIGTERM) is before
