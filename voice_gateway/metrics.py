@@ -144,6 +144,9 @@ class GatewayMetrics:
         self.turns = Counter(f"{PREFIX}_turns", "Agent replies heard (greetings included).", registry=r)
         self.gapped = Counter(f"{PREFIX}_turns_with_gap",
                               f"Agent replies with a gap above {AUDIBLE_GAP_MS} ms inside them.", registry=r)
+        self.llm_errors = Counter(f"{PREFIX}_llm_errors",
+                                  "Agent replies whose LLM request failed (an error, or no token within "
+                                  "LLM_TIMEOUT_S): no llm_first_token for them.", registry=r)
         self.interrupted = Counter(f"{PREFIX}_turns_interrupted", "Agent replies the caller talked over.",
                                    registry=r)
         self.barge_ins = Counter(f"{PREFIX}_barge_ins", "Times a caller interrupted the agent.", registry=r)
@@ -191,6 +194,8 @@ class GatewayMetrics:
             self.gap.observe(max(0.0, late) / 1000)
             if late > AUDIBLE_GAP_MS:
                 self.gapped.inc()
+        if turn.get("llm_error"):
+            self.llm_errors.inc()
         if turn.get("interrupted"):
             self.interrupted.inc()
 

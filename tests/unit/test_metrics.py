@@ -106,6 +106,7 @@ def test_a_greeting_without_caller_stages_observes_only_what_it_has() -> None:
     scraped = samples(metrics.render([]))
     assert scraped[("relayx_gateway_stage_seconds_count", (("stage", "tts_first_audio"),))] == 1
     assert ("relayx_gateway_stage_seconds_count", (("stage", "stt"),)) not in scraped
+    assert scraped[("relayx_gateway_llm_errors_total", ())] == 1
 
 
 def test_a_gap_above_40_ms_is_counted_and_every_gap_lands_in_the_histogram() -> None:
