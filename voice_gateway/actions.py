@@ -88,11 +88,16 @@ def _stems(text: str) -> set[str]:
 
 
 def menu_options(text: str) -> dict[str, str]:
-    """A phone menu's options as heard ("For appointments, press 2." → {"2": "appointments"})."""
+    """A phone menu's options as heard ("For appointments, press 2." → {"2": "appointments"}).
+
+    Punctuation is dropped first: Whisper places it where it hears pauses, not where the options
+    break ("…for billing. Press 1 for appointments. Press 2.").
+    """
+    text = re.sub(r"[.,;:!?]", " ", text)
     after = [(key, what) for what, key in _OPTION_AFTER.findall(text)]
     before = _OPTION_BEFORE.findall(text)
     # A menu says its options one way ("for X, press 1" or "press 1 for X"); read as the other way,
-    # neighbouring options pair up wrongly, and match fewer times.
+    # neighbouring options pair up wrongly, and match fewer times. A tie is read the common way.
     pairs = before if len(before) > len(after) else after
     options: dict[str, str] = {}
     for key, what in pairs:

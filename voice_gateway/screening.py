@@ -43,8 +43,11 @@ _VOICEMAIL = re.compile(
 )
 
 
-_MENU = re.compile(r"\b(press|dial|enter)\s+([0-9*#]|zero|one|two|three|four|five|six|seven|eight|nine|star|pound)\b",
-                   re.IGNORECASE)
+# "press to" is how Whisper often writes "press two" on a phone line.
+_MENU = re.compile(
+    r"\b(press|dial|enter)\s+([0-9*#]|zero|one|two|to|too|three|four|five|six|seven|eight|nine|star|pound)\b",
+    re.IGNORECASE,
+)
 
 
 def sounds_like_menu(text: str) -> bool:
@@ -166,8 +169,8 @@ class Screening:
             self._machine(now, "long_greeting")
         if self.answered is Answered.MACHINE:
             assert self._machine_at is not None
-            if self.reading and now - self._machine_at < MACHINE_WAIT_MAX_S:
-                return None  # its words may still say it is a menu (a long one is not a machine)
+            if self.reading and self._beep_at is None and now - self._machine_at < MACHINE_WAIT_MAX_S:
+                return None  # its words may still say it is a menu (a long one is not a machine; nor beeps)
             if self._beep_at is not None and not speaking:
                 return self._act(Action.VOICEMAIL)
             quiet_since = self._last_speech_end if self._last_speech_end is not None else self._machine_at

@@ -220,8 +220,13 @@ class CallSession:
         if after is not None:
             await asyncio.wait({after})  # finished, failed or cancelled (barge-in): prefill either way
         messages = [*self._context(), ChatMessage("user", "Hello?")]
+        due = self.clock() + self.player.ahead_s()
+        if self.screening is not None:
+            # The agent listens first: the prompt is due when the callee's first turn could end, and the
+            # greeting (synthesised when screening says so) goes ahead of it at the compute gate.
+            due = self.clock() + self.agent.settings.voicemail.wait_for_callee_ms / 1000
         try:
-            with urgency.working_for(urgency.Fixed(self.clock() + self.player.ahead_s())):
+            with urgency.working_for(urgency.Fixed(due)):
                 async for _ in self.engines.llm.stream(messages, LLMConfig(max_tokens=1)):
                     pass
         except LLMError as exc:

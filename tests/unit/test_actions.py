@@ -56,3 +56,9 @@ def test_tool_headers_read_only_relayx_tool_secrets_from_the_environment() -> No
     assert resolve_headers({"X": "${DATABASE_URL}"}, env) == {"X": "${DATABASE_URL}"}
     with pytest.raises(KeyError):
         resolve_headers({"X": "${RELAYX_TOOL_MISSING}"}, env)
+
+
+def test_a_menu_read_with_punctuation_in_the_wrong_places_still_pairs_keys_right() -> None:
+    heard = "Thank you for calling Bright Smile Dental for Billing. Press 1 for appointment. Press 2."  # tiny.en
+    assert {k: v.lower() for k, v in menu_options(heard).items()} == {"1": "billing", "2": "appointment"}
+    assert menu_choice(heard, GOAL) == "2"

@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -15,9 +16,11 @@ from shared.llm.base import ChatMessage, GenerationOptions, LLMError
 from shared.llm.llama_cpp import LlamaCppLLM
 from shared.llm.ollama import OllamaLLM
 from shared.llm.openai_compat import OpenAICompatLLM
+from shared.llm.tools import InvalidToolCall, ToolCall, ToolSpec
 from shared.settings import Settings
 
 Handler = Callable[[dict, asyncio.StreamWriter], Awaitable[None]]
+T = TypeVar("T")
 MESSAGES = [ChatMessage("system", "You are Ava of Bright Smile Dental."), ChatMessage("user", "Hi")]
 
 
@@ -75,7 +78,7 @@ def _one_chunk(payload: bytes, *, status: str = "200 OK", ctype: str = "applicat
     return handler
 
 
-async def _collect(stream: AsyncIterator[str]) -> list[str]:
+async def _collect(stream: AsyncIterator[T]) -> list[T]:
     return [piece async for piece in stream]
 
 
@@ -359,3 +362,161 @@ def test_the_optional_15b_model_is_chosen_by_name_from_the_model_cache(tmp_path:
     explicit = build_llm(Settings(_env_file=None, LLM_ENGINE="llama-cpp", LLM_MODEL="qwen2.5-coder-1.5b",
                                   LLM_MODEL_PATH=str(tmp_path / "mine.gguf")))
     assert isinstance(explicit, LlamaCppLLM) and explicit.model_name == "llama-cpp:mine.gguf"
+
+
+# --- tools ------------------------------------------------------------------------------------------
+
+TOOLS = [
+    ToolSpec("end_call", "Hang up.", {"type": "object", "properties": {"reason": {"type": "string"}}}),
+    ToolSpec("check_availability", "Free times on a day.",
+             {"type": "object", "properties": {"day": {"type": "string"}}, "required": ["day"]}),
+]
+EARLIER_CALL = ToolCall("check_availability", {"day": "Monday"}, "call_0")
+HISTORY = [
+    *MESSAGES,
+    ChatMessage.calling([EARLIER_CALL]),
+    ChatMessage.tool_result(EARLIER_CALL, '{"free": []}'),
+    ChatMessage("user", "And Tuesday? Then I'm done, bye."),
+]
+
+
+def _ollama_tool_calls(calls: list[Any]) -> Handler:
+    """Ollama ≥ 0.8 streaming with tools: words, then one line whose message carries whole calls."""
+
+    async def handler(body: dict, writer: asyncio.StreamWriter) -> None:
+        await _start(writer, ctype="application/x-ndjson")
+        line = {"model": body["model"], "message": {"role": "assistant", "content": "Let me check."}, "done": False}
+        await _chunk(writer, json.dumps(line).encode() + b"\n")
+        line = {"model": body["model"], "message": {"role": "assistant", "content": "", "tool_calls": calls},
+                "done": False}
+        await _chunk(writer, json.dumps(line).encode() + b"\n")
+        final = {"model": body["model"], "message": {"role": "assistant", "content": ""}, "done": True,
+                 "done_reason": "stop"}
+        await _chunk(writer, json.dumps(final).encode() + b"\n")
+        await _end(writer)
+
+    return handler
+
+
+async def test_ollama_sends_tools_and_yields_the_calls_it_streams() -> None:
+    calls = [
+        {"function": {"name": "check_availability", "arguments": {"day": "Tuesday"}}},
+        {"id": "call_x", "function": {"index": 1, "name": "end_call", "arguments": {}}},
+    ]
+    server = FakeServer(_ollama_tool_calls(calls))
+    async with server as url:
+        llm = OllamaLLM(url, "qwen3")
+        items = await _collect(llm.stream(HISTORY, GenerationOptions(), tools=TOOLS))
+        await llm.aclose()
+    assert items[0] == "Let me check."
+    first, second = items[1:]
+    assert isinstance(first, ToolCall) and first.name == "check_availability"
+    assert first.arguments == {"day": "Tuesday"} and first.id.startswith("call_")  # an id made for it
+    assert second == ToolCall("end_call", {}, "call_x")
+    _, body, _ = server.requests[0]
+    assert body["tools"] == [spec.function() for spec in TOOLS]
+    assert body["tools"][1]["function"]["parameters"]["required"] == ["day"]
+    assert body["messages"][2] == {
+        "role": "assistant", "content": "",
+        "tool_calls": [{"id": "call_0", "function": {"name": "check_availability", "arguments": {"day": "Monday"}}}],
+    }
+    assert body["messages"][3] == {"role": "tool", "content": '{"free": []}', "tool_name": "check_availability",
+                                   "tool_call_id": "call_0"}
+
+
+async def test_ollama_a_call_that_fails_its_schema_is_yielded_as_invalid() -> None:
+    calls = [{"function": {"name": "check_availability", "arguments": {"date": "Tuesday"}}},
+             {"function": {"name": "book_flight", "arguments": {}}}, "not a call"]
+    async with FakeServer(_ollama_tool_calls(calls)) as url:
+        llm = OllamaLLM(url, "qwen3")
+        items = await _collect(llm.stream(MESSAGES, GenerationOptions(), tools=TOOLS))
+        await llm.aclose()
+    bad = items[1:]
+    assert [type(i) for i in bad] == [InvalidToolCall] * 3
+    assert isinstance(bad[0], InvalidToolCall) and "'day' is a required property" in bad[0].reason
+    assert isinstance(bad[1], InvalidToolCall) and bad[1].name == "book_flight"
+    assert isinstance(bad[2], InvalidToolCall) and bad[2].name is None
+
+
+def _openai_tool_sse(*, finish: str | None = "tool_calls", done: bool = True) -> Handler:
+    """OpenAI's streamed calls: fragments by index (id and name first, arguments in pieces), two calls
+    interleaved, then finish_reason "tool_calls"."""
+
+    async def handler(body: dict, writer: asyncio.StreamWriter) -> None:
+        await _start(writer, ctype="text/event-stream")
+
+        async def event(delta: dict, finish_reason: str | None = None) -> None:
+            data = {"id": "c3", "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+            await _chunk(writer, b"data: " + json.dumps(data).encode() + b"\n\n")
+
+        await event({"role": "assistant", "content": "One moment."})
+        await event({"tool_calls": [{"index": 0, "id": "call_a", "type": "function",
+                                     "function": {"name": "check_availability", "arguments": ""}}]})
+        await event({"tool_calls": [{"index": 0, "function": {"arguments": '{"da'}}]})
+        await event({"tool_calls": [{"index": 1, "id": "call_b", "type": "function",
+                                     "function": {"name": "end_call", "arguments": "{}"}}]})
+        await event({"tool_calls": [{"index": 0, "function": {"arguments": 'y": "Tues'}}]})
+        await event({"tool_calls": [{"index": 0, "function": {"arguments": 'day"}'}}]})
+        if finish is not None:
+            await event({}, finish)
+        if done:
+            await _chunk(writer, b"data: [DONE]\n\n")
+        await _end(writer)
+
+    return handler
+
+
+@pytest.mark.parametrize(("finish", "done"), [("tool_calls", True), (None, True), (None, False)],
+                         ids=["finish-reason", "done-only", "stream-end-only"])
+async def test_openai_gathers_call_fragments_by_index_until_the_calls_are_complete(
+    finish: str | None, done: bool
+) -> None:
+    server = FakeServer(_openai_tool_sse(finish=finish, done=done))
+    async with server as url:
+        llm = OpenAICompatLLM(url + "/v1", "gpt")
+        items = await _collect(llm.stream(HISTORY, GenerationOptions(), tools=TOOLS))
+        await llm.aclose()
+    assert items == [
+        "One moment.",
+        ToolCall("check_availability", {"day": "Tuesday"}, "call_a"),
+        ToolCall("end_call", {}, "call_b"),
+    ]
+    _, body, _ = server.requests[0]
+    assert body["tools"] == [spec.function() for spec in TOOLS]
+    assert body["messages"][2] == {
+        "role": "assistant", "content": None,
+        "tool_calls": [{"id": "call_0", "type": "function",
+                        "function": {"name": "check_availability", "arguments": '{"day": "Monday"}'}}],
+    }
+    assert body["messages"][3] == {"role": "tool", "content": '{"free": []}', "tool_call_id": "call_0"}
+
+
+async def test_openai_arguments_that_are_not_json_are_an_invalid_call() -> None:
+    async def handler(body: dict, writer: asyncio.StreamWriter) -> None:
+        await _start(writer, ctype="text/event-stream")
+        delta = {"tool_calls": [{"index": 0, "id": "c", "function": {"name": "end_call", "arguments": "{oops"}}]}
+        data = {"choices": [{"index": 0, "delta": delta, "finish_reason": "tool_calls"}]}
+        await _chunk(writer, b"data: " + json.dumps(data).encode() + b"\n\ndata: [DONE]\n\n")
+        await _end(writer)
+
+    async with FakeServer(handler) as url:
+        llm = OpenAICompatLLM(url, "gpt")
+        (item,) = await _collect(llm.stream(MESSAGES, GenerationOptions(), tools=TOOLS))
+        await llm.aclose()
+    assert isinstance(item, InvalidToolCall) and item.name == "end_call" and "not JSON" in item.reason
+
+
+@pytest.mark.parametrize(("engine", "handler"), [(OllamaLLM, _ollama_tool_calls(
+    [{"function": {"name": "end_call", "arguments": {}}}])), (OpenAICompatLLM, _openai_tool_sse())],
+    ids=["ollama", "openai"])
+async def test_without_tools_the_request_and_the_stream_are_as_before(
+    engine: type[OllamaLLM | OpenAICompatLLM], handler: Handler
+) -> None:
+    server = FakeServer(handler)
+    async with server as url:
+        llm = engine(url, "m")
+        items = await _collect(llm.stream(MESSAGES, GenerationOptions()))
+        await llm.aclose()
+    assert all(isinstance(i, str) for i in items)  # a server's stray call is not acted on
+    assert "tools" not in server.requests[0][1]

@@ -13,6 +13,7 @@ from voice_gateway.screening import (
     Action,
     Answered,
     Screening,
+    sounds_like_menu,
     sounds_like_voicemail,
 )
 
@@ -138,3 +139,19 @@ def test_voicemail_wording_wins_over_a_key_to_press() -> None:
     screening = _screening()
     screening.words("Please leave a message after the tone. When you are done, press pound.", T0 + 3.0)
     assert screening.machine and not screening.menu
+
+
+def test_a_beep_does_not_wait_for_the_greetings_words() -> None:
+    screening = _screening(machine_speech_ms=3500)
+    screening.speech_started(T0 + 0.2)
+    screening.tick(T0 + 4.0)  # a long greeting: a machine, unless its words say menu
+    screening.reading = 1
+    screening.speech_ended(T0 + 6.0)
+    assert screening.tick(T0 + 6.0 + GREETING_END_SILENCE_S) is None  # still reading: it may be a menu
+    screening.beep(T0 + 8.5)
+    assert screening.tick(T0 + 8.52) is Action.VOICEMAIL  # menus do not beep
+
+
+def test_whispers_press_to_is_a_menu() -> None:
+    assert sounds_like_menu("Welcome to the event of the appointment, press to follow up.")
+    assert not sounds_like_menu("I'll press on with the booking then.")
