@@ -21,6 +21,7 @@ timeout (Kubernetes: terminationGracePeriodSeconds >= GATEWAY_DRAIN_TIMEOUT_S + 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
@@ -105,11 +106,13 @@ class Drain:
     def begin(self) -> asyncio.Task[None]:
         """On the server's loop: stop taking streams and start waiting for the calls to end (a second
         call changes nothing)."""
-        if self.task is None:
-            self.draining = True
-            log.warning("draining: no new streams; %d stream(s) open, exiting once they end (at most %.0f s, "
-                        "then each call is ended politely)", self._streams(), self.timeout_s)
-            self.task = asyncio.create_task(self._run(), name="gateway-drain")
+        if self.task is not None:
+            log.info("draining already: still waiting for %d stream(s) to end", self._streams())
+            return self.task
+        self.draining = True
+        log.warning("draining: no new streams; %d stream(s) open, exiting once they end (at most %.0f s, "
+                    "then each call is ended politely)", self._streams(), self.timeout_s)
+        self.task = asyncio.create_task(self._run(), name="gateway-drain")
         return self.task
 
     async def _run(self) -> None:
@@ -131,10 +134,8 @@ class Drain:
         """At shutdown: stop a drain still waiting (the server is exiting anyway)."""
         if self.task is not None and not self.task.done():
             self.task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self.task
-            except asyncio.CancelledError:
-                pass
 
     async def _until_idle(self, timeout_s: float) -> bool:
         """Poll the stream count with a deadline; True once none is left."""
@@ -174,10 +175,7 @@ def attach(drain: Drain) -> Callable[[], None]:
         previous = signal.SIG_DFL
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        if drain.draining:
-            log.warning("draining: SIGTERM again: still waiting for the calls to end")
-            return
-        drain.request()
+        drain.request()  # only hands the work to the loop: a signal handler must not block or log
 
     def hand_on() -> None:
         """The drain is over: give SIGTERM back to its previous handler and deliver it."""
