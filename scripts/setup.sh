@@ -13,6 +13,8 @@ if [ "${RELAYX_BROWSER_TESTS:-1}" = "1" ]; then
 fi
 # docker-compose (v1) only validates docker-compose.yml in the tests; no Docker engine is needed.
 command -v docker-compose >/dev/null || apt_packages+=(docker-compose)
+# nginx: the load balancer in front of several gateways (tests/e2e/test_nginx_two_gateways.py, deploy/)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_packages+=(nginx)
 command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_packages+=(postgresql)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ]; then
