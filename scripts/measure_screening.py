@@ -127,7 +127,7 @@ async def run_case(case: Case, settings: Settings, gateway_ws: str) -> Outcome:
     return Outcome(case, right, None, f"keys heard {heard}; agent said {said}")
 
 
-async def main(concurrent: int) -> None:
+async def main(concurrent: int, kinds: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(_env_file=None, DATABASE_URL=f"sqlite:///{tmp}/relayx.db",  # type: ignore[call-arg]
                             RELAYX_DATA_DIR=tmp, RELAYX_API_KEY="measure",
@@ -138,12 +138,12 @@ async def main(concurrent: int) -> None:
         await storage.close()
         with serve(create_gateway(settings), timeout_s=300) as base:
             gateway_ws = base.replace("http", "ws")
-            todo = cases()
+            todo = [case for case in cases() if case.kind in kinds]
             outcomes: list[Outcome] = []
             for start in range(0, len(todo), concurrent):
                 batch = todo[start : start + concurrent]
                 outcomes += await asyncio.gather(*(run_case(c, settings, gateway_ws) for c in batch))
-    for kind in ("human", "machine", "menu"):
+    for kind in kinds:
         mine = [o for o in outcomes if o.case.kind == kind]
         waits = sorted(o.wait_ms for o in mine if o.wait_ms is not None)
         p50 = statistics.median(waits) if waits else None
@@ -159,4 +159,6 @@ async def main(concurrent: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrent", type=int, default=2)
-    asyncio.run(main(parser.parse_args().concurrent))
+    parser.add_argument("--only", nargs="*", default=["human", "machine", "menu"], help="kinds of callee to run")
+    args = parser.parse_args()
+    asyncio.run(main(args.concurrent, args.only))

@@ -124,7 +124,7 @@ class Screening:
         self._last_speech_end = now
 
     def words(self, text: str, now: float) -> None:
-        """What STT heard of a callee utterance while screening goes on."""
+        """What STT heard the callee say (all of it so far, or a later turn's) while screening goes on."""
         self.heard.append(text)
         if self.done:
             return

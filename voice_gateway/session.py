@@ -67,6 +67,8 @@ BACKCHANNEL_WORDS_MAX_MS = 1200
 """Speech over the agent longer than `barge_in_min_ms` but shorter than this keeps the agent paused
 until its words are known: "okay, yeah" lets it play on, anything else takes the turn."""
 
+SCREEN_AUDIO_MAX_S = 25
+"""The most of a callee's opening read at once (Whisper's window is 30 s)."""
 ANSWERED_BY_POLL_S = 1.0
 """How often a screening call reads Twilio's answering-machine verdict back from its call row."""
 
@@ -174,6 +176,10 @@ class CallSession:
                 and call.metadata.get("channel") != "browser":
             self.screening = Screening(agent.settings.voicemail, started=clock())
         self._beeps = beep_detector if self.screening is not None else None
+        self._screen_audio: list[np.ndarray] = []  # the callee's utterances before the agent spoke
+        self._screen_reads = 0
+        self._screen_text = ""
+        self._screen_written = False
         self._leaving_message = False  # a machine records: the agent speaks its message, hears nothing
         self._answered_by_poll = 0.0
         self._idle_since = clock()
@@ -257,6 +263,7 @@ class CallSession:
             await _step(self.call.id, f"stopping reply {reply.id}", _stop(reply.task))
         for side in list(self._side_tasks):  # a backchannel being transcribed: keep its line
             await _step(self.call.id, "waiting for side work", asyncio.wait_for(asyncio.shield(side), 5))
+        self._write_screened_line()  # a machine's whole greeting, as last read
         for reply in list(self._live.values()):
             try:
                 reply.end_with_call()
@@ -350,13 +357,15 @@ class CallSession:
             if action is Action.GREET:
                 log.info("call %s: answered by %s (%s): greeting", self.call.id,
                          screening.answered.value, screening.reason)
+                self._write_screened_line()  # the hello, before the greeting that answers it
                 self._greet()
             elif action is Action.VOICEMAIL:
                 await self._voicemail(screening)
             elif action is Action.MENU:
                 log.info("call %s: an automated menu answered: answering it", self.call.id)
+                self._write_screened_line()
                 reply = self._new_reply(confirmed=True)
-                reply.answer_text(" ".join(screening.heard), stored=True)
+                reply.answer_text(self._screen_text, stored=True)
         entry = self._keypad.due(now)
         if entry is not None:
             await self._typed(entry)
@@ -670,24 +679,39 @@ class CallSession:
             screening.speech_ended(self._wall_at(event.speech_end_sample))
         elif isinstance(event, TurnEnded):
             screening.speech_ended(self._wall_at(event.speech_end_sample))
-            self._track(self._screened_words(event.audio))
+            self._screen_audio.append(event.audio)
+            self._track(self._screened_words())
 
-    async def _screened_words(self, audio: np.ndarray) -> None:
-        if self.screening is not None:
-            self.screening.reading += 1
+    async def _screened_words(self) -> None:
+        """Read everything the callee said so far, as one utterance: a menu or a recorded greeting is
+        cut into fragments at every breath ("MES 2", "appointment."), and its words only make sense
+        together. Only the newest (longest) reading counts."""
+        screening = self.screening
+        assert screening is not None
+        self._screen_reads += 1
+        version = self._screen_reads
+        audio = np.concatenate(self._screen_audio)[-SCREEN_AUDIO_MAX_S * STT_RATE:]
+        screening.reading += 1
         try:
             with urgency.working_for(urgency.Fixed(self.clock())):  # the greeting may wait on these words
                 heard = await self.engines.stt.transcribe(audio, prompt=None)
         finally:
-            if self.screening is not None:
-                self.screening.reading -= 1
+            screening.reading -= 1
         text = usable_text(heard)
-        if not text:
-            return
-        if self.screening is not None:
-            self.screening.words(text, self.clock())
-        self.writer.add("caller", text, metrics={"screening": True})
-        self._history.append(ChatMessage("user", text))
+        if version != self._screen_reads or not text:
+            return  # a longer reading is under way
+        self._screen_text = text
+        screening.words(text, self.clock())
+        log.info("call %s: screening heard %r (%s)", self.call.id, text, screening.answered.value)
+        if screening.greeted and not screening.machine:
+            self._write_screened_line()  # read after the greeting began: the hello it answers
+
+    def _write_screened_line(self) -> None:
+        """What the callee said before the agent spoke (a hello, a machine's greeting), stored once."""
+        if self._screen_text and not self._screen_written:
+            self._screen_written = True
+            self.writer.add("caller", self._screen_text, metrics={"screening": True})
+            self._history.append(ChatMessage("user", self._screen_text))
 
     def _judge(self, event: PauseDetected) -> None:
         """Ask the end-of-turn model how long this pause must last to end the turn (off the loop)."""
