@@ -461,14 +461,7 @@ class Reply:
             async for chunk in tts.synthesize(clause, voice=voice):
                 yield chunk
             return
-        lines = _FIXED_AUDIO.setdefault(tts, {})
-        cached = lines.get((voice, clause))
-        if cached is None:
-            made = [chunk async for chunk in tts.synthesize(clause, voice=voice)]
-            if len(lines) >= FIXED_AUDIO_LINES:
-                lines.pop(next(iter(lines)))
-            cached = lines[(voice, clause)] = made
-        for chunk in cached:
+        for chunk in await fixed_audio(tts, clause, voice):
             yield chunk
 
     async def _emit(self, index: int, frames: list[bytes]) -> None:
@@ -577,6 +570,25 @@ FIXED_AUDIO_LINES = 64
 _FIXED_AUDIO: weakref.WeakKeyDictionary[TTS, dict[tuple[str | None, str], list[np.ndarray]]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+async def fixed_audio(tts: TTS, clause: str, voice: str | None) -> list[np.ndarray]:
+    """A fixed line's clause, synthesised once per process and TTS engine (then replayed)."""
+    lines = _FIXED_AUDIO.setdefault(tts, {})
+    cached = lines.get((voice, clause))
+    if cached is None:
+        made = [chunk async for chunk in tts.synthesize(clause, voice=voice)]
+        if len(lines) >= FIXED_AUDIO_LINES:
+            lines.pop(next(iter(lines)))
+        cached = lines[(voice, clause)] = made
+    return cached
+
+
+async def prepare_fixed(tts: TTS, text: str, voice: str | None) -> None:
+    """Synthesise a fixed line ahead of need (an outbound call's greeting and voicemail message while
+    the agent listens to who answered), so it plays at once when it is said."""
+    async for clause in split_clauses(_one_text(text)):
+        await fixed_audio(tts, clause, voice)
 
 
 def usable_text(heard: Transcription) -> str:

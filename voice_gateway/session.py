@@ -46,7 +46,7 @@ from voice_gateway.keypad import Keypad, caller_line
 from voice_gateway.playback import Player, Send
 from voice_gateway.prompts import stt_prompt, system_prompt
 from voice_gateway.recorder import CallRecorder
-from voice_gateway.reply import Reply, ReplyDeps, ReplyState, Said, Sound, usable_text
+from voice_gateway.reply import Reply, ReplyDeps, ReplyState, Said, Sound, prepare_fixed, usable_text
 from voice_gateway.screening import Action, Screening
 from voice_gateway.spool import Spool
 from voice_gateway.turns import (
@@ -67,6 +67,8 @@ BACKCHANNEL_WORDS_MAX_MS = 1200
 """Speech over the agent longer than `barge_in_min_ms` but shorter than this keeps the agent paused
 until its words are known: "okay, yeah" lets it play on, anything else takes the turn."""
 
+HELLO_S = 1.0
+"""When an outbound callee's hello has usually ended: the greeting is due by then (made ahead)."""
 SCREEN_AUDIO_MAX_S = 25
 """The most of a callee's opening read at once (Whisper's window is 30 s)."""
 ANSWERED_BY_POLL_S = 1.0
@@ -204,7 +206,18 @@ class CallSession:
         self._pacer = asyncio.create_task(self.player.run(), name=f"pacer-{self.call.id}")
         self.writer.job("call_started")
         greeting = None if self.screening is not None else self._greet()
+        if self.screening is not None:
+            self._track(self._prepare_lines())
         self._prefill = asyncio.create_task(self._prefill_prompt(after=greeting), name=f"prefill-{self.call.id}")
+
+    async def _prepare_lines(self) -> None:
+        """While the agent listens for who answered: make its greeting and voicemail message now, so
+        either plays at once (the first call of a process paid seconds for it under load)."""
+        voicemail = self.agent.settings.voicemail
+        lines = [self.agent.greeting, voicemail.message if voicemail.action == "leave_message" else None]
+        with urgency.working_for(urgency.Fixed(self.clock() + HELLO_S)):
+            for text in filter(None, lines):
+                await prepare_fixed(self.engines.tts, text, self.agent.voice)
 
     def _greet(self) -> asyncio.Task[None] | None:
         """Say the agent's greeting (at once, or once screening heard a person or nobody)."""
