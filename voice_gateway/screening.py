@@ -26,6 +26,8 @@ HUMAN_GAP_S = 0.7
 """Silence after a short first utterance that says a person is waiting for an answer ("Hello?" …)."""
 GREETING_END_SILENCE_S = 2.0
 """At a machine without a beep: this much silence after its last words ends its greeting."""
+LONG_HELLO_S = 1.6
+"""An opening longer than this is not a plain hello: the agent waits longer before taking it for one."""
 MENU_GAP_S = 1.5
 """Silence after a phone menu's last words that says it has read all its options."""
 LATE_MACHINE_S = 20.0
@@ -194,7 +196,10 @@ class Screening:
                 self.reason = "silence"
                 return self._greet()
             return None
-        if now - self._last_speech_end >= HUMAN_GAP_S:
+        # A hello lasts about a second; a longer opening ("Thank you for calling Bright Smile Dental.")
+        # may be a menu or a machine taking a breath: it needs a longer silence, or its words, first.
+        gap = HUMAN_GAP_S if self._speech_s <= LONG_HELLO_S else MENU_GAP_S
+        if now - self._last_speech_end >= gap and not (self.reading and self._speech_s > LONG_HELLO_S):
             self.answered, self.reason = Answered.HUMAN, "short_hello"
             return self._greet()
         return None

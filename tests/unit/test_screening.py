@@ -155,3 +155,15 @@ def test_a_beep_does_not_wait_for_the_greetings_words() -> None:
 def test_whispers_press_to_is_a_menu() -> None:
     assert sounds_like_menu("Welcome to the event of the appointment, press to follow up.")
     assert not sounds_like_menu("I'll press on with the booking then.")
+
+
+def test_a_long_opening_then_a_breath_is_not_taken_for_a_hello() -> None:
+    screening = _screening()
+    screening.speech_started(T0 + 0.2)
+    screening.speech_ended(T0 + 2.3)  # "Thank you for calling Bright Smile Dental." (2.1 s)
+    assert screening.tick(T0 + 2.3 + HUMAN_GAP_S) is None  # a menu or a machine may go on after a breath
+    screening.reading = 1
+    assert screening.tick(T0 + 2.3 + MENU_GAP_S) is None  # nor while its words are being read
+    screening.reading = 0
+    screening.words("Thank you for calling Bright Smile Dental.", T0 + 2.6)
+    assert screening.tick(T0 + 2.3 + MENU_GAP_S) is Action.GREET  # a person who announced themselves
