@@ -19,6 +19,12 @@ A slot keeps its sequence's tokens in the unified KV cache after a reply. A new 
 empty slot or its own call's before another call's conversation (`_slot_fit`), copies the longest
 prefix any slot holds (the call's conversation, or the agent's system prompt), and evaluates only
 the tokens after it.
+
+With tools, a reply that answers the caller is routed (`shared.llm.tool_route`): its prompt ends with
+`<tool_call>\n{"name": "`, and a grammar lets the model write a tool's name or `reply`. A tool's call
+goes on under that grammar to `</tool_call>`, where the reply ends (what the model would say after a
+call comes before the tool's result); `reply` is taken back from the KV cache, and words are sampled
+from the plain prompt with call markup masked. A reply to a tool's result is words only.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import itertools
+import json
 import logging
 import math
 import threading
@@ -34,7 +41,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from shared.conversation import REFUSAL_PHRASES
+from shared.llm import tool_route
 from shared.llm.avoid import AvoidMatcher, TokenTrie, ends_sentence, opening, sentences
 from shared.llm.base import ChatMessage, GenerationOptions
 from shared.llm.hermes import render
@@ -59,6 +69,10 @@ REPEAT_PENALTY = 1.1
 ("Tuesday at ten, then")."""
 PRESENCE_PENALTY = 0.0
 """Subtracted once from a token already seen (OpenAI's presence penalty; 0 = off)."""
+_MARKUP_BYTES = (b"{", b"}", b"[", b"]", b"<", b">", b"`")
+"""What no spoken line holds and JSON, code fences and tags do: masked where a reply must be speech.
+Measured after a tool's result: the 0.5B model answered "```json [\"check_availability\", …" once in
+nine, and with braces alone masked it moved on to brackets and backticks."""
 TOOL_CALL_TOKENS = 96
 """Tokens a tool call may take beyond the reply's `max_tokens`: a call begun near the end of a phone
 reply's budget is finished, not cut into invalid JSON."""
@@ -79,6 +93,19 @@ class _Slot:
     """Exactly the tokens held in this sequence's KV cache, from position 0."""
     busy: bool = False
     last_used: float = 0.0
+
+
+@dataclass
+class _Route:
+    """A reply started as a call (`shared.llm.tool_route`) whose model has not yet named its choice."""
+
+    at: int
+    """Where the written `<tool_call>` prefix begins in the prompt: a spoken reply starts there."""
+    words: Any
+    """The sampler a spoken reply uses, and its masks: parked while the name is chosen."""
+    matcher: AvoidMatcher
+    text: str = ""
+    """What the model wrote of the name so far."""
 
 
 @dataclass(eq=False)
@@ -113,6 +140,11 @@ class Request:
     """Tools the model may call (shown in the system prompt, Hermes-style: `shared.llm.hermes`)."""
     in_call: bool = False
     """The reply has begun a `<tool_call>`: no masking from here, and room for the call to finish."""
+    speech_only: bool = False
+    """A routed reply that chose to speak: it cannot write a call after all (`_markup` is masked)."""
+    route_at: int | None = None
+    """Set when the prompt ends in the routing prefix (`shared.llm.tool_route`): where it begins."""
+    route: _Route | None = None
     masked: int = 0
     """Sampling steps at which a banned continuation had to be masked (for tests and logs)."""
 
@@ -183,10 +215,16 @@ class BatchedLlama:
             raise EngineFailure("llama.cpp could not create a context")
         self._ctx = ctx
         self._vocab = lc.llama_model_get_vocab(model)
+        self._n_vocab = int(lc.llama_vocab_n_tokens(self._vocab))
         self._memory = lc.llama_get_memory(ctx)
         template = lc.llama_model_chat_template(model, None)
         self._call_open = self._special_token("<tool_call>")
         self._call_close = self._special_token("</tool_call>")
+        self._route_prefix = self._marked_tokens(tool_route.PREFIX)
+        self._markup: Any = None
+        """Tokens a spoken reply never needs and a call or code is written with (`_MARKUP_BYTES`)."""
+        self._grammars: dict[str, str | None] = {}
+        """Routing grammars by tool set (`_tools_key`): compiled on the first turn that offers them."""
         if not template:
             raise EngineFailure("the model has no chat template")
         self._template: bytes = template
@@ -317,6 +355,12 @@ class BatchedLlama:
         request.matcher = AvoidMatcher(self._openings([*request.avoid, *said]), self._refusals)
         request.sampler = self._sampler(request.options)
         request.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        if request.route_at is not None:
+            # The model first writes a name (speech or a tool) under the tools' grammar, greedily: the
+            # likeliest name is the choice. Speech's own sampler and masks wait for that choice.
+            request.route = _Route(request.route_at, request.sampler, request.matcher)
+            request.sampler = self._grammar_sampler(self._grammars[_tools_key(request.tools)] or "")
+            request.matcher = None
         self._active.append(request)
 
     def _catch_up(self, request: Request) -> None:
@@ -467,8 +511,14 @@ class BatchedLlama:
             for token in banned:
                 logits[token] = -math.inf
             request.masked += 1
+        if request.speech_only:
+            row = lc.llama_get_logits_ith(self._ctx, index)
+            np.ctypeslib.as_array(row, shape=(self._n_vocab,))[self._markup_tokens()] = -math.inf
         token = int(lc.llama_sampler_sample(request.sampler, self._ctx, index))
         piece_bytes = self._piece(token)
+        if request.route is not None and not request.cancelled:
+            self._route_step(request, token, piece_bytes)
+            return
         if request.tools and token == self._call_open:
             # JSON follows: the masks are for speech, and one masked token would break the call.
             request.in_call = True
@@ -502,6 +552,47 @@ class BatchedLlama:
             return
         request.next_token = token
 
+    def _route_step(self, request: Request, token: int, piece: bytes) -> None:
+        """One token of the name a routed reply opens with; once the name is whole, act on the choice."""
+        route = request.route
+        assert route is not None
+        route.text += piece.decode(errors="ignore")  # names are ASCII (agent_config.TOOL_NAME)
+        request.generated += 1
+        name = tool_route.choice(route.text)
+        if name is None:
+            if request.generated >= request.options.max_tokens:
+                self._finish(request, None)  # a prompt prefill (one token): its prompt is in the cache
+                return
+            request.next_token = token
+            return
+        request.route = None
+        if name == tool_route.REPLY.name:
+            self._speak(request, route)
+            return
+        # A tool: the call goes on under the grammar, and the caller sees it whole, from `<tool_call>`.
+        self._lc.llama_sampler_free(route.words)
+        request.in_call = True
+        request.send(tool_route.PREFIX + route.text, None)
+        request.next_token = token
+
+    def _speak(self, request: Request, route: _Route) -> None:
+        """The model chose to speak: forget the written prefix and the name, and sample words from where
+        the assistant's turn opens (its last prompt token is evaluated again, for its logits)."""
+        slot = request.slot
+        assert slot is not None
+        keep = route.at - 1
+        self._lc.llama_memory_seq_rm(self._memory, slot.seq, keep, -1)
+        del slot.tokens[keep:]
+        request.prompt = request.prompt[: route.at]
+        request.pending = request.prompt[keep:]
+        request.next_token = None
+        request.generated = 0
+        self._lc.llama_sampler_free(request.sampler)
+        request.sampler = route.words
+        request.matcher = route.matcher
+        # Measured: with `reply` listed, a spoken reply sometimes went on into `{"name": "reply", …}`.
+        request.speech_only = True
+
     def _finish(self, request: Request, error: Exception | None) -> None:
         if request in self._active:
             self._active.remove(request)
@@ -512,6 +603,9 @@ class BatchedLlama:
         if request.sampler is not None:
             self._lc.llama_sampler_free(request.sampler)
             request.sampler = None
+        if request.route is not None:
+            self._lc.llama_sampler_free(request.route.words)
+            request.route = None
         slot = request.slot
         if slot is not None:
             slot.busy = False
@@ -522,11 +616,22 @@ class BatchedLlama:
     def _prompt_tokens(self, request: Request) -> list[int]:
         """The chat template applied, tokenized; the oldest turns are dropped if it would not fit."""
         messages = list(request.messages)
-        room = self.ctx_per_slot - request.options.max_tokens - 1
+        tools: Sequence[ToolSpec] = request.tools
+        suffix: list[int] = []
+        if tool_route.routable(tools):
+            # `reply` is listed on every turn with tools, routed or not, so that a call's turns share
+            # the system prompt's KV cache; a turn that answers a tool's result is spoken, not routed.
+            tools = tool_route.listed(tools)
+            if messages[-1].role == "tool":
+                request.speech_only = True  # measured: after its own call, the 0.5B model wrote JSON again
+            elif self._grammar_for(request.tools) is not None:
+                suffix = self._route_prefix
+        room = self.ctx_per_slot - request.options.max_tokens - 1 - len(suffix)
         while True:
-            tokens = self._tokenize(self._format(messages, request.tools))
+            tokens = self._tokenize(self._format(messages, tools))
             if len(tokens) <= room:
-                return tokens
+                request.route_at = len(tokens) if suffix else None
+                return tokens + suffix
             droppable = [i for i, m in enumerate(messages[:-1]) if m.role != "system"]
             if not droppable:
                 raise EngineFailure(f"the prompt ({len(tokens)} tokens) does not fit the context ({room})")
@@ -567,12 +672,49 @@ class BatchedLlama:
             n = lc.llama_tokenize(self._vocab, text, len(text), tokens, size, True, True)
         return list(tokens[:n])
 
+    def _markup_tokens(self) -> Any:
+        """The ids of `_markup`, found once (a pass over the vocabulary, a fraction of a second)."""
+        if self._markup is None:
+            ids = [t for t in range(self._n_vocab) if any(c in self._piece(t) for c in _MARKUP_BYTES)]
+            self._markup = np.array(sorted({*ids, *([self._call_open] if self._call_open is not None else [])}))
+        return self._markup
+
+    def _grammar_for(self, tools: Sequence[ToolSpec]) -> str | None:
+        """The routing grammar of these tools (compiled once per set), None where it does not compile."""
+        key = _tools_key(tools)
+        if key not in self._grammars:
+            self._markup_tokens()  # on the first turn with tools, not in the middle of a reply
+            text = tool_route.grammar(tools)
+            if text is not None:  # llama.cpp's own parser may still refuse what the converter wrote
+                sampler = self._lc.llama_sampler_init_grammar(self._vocab, text.encode(), b"root")
+                if sampler:
+                    self._lc.llama_sampler_free(sampler)
+                else:
+                    log.warning("llama.cpp refused the tools' grammar: their turns are not routed")
+                    text = None
+            self._grammars[key] = text
+        return self._grammars[key]
+
+    def _grammar_sampler(self, grammar: str) -> Any:
+        """A call's sampler: only what the grammar allows, the likeliest of it (a call wants no variety)."""
+        lc = self._lc
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root"))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+        return chain
+
     def _special_token(self, text: str) -> int | None:
         """The id of a token the vocabulary holds whole (`<tool_call>`), or None where it has none."""
+        tokens = self._marked_tokens(text)
+        return tokens[0] if len(tokens) == 1 else None
+
+    def _marked_tokens(self, text: str) -> list[int]:
+        """Text with markup tokens parsed (`<tool_call>` as one token), nothing added before it."""
         raw = text.encode()
-        tokens = (self._lc.llama_token * 8)()
-        n = self._lc.llama_tokenize(self._vocab, raw, len(raw), tokens, 8, False, True)
-        return int(tokens[0]) if n == 1 else None
+        size = len(raw) + 16
+        tokens = (self._lc.llama_token * size)()
+        n = self._lc.llama_tokenize(self._vocab, raw, len(raw), tokens, size, False, True)
+        return [int(t) for t in tokens[: max(n, 0)]]
 
     def _text_tokens(self, text: str) -> list[int]:
         """Plain text as the model would generate it: no special tokens added or parsed."""
@@ -639,6 +781,10 @@ def _slot_fit(slot: _Slot, prompt: list[int]) -> tuple[int, int, float]:
     """
     common = _common_prefix(slot.tokens, prompt)
     return -(len(slot.tokens) - common), common, -slot.last_used
+
+
+def _tools_key(tools: Sequence[ToolSpec]) -> str:
+    return json.dumps([spec.function() for spec in tools], sort_keys=True)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -267,9 +267,12 @@ class LlamaCppLLM:
         The reply never opens the way a text in `avoid` opens, nor completes a refusal wording: both are
         masked while sampling (`shared.llm.avoid`).
 
-        With `tools`, they are listed in the system prompt Hermes-style and the reply is split as it
-        streams (`shared.llm.hermes.ToolCallStream`): speech goes on at once, a `<tool_call>` block is
-        held back and yielded as one checked `ToolCall` (or `InvalidToolCall`); the reply ends there.
+        With `tools`, they are listed in the system prompt Hermes-style, the engine first lets the
+        model choose between speaking and each tool (`shared.llm.tool_route`), and the reply is split as
+        it streams (`shared.llm.hermes.ToolCallStream`): speech goes on at once, a `<tool_call>` block is
+        held back and yielded as one checked `ToolCall` (or `InvalidToolCall`); the reply ends there. A
+        reply to a tool's result (the last message's role is "tool") is words only; pass the same tools
+        for it all the same, so that the system prompt, and its KV cache, stay those of the call.
         """
         try:
             server = await asyncio.to_thread(self._server)

@@ -19,21 +19,12 @@ from typing import Any
 from shared.agent_config import DtmfTool, EndCallTool, HttpTool, Tool, TransferTool
 
 DTMF_DIGITS = r"^[0-9*#]{1,20}$"
-REASON_MAX_CHARS = 200
-"""A built-in's optional `reason` is a line for a log or a whisper, not an essay (the embedded engine's
-grammar bounds it too, so a small model cannot ramble inside a call)."""
-
-_REASON = {"type": "string", "maxLength": REASON_MAX_CHARS}
-END_CALL_PARAMETERS: dict[str, Any] = {
-    "type": "object",
-    "properties": {"reason": {**_REASON, "description": "Why the call ends, in a few words"}},
-}
-TRANSFER_PARAMETERS: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "reason": {**_REASON, "description": "One line for the person taking the call: who calls and why"}
-    },
-}
+END_CALL_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+TRANSFER_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+"""Hanging up and transferring take no arguments: what they say and where they go are the agent's
+settings. An optional `reason` was tried: the 0.5B model filled it with its own description ("One line
+for the person taking the call…"), at 15 to 20 tokens (half a second on 2 cores) before the call could
+act. A whisper for the person taking a transfer is better made from the transcript."""
 DTMF_PARAMETERS: dict[str, Any] = {
     "type": "object",
     "properties": {
