@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -19,7 +19,7 @@ from twilio.twiml.voice_response import Dial, VoiceResponse
 from shared.agent_config import HttpTool, LLMConfig, Tool, TransferTool
 from shared.audio import float32_to_ulaw
 from shared.llm.base import LLM, ChatMessage
-from shared.llm.tools import ToolCall
+from shared.llm.tools import ToolCall, ToolSpec
 from shared.settings import Settings
 from shared.storage.base import Call
 from shared.text import split_clauses
@@ -144,9 +144,19 @@ def short_json(value: Any) -> str:
     return text[1:-1] if text.startswith("{") else text
 
 
-async def spoken_answer(llm: LLM, messages: list[ChatMessage], options: LLMConfig) -> AsyncIterator[str]:
-    """The model's spoken answer once a tool's result is in the messages (no further tools: one per turn)."""
-    async for clause in split_clauses(llm.stream(messages, options)):
+async def spoken_answer(llm: LLM, messages: list[ChatMessage], options: LLMConfig,
+                        tools: Sequence[ToolSpec] = ()) -> AsyncIterator[str]:
+    """The model's spoken answer once a tool's result is in the messages. The tools are offered as on
+    every turn (the embedded model's prompt, and so its KV cache, stays the same), but one action per
+    turn: a further call is dropped, and the engines answer a tool's result in words anyway."""
+
+    async def words() -> AsyncIterator[str]:
+        stream = llm.stream(messages, options, tools=tools) if tools else llm.stream(messages, options)
+        async for item in stream:
+            if isinstance(item, str):
+                yield item
+
+    async for clause in split_clauses(words()):
         yield clause
 
 

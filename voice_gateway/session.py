@@ -246,7 +246,12 @@ class CallSession:
             due = self.clock() + self.agent.settings.voicemail.wait_for_callee_ms / 1000
         try:
             with urgency.working_for(urgency.Fixed(due)):
-                async for _ in self.engines.llm.stream(messages, LLMConfig(max_tokens=1)):
+                # With the agent's tools, as its turns will have them: the tool section (~400 tokens on the
+                # embedded model) is then in the KV cache before the first caller turn, not evaluated in it.
+                tools = self._deps.tools
+                stream = self.engines.llm.stream(messages, LLMConfig(max_tokens=1), tools=tools) if tools \
+                    else self.engines.llm.stream(messages, LLMConfig(max_tokens=1))
+                async for _ in stream:
                     pass
         except LLMError as exc:
             log.warning("call %s: prompt prefill failed: %s", self.call.id, exc)
@@ -508,7 +513,7 @@ class CallSession:
                 return
             follow = [*(messages or [*self._context()]), ChatMessage.calling([call], spoken),
                       ChatMessage.tool_result(call, result.content)]
-            async for clause in actions.spoken_answer(self.engines.llm, follow, self.agent.llm):
+            async for clause in actions.spoken_answer(self.engines.llm, follow, self.agent.llm, self._deps.tools):
                 yield clause
 
     async def _transfer(self, tool: TransferTool) -> None:
