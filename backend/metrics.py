@@ -6,8 +6,8 @@ route changes to be counted: a call placed is a POST to /calls/outbound (or the 
 refused…); a Twilio webhook is any route under /twilio. Each app has its own registry, so several
 backends built in one process (tests) never share a count.
 
-Post-call jobs and webhook deliveries run in another process on PostgreSQL (`relayx worker`) and
-are rows of the database: they are not counted here.
+Post-call jobs and webhook deliveries are counted where they run (`shared.jobs.metrics`): in this
+process on SQLite, shown here too; in `relayx worker` on PostgreSQL, served on WORKER_METRICS_PORT.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from collections.abc import Callable
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.jobs import metrics as job_metrics
 
 PREFIX = "relayx_backend"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -61,7 +63,9 @@ class BackendMetrics:
             self.webhooks.labels(route, str(status)).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """This app's counts, then the process's post-call work (`shared.jobs.metrics`: run here on
+        SQLite; on PostgreSQL by `relayx worker`, so they stay at 0 in a backend there)."""
+        return generate_latest(self.registry) + generate_latest(job_metrics.REGISTRY)
 
 
 def route_of(scope: Scope) -> str:

@@ -121,6 +121,8 @@ class Settings(BaseSettings):
     # /metrics (Prometheus text) on both services: open when unset (scrape it on the private network;
     # keep it off the public proxy); set, a scraper must send `Authorization: Bearer <token>`.
     metrics_token: str | None = Field(default=None, alias="METRICS_TOKEN")
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535, alias="WORKER_METRICS_PORT")
+    """`relayx worker` serves its job and webhook-delivery counts on this port (no port: not served)."""
 
     # --- durability: the gateway's spool ----------------------------------------------------------
     spool_dir: Path | None = Field(default=None, alias="SPOOL_DIR")

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from shared.call_status import TERMINAL
 from shared.errors import ConfigurationError
+from shared.jobs import metrics as job_metrics
 from shared.storage.base import Storage, utcnow
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class SQLQueue:
     async def defer(self, task: str, args: dict[str, Any], *, key: str | None = None, delay_s: float = 0.0) -> None:
         run_at = utcnow() + timedelta(seconds=delay_s) if delay_s else None
         await self.storage.enqueue_job(task, args, dedupe_key=key, run_at=run_at)
+        job_metrics.QUEUED.labels(task).inc()
         if self.wake is not None:
             self.wake.set()
 
@@ -115,6 +117,8 @@ class ProcrastinateQueue:
             await self.app.configure_task(name=task, **options).defer_async(**args)
         except procrastinate.exceptions.AlreadyEnqueued:
             log.debug("job %s %s is already queued", task, key)
+            return
+        job_metrics.QUEUED.labels(task).inc()
 
     async def _ever_queued(self, key: str) -> bool:
         row = await self.app.connector.execute_query_one_async(

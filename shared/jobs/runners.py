@@ -168,6 +168,13 @@ async def run_worker(settings: Settings, *, llm_factory: Callable[[], Structured
     dsn = storage.dsn
     if dsn is None:
         raise ConfigurationError("relayx worker needs PostgreSQL; on SQLite the backend runs the jobs itself")
+    if settings.worker_metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        from shared.jobs.metrics import REGISTRY
+
+        start_http_server(settings.worker_metrics_port, registry=REGISTRY)  # a daemon thread
+        log.info("worker metrics on :%d/metrics", settings.worker_metrics_port)
     await storage.open()
     try:
         await storage.migrate()

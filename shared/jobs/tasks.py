@@ -15,6 +15,7 @@ from typing import Any
 
 from shared import analysis, webhooks
 from shared.errors import ConfigurationError, NotFound
+from shared.jobs import metrics as job_metrics
 from shared.jobs.enqueue import TASK_ANALYZE, TASK_CALL_ENDED, TASK_CALL_STARTED, TASK_DELIVER, Queue
 from shared.llm.base import StructuredLLM
 from shared.settings import Settings
@@ -121,6 +122,7 @@ async def deliver_webhook(ctx: JobContext, event_id: str) -> None:
         event_id, attempt, status_code=result.status_code, error=result.error, duration_ms=result.duration_ms,
         outcome=result.outcome,
     )
+    job_metrics.WEBHOOK_ATTEMPTS.labels(event.type, result.outcome).inc()
     log.info("webhook %s %s attempt %d: %s", event.type, event_id, attempt, result.error or result.status_code)
     if result.outcome == "pending":
         await ctx.queue.defer(TASK_DELIVER, {"event_id": event_id}, key=f"deliver:{event_id}:{attempt + 1}",
@@ -141,4 +143,9 @@ async def run_task(ctx: JobContext, task: str, args: dict[str, Any]) -> None:
         fn = TASKS[task]
     except KeyError:
         raise ConfigurationError(f"unknown job task {task!r}") from None
-    await fn(ctx, **args)
+    try:
+        await fn(ctx, **args)
+    except BaseException:
+        job_metrics.RUN.labels(task, "failed").inc()
+        raise
+    job_metrics.RUN.labels(task, "succeeded").inc()

@@ -124,3 +124,28 @@ async def test_a_call_without_caller_speech_is_no_conversation_without_a_model(
     assert response.json()["outcome"] == "no_conversation" and seen == []
     listed = (await c.get("/calls", params={"outcome": "no_conversation", "sentiment": "neutral"})).json()
     assert [x["id"] for x in listed["data"]] == [call.id]
+
+
+async def test_an_answering_machines_call_is_voicemail_and_the_jobs_are_counted_on_metrics(
+    client: tuple[httpx.AsyncClient, list[dict]],
+) -> None:
+    c, seen = client
+    agent = (await c.post("/agents", json=AGENT)).json()
+    storage = c._transport.app.state.storage  # type: ignore[attr-defined]
+    call = await storage.create_call(agent_id=agent["id"], to_number="+14155550100", from_number=None, metadata={})
+    await storage.add_transcript(call.id, "caller", "Hi, you've reached Sam. Leave a message after the tone.",
+                                 metrics={"screening": True})
+    await storage.add_transcript(call.id, "agent", "Hi Sam, please call us back.", metrics={"voicemail": True})
+    await storage.update_call(call.id, {"answered_by": "machine_end_beep"})
+    await storage.apply_call_status(call.id, "completed", duration=12)
+    assert (await c.post(f"/calls/{call.id}/analysis")).status_code == 202
+    deadline = time.monotonic() + 30
+    while (response := await c.get(f"/calls/{call.id}/analysis")).status_code == 404:
+        assert time.monotonic() < deadline, "no analysis row appeared"
+        await asyncio.sleep(0.05)  # polling the API with a deadline
+    analysis = response.json()
+    assert analysis["outcome"] == "voicemail" and "left its message" in analysis["summary"]
+    assert seen == [], "decided without the model: it would read the machine's greeting as a conversation"
+    metrics = (await c.get("/metrics")).text
+    assert 'relayx_jobs_queued_total{task="relayx.analyze"}' in metrics
+    assert 'relayx_jobs_run_total{result="succeeded",task="relayx.analyze"}' in metrics
