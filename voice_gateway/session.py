@@ -492,11 +492,13 @@ class CallSession:
             self._tool_row(call, ok=True, result="the agent hangs up")
             self._ending = True
             reply.after, reply.after_even_if_cut = self._hang_up, True
+            reply.hold_start(False)  # it plays whatever is said now (see `_on_turn_event`)
             yield tool.line
         elif isinstance(tool, TransferTool):
             self._tool_row(call, ok=True, result=f"transfer to {tool.to}")
             self._ending = True
             reply.after, reply.after_even_if_cut = (lambda: self._transfer(tool)), True
+            reply.hold_start(False)  # it plays whatever is said now (see `_on_turn_event`)
             yield tool.line
         elif isinstance(tool, DtmfTool):
             digits = str(call.arguments["digits"])
@@ -608,6 +610,7 @@ class CallSession:
             self.reprompts = 0
         if self._ending and self._current is not None and self._current.after_even_if_cut \
                 and self._current.confirmed:
+            self._current.hold_start(False)  # a hold from voice heard just before must not keep it back
             return  # the call is ending whatever is said: the closing line plays out
         current = self._current
         if isinstance(event, VoiceOnset):

@@ -8,12 +8,15 @@ little by CPU. The pairs were chosen over repeated syntheses (complete 0.97-0.99
 
 from __future__ import annotations
 
+import asyncio
+import statistics
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from backend.telephony.caller_voice import synthesize_caller
 from shared import audio
 from shared.errors import ConfigurationError
 from shared.turn import SmartTurn, log_mel
@@ -47,6 +50,14 @@ def _heard(text: str) -> np.ndarray:
     return gateway_hears(
         silence * (audio.PHONE_RATE * 3 // 10) + caller_ulaw(text) + silence * (audio.PHONE_RATE * 15 // 100)
     )
+
+
+def _take(text: str) -> np.ndarray:
+    """A fresh synthesis of `text` (not the cached one), heard as `_heard` hears it."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ulaw = pool.submit(asyncio.run, synthesize_caller(text)).result()
+    silence = bytes([audio.MULAW_SILENCE])
+    return gateway_hears(silence * (audio.PHONE_RATE * 3 // 10) + ulaw + silence * (audio.PHONE_RATE * 15 // 100))
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +136,10 @@ def test_loudness_does_not_change_the_features() -> None:
 def test_a_finished_phone_sentence_scores_far_above_a_fragment(
     model: SmartTurn, complete: str, fragment: str
 ) -> None:
-    done, not_done = model.probability(_heard(complete)), model.probability(_heard(fragment))
+    # Piper draws its noise afresh on every synthesis, and one take in many of a fragment scores as
+    # high as 0.53 (measured in CI): the median of three takes each is what is compared.
+    done = statistics.median(model.probability(_take(complete)) for _ in range(3))
+    not_done = statistics.median(model.probability(_take(fragment)) for _ in range(3))
     assert 0.0 <= not_done < done <= 1.0
     assert done - not_done >= 0.5, (done, not_done)
 
