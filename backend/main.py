@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend import errors
-from backend.api import agents, analysis, calls, health, phone, phone_numbers, twilio_webhooks
+from backend.api import agents, analysis, calls, console, health, phone, phone_numbers, twilio_webhooks
 from backend.capacity import Admission, GatewayProbe
 from backend.deps import require_api_key
 from backend.metrics import BackendMetrics, MetricsMiddleware
@@ -83,4 +83,5 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
     app.include_router(phone_numbers.router, dependencies=protected, responses=errors.API_KEY_ROUTES)
     app.include_router(twilio_webhooks.router)
     app.include_router(phone.router)
+    app.include_router(console.router)
     return app

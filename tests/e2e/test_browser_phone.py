@@ -1,35 +1,27 @@
 """The browser phone (/phone) in a real headless Chromium.
 
 Chromium's fake microphone plays the simulator's callee voice (Piper) from a WAV; the test clicks
-the page's own buttons through the Chrome DevTools protocol (a WebSocket, spoken with the `websockets`
-package: no driver, no new dependency) and asserts on what the gateway stored: the caller's question
-(its words within a word error bound, since STT decodes differently on different CPUs), the agent's
-answer, the greeting played out (its marks echoed), and the call completed when the page hung up.
+the page's own buttons through the Chrome DevTools protocol (tests/support/chromium.py) and asserts on
+what the gateway stored: the caller's question (its words within a word error bound, since STT decodes
+differently on different CPUs), the agent's answer, the greeting played out (its marks echoed), and the
+call completed when the page hung up.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
-import subprocess
-import time
 import wave
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import soxr
-from websockets.sync.client import ClientConnection, connect
 
 from backend.main import create_app as create_backend
 from shared.audio import pcm16_to_ulaw, ulaw_to_float32, ulaw_to_pcm16
 from tests.conftest import make_settings
+from tests.support.chromium import headless_chromium, wait_for
 from tests.support.servers import free_port, serve
 from tests.support.speech import caller_ulaw
 from tests.support.wer import wer
@@ -40,20 +32,6 @@ pytestmark = pytest.mark.e2e
 AUTH = {"Authorization": "Bearer test-key"}
 QUESTION = "What are your opening hours on Monday?"
 WAV_RATE = 48000
-T = TypeVar("T")
-
-
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.fixture
-def chromium() -> str:
-    """Debian's chromium (scripts/setup.sh installs it); the only reason these tests skip."""
-    path = _chromium()
-    if path is None:
-        pytest.skip("chromium is not installed (scripts/setup.sh installs it: apt-get install chromium)")
-    return path
 
 
 def _caller_wav(path: Path) -> Path:
@@ -70,127 +48,6 @@ def _caller_wav(path: Path) -> Path:
         writer.setframerate(WAV_RATE)
         writer.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
     return path
-
-
-def _wait_for(probe: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.25) -> T:
-    """Poll `probe` until it returns something truthy, or fail saying what never happened."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(interval_s)  # polling with a deadline
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-
-
-class DevTools:
-    """Just enough of the Chrome DevTools protocol: run JavaScript in the page, keep its console."""
-
-    def __init__(self, url: str) -> None:
-        self._ws: ClientConnection = connect(url, max_size=2**24)
-        self._next_id = 0
-        self.console: list[str] = []
-        self._command("Runtime.enable")
-
-    def evaluate(self, expression: str, *, user_gesture: bool = False) -> Any:
-        """The value of `expression` (awaited if a promise); a page exception fails the test."""
-        result = self._command(
-            "Runtime.evaluate",
-            expression=expression,
-            returnByValue=True,
-            awaitPromise=True,
-            userGesture=user_gesture,
-        )
-        if "exceptionDetails" in result:
-            raise AssertionError(f"page exception in {expression!r}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def close(self) -> None:
-        self._ws.close()
-
-    def _command(self, method: str, **params: Any) -> dict[str, Any]:
-        self._next_id += 1
-        self._ws.send(json.dumps({"id": self._next_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self._ws.recv(timeout=30))
-            if message.get("id") == self._next_id:
-                if "error" in message:
-                    raise AssertionError(f"DevTools {method}: {message['error']}")
-                return message["result"]  # type: ignore[no-any-return]
-            if message.get("method") == "Runtime.consoleAPICalled":
-                args = message["params"]["args"]
-                self.console.append(" ".join(str(a.get("value", a.get("description", ""))) for a in args))
-            elif message.get("method") == "Runtime.exceptionThrown":
-                self.console.append(str(message["params"]["exceptionDetails"].get("exception", {})))
-
-
-@contextmanager
-def headless_chromium(chromium: str, url: str, profile: Path, wav: Path | None = None) -> Iterator[DevTools]:
-    """Chromium on `url` with `wav` as its microphone; yields a DevTools session on that page."""
-    args = [
-        chromium,
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        "--autoplay-policy=no-user-gesture-required",
-        "--remote-debugging-port=0",
-    ]
-    if wav is not None:
-        args.append(f"--use-file-for-fake-audio-capture={wav}%noloop")  # played once, then silence
-    args.append(url)
-    log = (profile.parent / "chromium.log").open("wb")
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    devtools: DevTools | None = None
-    try:
-        # With port 0, Chromium picks a free port and writes it to the profile's DevToolsActivePort.
-        active = profile / "DevToolsActivePort"
-        _wait_for(
-            lambda: active.exists() and active.read_text().count("\n") >= 1 or process.poll() is not None,
-            30,
-            "Chromium's DevTools port",
-        )
-        assert process.poll() is None, (profile.parent / "chromium.log").read_text()[-3000:]
-        port = int(active.read_text().split()[0])
-
-        def page() -> str | None:
-            targets = httpx.get(f"http://127.0.0.1:{port}/json/list").json()
-            return next(
-                (
-                    t["webSocketDebuggerUrl"]
-                    for t in targets
-                    if t["type"] == "page" and t["url"].startswith(url.split("#")[0])
-                ),
-                None,
-            )
-
-        devtools = DevTools(_wait_for(page, 30, "the phone page's DevTools target"))
-        path = httpx.URL(url).path
-        _wait_for(
-            lambda: devtools.evaluate(
-                f"location.pathname === {path!r} && document.readyState === 'complete'"
-            ),
-            30,
-            f"{url} to load",
-        )
-        yield devtools
-    finally:
-        if devtools is not None:
-            devtools.close()
-        # Chromium's own process group (start_new_session), so its renderer and utility processes go too.
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        log.close()
 
 
 @pytest.mark.models
@@ -219,7 +76,7 @@ def test_browser_phone_talks_to_agent_in_headless_chromium(chromium: str, tmp_pa
         page_url = f"{backend}/phone#key=test-key&agent={agent['id']}"
         with headless_chromium(chromium, page_url, tmp_path / "profile", wav) as page:
             try:
-                _wait_for(
+                wait_for(
                     lambda: page.evaluate("document.getElementById('call')?.disabled === false"),
                     30,
                     "the page to list the agents",
@@ -228,7 +85,7 @@ def test_browser_phone_talks_to_agent_in_headless_chromium(chromium: str, tmp_pa
                 assert page.evaluate("location.hash") == "", "the key must leave the address bar"
                 page.evaluate("document.getElementById('call').click()", user_gesture=True)
                 call_id = None
-                call_id = _wait_for(
+                call_id = wait_for(
                     lambda: page.evaluate("document.body.dataset.callId || null"), 30, "POST /phone/calls"
                 )
 
@@ -240,14 +97,14 @@ def test_browser_phone_talks_to_agent_in_headless_chromium(chromium: str, tmp_pa
                     )
                     return lines if replied else None
 
-                transcript = _wait_for(answered, 180, "the caller's question and the agent's answer", 0.5)
-                shown = _wait_for(
+                transcript = wait_for(answered, 180, "the caller's question and the agent's answer", 0.5)
+                shown = wait_for(
                     lambda: page.evaluate("document.querySelectorAll('#transcript li').length"),
                     10,
                     "the page's transcript pane",
                 )
                 page.evaluate("document.getElementById('hangup').click()", user_gesture=True)
-                final = _wait_for(
+                final = wait_for(
                     lambda: (c := client.get(f"/calls/{call_id}").json())["status"] == "completed" and c,
                     30,
                     "the call to be completed",
@@ -330,13 +187,13 @@ def test_unreachable_gateway_is_shown_and_the_call_canceled(chromium: str, tmp_p
         client = httpx.Client(base_url=backend, headers=AUTH, timeout=30)
         agent = client.post("/agents", json={"name": "Ava", "prompt": "Answer calls."}).json()
         with headless_chromium(chromium, f"{backend}/phone#key=test-key", tmp_path / "profile") as page:
-            _wait_for(
+            wait_for(
                 lambda: page.evaluate("document.getElementById('call')?.disabled === false"),
                 30,
                 "the agent list",
             )
             page.evaluate("document.getElementById('call').click()", user_gesture=True)
-            status = _wait_for(
+            status = wait_for(
                 lambda: page.evaluate(
                     "document.getElementById('status').dataset.state === 'error'"
                     " && document.getElementById('status').textContent"
@@ -345,7 +202,7 @@ def test_unreachable_gateway_is_shown_and_the_call_canceled(chromium: str, tmp_p
                 "the page to report the failure",
             )
             call_id = page.evaluate("document.body.dataset.callId")
-            final = _wait_for(
+            final = wait_for(
                 lambda: (c := client.get(f"/calls/{call_id}").json())["status"] == "canceled" and c,
                 10,
                 "the call row to be canceled",
