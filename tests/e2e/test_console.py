@@ -3,7 +3,9 @@
 A simulated call on the real models (the virtual phone through the real gateway) ends with its
 transcript, a two-channel recording, an analysis and webhook deliveries; the console's call page must
 show every line, one latency bar per measured reply with the stored stage timings, and an <audio>
-element whose recording (fetched with the API key into a Blob URL) loads and plays.
+element whose recording (fetched with the API key into a Blob URL) loads and plays. A campaign run at
+the same time on the simulated line is followed by its page to the end, its counts the API's. Without
+the models: the campaign page's verbs, and the agent form.
 
 Set RELAYX_SCREENSHOTS=docs to refresh the README's screenshots (docs/console-*.png).
 """
@@ -58,6 +60,13 @@ _PLAY = """(async () => {
 })()"""
 
 
+_COUNTS = (
+    "Object.fromEntries([...document.querySelectorAll('#progress .count')]"
+    ".map(e => [e.dataset.key, Number(e.textContent)]))"
+)
+_ROWS = "[...document.querySelectorAll('#calls tbody tr')].map(r => r.dataset.callId)"
+
+
 def _open(page: DevTools, route: str, what: str) -> None:
     """Go to `route` in the console and wait until its view has rendered."""
     page.evaluate(f"location.hash = {route!r}")
@@ -81,9 +90,8 @@ def _wav_seconds(content: bytes) -> float:
         return reader.getnframes() / reader.getframerate()
 
 
-def _completed_call(client: httpx.Client, hook_base: str) -> dict[str, Any]:
-    """A simulated call that has ended, been analysed and had its webhooks delivered."""
-    agent = client.post(
+def _agent(client: httpx.Client, hook_base: str) -> dict[str, Any]:
+    response = client.post(
         "/agents",
         json={
             "name": "Ava",
@@ -97,35 +105,56 @@ def _completed_call(client: httpx.Client, hook_base: str) -> dict[str, Any]:
                 "analysis": {"outcomes": ["rescheduled", "not_interested", "call_back"]},
             },
         },
-    ).json()
-    response = client.post(
-        "/calls/outbound",
-        json={"agent_id": agent["id"], "to_number": "+14155550100", "metadata": {"simulate": SCRIPT}},
     )
     assert response.status_code == 201, response.text
-    call_id = response.json()["id"]
+    return dict(response.json())
 
-    def analysed() -> bool:
-        call = client.get(f"/calls/{call_id}").json()
-        if call["status"] in ("failed", "canceled"):
-            raise AssertionError(f"the call ended {call['status']}: {call}")
-        analysis = client.get(f"/calls/{call_id}/analysis")
-        events = client.get(f"/calls/{call_id}/webhooks").json()
-        return (
-            analysis.status_code == 200
-            and analysis.json()["status"] == "completed"
-            and len(events) == 3
-            and all(e["status"] == "delivered" for e in events)
-        )
 
-    wait_for(analysed, 240, "the call to end, be analysed and have its webhooks delivered", 0.5)
-    return dict(client.get(f"/calls/{call_id}").json())
+def _campaign(client: httpx.Client, agent: dict[str, Any]) -> dict[str, Any]:
+    """A running campaign whose four contacts end four ways on the simulated line: one talks, one is
+    busy, one does not answer (one attempt each), and one is on the do-not-call list."""
+    listed = client.post(
+        "/do-not-call", json={"numbers": ["+14155550104"], "reason": "asked not to be called"}
+    )
+    assert listed.status_code == 200, listed.text
+    response = client.post(
+        "/campaigns",
+        json={
+            "name": "Cleaning reminders",
+            "agent_id": agent["id"],
+            "max_concurrency": 2,
+            "retry": {"max_attempts": 1},
+            "timezone": "America/Los_Angeles",
+            "start": True,
+            "contacts": [
+                {"phone_number": "+14155550101", "variables": {"simulate": "Thursday works, thank you."}},
+                {"phone_number": "+14155550102", "variables": {"simulate": "busy"}},
+                {"phone_number": "+14155550103", "variables": {"simulate": "no-answer"}},
+                {"phone_number": "+14155550104"},
+            ],
+        },
+    )
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def _analysed(client: httpx.Client, call_id: str) -> bool:
+    """The call has ended, been analysed and had its three webhooks delivered."""
+    call = client.get(f"/calls/{call_id}").json()
+    if call["status"] in ("failed", "canceled"):
+        raise AssertionError(f"the call ended {call['status']}: {call}")
+    analysis = client.get(f"/calls/{call_id}/analysis")
+    events = client.get(f"/calls/{call_id}/webhooks").json()
+    return (
+        analysis.status_code == 200
+        and analysis.json()["status"] == "completed"
+        and len(events) == 3
+        and all(e["status"] == "delivered" for e in events)
+    )
 
 
 @pytest.mark.models
-def test_call_page_shows_transcript_latency_bars_and_plays_the_recording(
-    chromium: str, tmp_path: Path
-) -> None:
+def test_console_shows_a_completed_call_and_a_campaigns_live_counts(chromium: str, tmp_path: Path) -> None:
     backend_port, gateway_port = free_port(), free_port()
     settings = make_settings(
         tmp_path,
@@ -135,6 +164,7 @@ def test_call_page_shows_transcript_latency_bars_and_plays_the_recording(
         WEBHOOK_SECRET="whsec_console",
         WEBHOOK_ALLOW_PRIVATE="true",
         JOBS_POLL_S="0.2",
+        CAMPAIGN_TICK_S="1",
     )
     receiver = WebhookReceiver()
     with (
@@ -143,24 +173,52 @@ def test_call_page_shows_transcript_latency_bars_and_plays_the_recording(
         serve(create_gateway(settings), gateway_port, timeout_s=300),
     ):
         client = httpx.Client(base_url=backend, headers=AUTH, timeout=30)
-        call = _completed_call(client, hook_base)
-        lines = client.get(f"/calls/{call['id']}/transcripts").json()
-        analysis = client.get(f"/calls/{call['id']}/analysis").json()
-        recording_s = _wav_seconds(client.get(f"/calls/{call['id']}/recording").content)
+        agent = _agent(client, hook_base)
+        placed = client.post(
+            "/calls/outbound",
+            json={"agent_id": agent["id"], "to_number": "+14155550100", "metadata": {"simulate": SCRIPT}},
+        )
+        assert placed.status_code == 201, placed.text
+        call_id = placed.json()["id"]
+        campaign = _campaign(client, agent)
+        wait_for(lambda: _analysed(client, call_id), 240, "the call to end and be analysed", 0.5)
+        lines = client.get(f"/calls/{call_id}/transcripts").json()
+        analysis = client.get(f"/calls/{call_id}/analysis").json()
+        recording_s = _wav_seconds(client.get(f"/calls/{call_id}/recording").content)
         with headless_chromium(chromium, f"{backend}/console", tmp_path / "profile") as page:
             try:
                 page.evaluate("localStorage.setItem('relayx.apiKey', 'test-key')")
-                _open(page, f"#/calls/{call['id']}", "the call page")
+                _open(page, f"#/calls/{call_id}", "the call page")
                 shown = page.evaluate(_CALL_PAGE)
                 played = page.evaluate(_PLAY)
                 _screenshot(page, tmp_path, "console-call.png")
-                _open(page, "#/calls?status=completed", "the calls list")
-                listed = page.evaluate(
-                    "[...document.querySelectorAll('#calls tbody tr')].map(r => r.dataset.callId)"
+                # The campaign page follows the campaign by itself until it completes.
+                _open(page, f"#/campaigns/{campaign['id']}", "the campaign page")
+                wait_for(
+                    lambda: page.evaluate(
+                        "document.getElementById('campaign').dataset.status === 'completed'"
+                    ),
+                    120,
+                    "the campaign page to show the campaign completed",
+                    0.5,
                 )
+                progress = client.get(f"/campaigns/{campaign['id']}").json()["progress"]
+                counts = page.evaluate(_COUNTS)
+                contacts = page.evaluate(
+                    "[...document.querySelectorAll('#contacts tbody tr')].map(r => r.children[2].textContent)"
+                )
+                _screenshot(page, tmp_path, "console-campaign.png")
+                _open(page, "#/calls", "the calls list")
+                listed = page.evaluate(_ROWS)
                 _screenshot(page, tmp_path, "console-calls.png")
+                _open(page, f"#/calls?campaign_id={campaign['id']}", "the campaign's calls")
+                by_campaign = page.evaluate(_ROWS)
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\npage console: {page.console[-20:]}") from None
+        every_call = [c["id"] for c in client.get("/calls").json()["data"]]
+        campaign_calls = [
+            c["id"] for c in client.get("/calls", params={"campaign_id": campaign["id"]}).json()["data"]
+        ]
 
     # Every stored line, in order, with its speaker.
     assert [(line["speaker"], line["text"]) for line in lines] == [
@@ -187,151 +245,82 @@ def test_call_page_shows_transcript_latency_bars_and_plays_the_recording(
     assert played["played"] > 0.1, played
     assert analysis["summary"] in shown["analysis"] and analysis["outcome"] in shown["analysis"]
     assert shown["webhooks"] == 3
-    assert listed == [call["id"]]
+    # The campaign's counts are the API's, and each contact ended its own way.
+    assert counts == progress, (counts, progress)
+    assert progress["total"] == 4 and progress["completed"] == 1 and progress["skipped"] == 1, progress
+    assert sorted(contacts) == sorted(["completed", "failed", "failed", "skipped"]), contacts
+    assert listed == every_call and call_id in listed
+    assert by_campaign == campaign_calls and call_id not in by_campaign and len(by_campaign) >= 1
 
 
-# --- the campaign page, against a stand-in for the campaigns API --------------------------------------
-
-
-_MOVES = {"start": ("draft", "running"), "pause": ("running", "paused"), "resume": ("paused", "running")}
-
-
-class _Campaigns:
-    """The campaigns API's contract (GET /campaigns[/{id}[/contacts]], POST /campaigns/{id}/<verb>) over
-    one campaign held in memory, so the test can move its progress while the page watches."""
-
-    def __init__(self, agent: dict[str, Any], contacts: int) -> None:
-        self.agent = agent
-        self.contacts = [
-            {
-                "id": f"c{row:04d}",
-                "phone_number": f"+1415555{row:04d}",
-                "timezone": "America/Los_Angeles",
-                "variables": {"first_name": f"Patient {row}"},
-                "status": "pending",
-                "attempts": 0,
-                "last_outcome": None,
-                "last_call_id": None,
-                "next_attempt_at": None,
-                "row_number": row,
-            }
-            for row in range(1, contacts + 1)
-        ]
-        self.campaign: dict[str, Any] = {
-            "id": "0b7e9a52-4c1d-4b7e-9a52-4c1d4b7e9a52",
-            "name": "Cleaning reminders",
-            "agent_id": agent["id"],
-            "from_number": "+14155550199",
-            "status": "running",
-            "max_concurrency": 2,
-            "calls_per_second": 1.0,
-            "window": {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "17:00"},
-            "timezone": "America/Los_Angeles",
-            "retry": {"max_attempts": 2, "delay_s": 3600, "on": ["no-answer", "busy"]},
-            "created_at": "2026-12-01T09:00:00Z",
-            "updated_at": "2026-12-01T09:00:00Z",
-            "started_at": "2026-12-01T09:00:05Z",
-            "completed_at": None,
-        }
-
-    def settle(self, statuses: list[str]) -> None:
-        """The next contacts end with `statuses`, as the dispatcher would record them."""
-        pending = [c for c in self.contacts if c["status"] in ("pending", "calling")]
-        for contact, status in zip(pending, statuses, strict=False):
-            contact.update(status=status, attempts=contact["attempts"] + 1, last_outcome=None)
-            if status == "completed":
-                contact["last_outcome"] = "rescheduled"
-
-    def out(self) -> dict[str, Any]:
-        progress = {key: 0 for key in ("pending", "calling", "completed", "failed", "skipped", "cancelled")}
-        for contact in self.contacts:
-            progress[contact["status"]] += 1
-        progress["total"] = len(self.contacts)
-        progress["calls_placed"] = sum(c["attempts"] for c in self.contacts)
-        return {**self.campaign, "progress": progress}
-
-    def app(self) -> Any:
-        from fastapi import FastAPI, HTTPException
-
-        from backend.api import console
-
-        app = FastAPI()
-        app.include_router(console.router)
-        app.get("/agents")(lambda: [self.agent])
-        app.get("/agents/{agent_id}")(lambda agent_id: self.agent)
-        app.get("/campaigns")(lambda: [self.out()])
-        app.get("/campaigns/{campaign_id}")(lambda campaign_id: self.out())
-
-        @app.get("/campaigns/{campaign_id}/contacts")
-        def contacts(campaign_id: str, status: str | None = None, limit: int = 50, offset: int = 0) -> Any:
-            rows = [c for c in self.contacts if status is None or c["status"] == status]
-            return {
-                "data": rows[offset : offset + limit],
-                "limit": limit,
-                "offset": offset,
-                "has_more": len(rows) > offset + limit,
-            }
-
-        @app.post("/campaigns/{campaign_id}/{verb}")
-        def move(campaign_id: str, verb: str) -> Any:
-            before, after = _MOVES.get(verb, (None, "cancelled"))
-            if before is not None and self.campaign["status"] != before:
-                raise HTTPException(409, f"cannot {verb} a {self.campaign['status']} campaign")
-            self.campaign["status"] = after
-            return self.out()
-
-        return app
-
-
-_COUNTS = "Object.fromEntries([...document.querySelectorAll('#progress .count')].map(e => [e.dataset.key, Number(e.textContent)]))"
-
-
-def test_campaign_page_shows_the_apis_counts_live_and_pauses(chromium: str, tmp_path: Path) -> None:
-    agent = {
-        "id": "5d7c1a3e-0f6b-4a8e-9c2d-1e3f5a7b9c0d",
-        "name": "Ava",
-        "greeting": None,
-        "voice": None,
-        "language": "en",
-        "prompt": "Remind patients.",
-        "llm": {"model": None, "temperature": 0.6},
-        "settings": {},
-        "created_at": "2026-12-01T08:00:00Z",
-        "updated_at": "2026-12-01T08:00:00Z",
-    }
-    campaigns = _Campaigns(agent, contacts=12)
-    campaigns.settle(["completed", "completed", "failed", "skipped", "calling", "calling"])
-    campaign_id = campaigns.campaign["id"]
-    with (
-        serve(campaigns.app()) as base,
-        headless_chromium(chromium, f"{base}/console", tmp_path / "profile") as page,
-    ):
-        page.evaluate("localStorage.setItem('relayx.apiKey', 'test-key')")
-        _open(page, f"#/campaigns/{campaign_id}", "the campaign page")
-        api = httpx.get(f"{base}/campaigns/{campaign_id}").json()["progress"]
-        shown = page.evaluate(_COUNTS)
-        contact_rows = page.evaluate("document.querySelectorAll('#contacts tbody tr').length")
-        _screenshot(page, tmp_path, "console-campaign.png")
-        # Live: the dispatcher settles two more contacts; the page follows without a reload.
-        campaigns.settle(["completed", "completed"])
-        moved = httpx.get(f"{base}/campaigns/{campaign_id}").json()["progress"]
-        followed = wait_for(lambda: page.evaluate(_COUNTS) == moved, 10, "the page to show the new counts")
-        page.evaluate("document.getElementById('campaign-pause').click()", user_gesture=True)
-        paused = wait_for(
-            lambda: page.evaluate(
-                "document.getElementById('campaign').dataset.status === 'paused'"
-                " && !document.getElementById('campaign-resume').disabled"
-                " && document.getElementById('campaign-pause').disabled"
-            ),
-            10,
-            "the page to show the campaign paused",
+def test_campaign_page_moves_the_campaign_and_follows_it_live(chromium: str, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    # No job runner, so nothing is dialed: the counts move only by the verbs, from the page or the API.
+    with serve(create_backend(settings, run_jobs=False)) as backend:
+        client = httpx.Client(base_url=backend, headers=AUTH, timeout=30)
+        agent = client.post("/agents", json={"name": "Ava", "prompt": "Remind patients."}).json()
+        numbers = [f"+1415555020{i}" for i in range(3)]
+        made = client.post(
+            "/campaigns",
+            json={
+                "name": "Reminders",
+                "agent_id": agent["id"],
+                "contacts": [{"phone_number": n} for n in numbers],
+            },
         )
-        _open(page, "#/campaigns", "the campaigns list")
-        listed = page.evaluate(
-            "[...document.querySelectorAll('#campaigns tbody tr')].map(r => r.dataset.campaignId)"
-        )
-    assert shown == api and api["completed"] == 2 and api["total"] == 12, (shown, api)
-    assert contact_rows == 12
-    assert followed and moved["completed"] == 4
-    assert paused and campaigns.campaign["status"] == "paused"
-    assert listed == [campaign_id]
+        assert made.status_code == 201, made.text
+        path = f"/campaigns/{made.json()['id']}"
+        status = "document.getElementById('campaign').dataset.status"
+        with headless_chromium(chromium, f"{backend}/console", tmp_path / "profile") as page:
+            page.evaluate("localStorage.setItem('relayx.apiKey', 'test-key')")
+            _open(page, f"#{path}", "the campaign page")
+            draft = (page.evaluate(_COUNTS), client.get(path).json()["progress"])
+            page.evaluate("document.getElementById('campaign-start').click()", user_gesture=True)
+            wait_for(lambda: page.evaluate(f"{status} === 'running'"), 10, "the page to start the campaign")
+            started = client.get(path).json()["status"]
+            client.post(f"{path}/pause").raise_for_status()  # elsewhere: the page must notice by itself
+            wait_for(lambda: page.evaluate(f"{status} === 'paused'"), 10, "the page to follow the pause")
+            page.evaluate("document.getElementById('campaign-resume').click()", user_gesture=True)
+            wait_for(lambda: page.evaluate(f"{status} === 'running'"), 10, "the page to resume the campaign")
+            client.post(f"{path}/cancel").raise_for_status()
+            wait_for(lambda: page.evaluate(f"{status} === 'cancelled'"), 10, "the page to follow the cancel")
+            cancelled = (page.evaluate(_COUNTS), client.get(path).json()["progress"])
+            buttons = page.evaluate("[...document.querySelectorAll('.verbs button')].map(b => b.disabled)")
+            contacts = page.evaluate("[...document.querySelectorAll('#contacts tbody tr')].length")
+    assert draft[0] == draft[1] and draft[1]["total"] == draft[1]["pending"] == 3, draft
+    assert started == "running"
+    assert cancelled[0] == cancelled[1] and cancelled[1]["cancelled"] == 3, cancelled
+    assert buttons == [True, True, True, True]  # nothing moves a cancelled campaign
+    assert contacts == 3
+
+
+def test_agent_form_edits_greeting_and_voice_and_keeps_the_rest(chromium: str, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    with serve(create_backend(settings, run_jobs=False)) as backend:
+        client = httpx.Client(base_url=backend, headers=AUTH, timeout=30)
+        agent = client.post(
+            "/agents", json={"name": "Ava", "prompt": "Answer calls.", "voice": "p225"}
+        ).json()
+        with headless_chromium(chromium, f"{backend}/console", tmp_path / "profile") as page:
+            page.evaluate("localStorage.setItem('relayx.apiKey', 'test-key')")
+            _open(page, "#/agents", "the agents list")
+            listed = page.evaluate(
+                "[...document.querySelectorAll('#agents tbody tr')].map(r => r.dataset.agentId)"
+            )
+            _open(page, f"#/agents/{agent['id']}", "the agent's form")
+            page.evaluate(
+                "const form = document.getElementById('agent-form');"
+                "form.greeting.value = 'Hi, this is Ava.'; form.voice.value = '';"
+                "form.requestSubmit()"
+            )
+            wait_for(
+                lambda: page.evaluate(
+                    "document.querySelector('#agent-form .saved').textContent.startsWith('Saved')"
+                ),
+                10,
+                "the form to be saved",
+            )
+        saved = client.get(f"/agents/{agent['id']}").json()
+    assert listed == [agent["id"]]
+    assert saved["greeting"] == "Hi, this is Ava." and saved["voice"] is None
+    assert saved["name"] == "Ava" and saved["prompt"] == "Answer calls."

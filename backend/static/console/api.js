@@ -35,12 +35,13 @@ export async function api(method, path, body) {
 
 export const get = (path) => api("GET", path);
 
-/** The JSON of `path`, or `fallback` when it is a 404 (an analysis not made yet, no campaigns API). */
+/** The JSON of `path`, or `fallback` when it is not there: a 404 (an analysis not made yet), or a 501
+ * (campaigns on a database that has none: Supabase's REST API). */
 export async function getOr(path, fallback) {
   try {
     return await get(path);
   } catch (error) {
-    if (error instanceof ApiError && error.status === 404) return fallback;
+    if (error instanceof ApiError && (error.status === 404 || error.status === 501)) return fallback;
     throw error;
   }
 }

@@ -22,7 +22,7 @@ const done = (progress) => progress.completed + progress.failed + progress.skipp
 
 export async function campaignsPage() {
   const campaigns = await getOr("/campaigns", null);
-  if (campaigns === null) return h("div", {}, h("h1", {}, "Campaigns"), h("p", { class: "empty" }, "This backend has no campaigns API."));
+  if (campaigns === null) return h("div", {}, h("h1", {}, "Campaigns"), h("p", { class: "empty" }, "Campaigns need SQLite or PostgreSQL (DATABASE_URL)."));
   const agents = new Map((await get("/agents?limit=500")).map((agent) => [agent.id, agent.name]));
   return h(
     "div",
@@ -32,7 +32,7 @@ export async function campaignsPage() {
       [
         ["Name", (c) => link(`#/campaigns/${c.id}`, c.name)],
         ["Status", (c) => badge(c.status)],
-        ["Progress", (c) => h("span", {}, progressBar(c.progress, true), ` ${done(c.progress)} / ${c.progress.total}`)],
+        ["Progress", (c) => (c.progress ? h("span", {}, progressBar(c.progress, true), ` ${done(c.progress)} / ${c.progress.total}`) : "—")],
         ["Agent", (c) => agents.get(c.agent_id) || c.agent_id.slice(0, 8)],
         ["Created", (c) => when(c.created_at)],
       ],
@@ -132,8 +132,10 @@ function progressView(campaign) {
 }
 
 function settingsView(campaign, agent) {
-  const hours = campaign.window ? `${campaign.window.days.join(", ")} · ${campaign.window.start}–${campaign.window.end}` : "any time";
-  const retry = campaign.retry ? `up to ${campaign.retry.max_attempts} attempts, ${campaign.retry.delay_s} s apart, on ${campaign.retry.on.join(", ")}` : null;
+  const hours = campaign.window ? `${campaign.window.days.join(", ")} · ${campaign.window.start.slice(0, 5)}–${campaign.window.end.slice(0, 5)}` : "any time";
+  const rules = campaign.retry;
+  const retry = !rules ? null : rules.max_attempts <= 1 ? "none (one attempt per contact)"
+    : `up to ${rules.max_attempts} attempts, ${rules.delay_s} s apart, after ${rules.on.join(", ")}`;
   return facts([
     ["Agent", link(`#/agents/${agent.id}`, agent.name)],
     ["From", campaign.from_number],
@@ -164,7 +166,7 @@ function contactsView(id, contacts, status, offset) {
         ["Attempts", (c) => String(c.attempts)],
         ["Last outcome", (c) => c.last_outcome || "—"],
         ["Last call", (c) => (c.last_call_id ? link(`#/calls/${c.last_call_id}`, c.last_call_id.slice(0, 8)) : "—")],
-        ["Next attempt", (c) => when(c.next_attempt_at)],
+        ["Next attempt", (c) => (c.status === "pending" ? when(c.next_attempt_at) : "—")],
         ["Variables", (c) => (Object.keys(c.variables || {}).length ? h("code", {}, JSON.stringify(c.variables)) : "—")],
       ],
       contacts.data,
