@@ -6,9 +6,9 @@ import logging
 from typing import Any
 
 from backend.capacity import Admission
-from backend.schemas import E164
 from backend.telephony.base import Telephony, TelephonyError
 from shared.errors import NotFound, RelayXError, StorageError, StorageUnavailable
+from shared.phone import E164
 from shared.storage.base import Agent, Call, PhoneNumber, Storage
 
 log = logging.getLogger(__name__)

@@ -166,5 +166,18 @@ class Admission:
                 raise AtCapacity(reason, self.retry_after_s)
             yield
 
+    async def headroom(self, storage: Storage) -> int | None:
+        """How many more calls may be placed now (a campaign dispatch claims at most this many);
+        None when the gateway does not say (no limit, or no answer: dial, as `admit` would)."""
+        async with self._lock:
+            capacity = await self.probe.capacity()
+            if capacity is None or capacity.max_calls is None:
+                return None
+            if not capacity.accepting:
+                return 0
+            since = self._now() - timedelta(seconds=self.window_s)
+            pending = await pending_calls(storage, since=since, limit=capacity.max_calls)
+            return max(0, capacity.max_calls - capacity.streams - pending)
+
     async def aclose(self) -> None:
         await self.probe.aclose()

@@ -11,9 +11,20 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend import errors
-from backend.api import agents, analysis, calls, console, health, phone, phone_numbers, twilio_webhooks
+from backend.api import (
+    agents,
+    analysis,
+    calls,
+    campaigns,
+    console,
+    health,
+    phone,
+    phone_numbers,
+    twilio_webhooks,
+)
 from backend.capacity import Admission, GatewayProbe
 from backend.deps import require_api_key
+from backend.dialing import build_dispatcher
 from backend.metrics import BackendMetrics, MetricsMiddleware
 from backend.telephony import build_telephony
 from shared import jobs
@@ -46,8 +57,11 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
             app.state.telephony = telephony
             app.state.admission = admission  # asks the gateway's /health before each outbound call
             # Post-call jobs: run here on SQLite (a restart resumes them); `relayx worker` on PostgreSQL.
+            # Campaigns are dispatched here on SQLite too; on PostgreSQL by `relayx worker`.
             if run_jobs:
-                background = await jobs.start_background(settings, storage)
+                dispatcher = build_dispatcher(settings, storage, telephony, admission)
+                background = await jobs.start_background(settings, storage, dispatcher=dispatcher)
+            app.state.background = background
             yield
         finally:
             if background is not None:
@@ -81,6 +95,8 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
     app.include_router(calls.router, dependencies=protected, responses=errors.API_KEY_ROUTES)
     app.include_router(analysis.router, dependencies=protected, responses=errors.API_KEY_ROUTES)
     app.include_router(phone_numbers.router, dependencies=protected, responses=errors.API_KEY_ROUTES)
+    app.include_router(campaigns.router, dependencies=protected, responses=errors.API_KEY_ROUTES)
+    app.include_router(campaigns.dnc_router, dependencies=protected, responses=errors.API_KEY_ROUTES)
     app.include_router(twilio_webhooks.router)
     app.include_router(phone.router)
     app.include_router(console.router)

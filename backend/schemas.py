@@ -31,6 +31,7 @@ from shared.agent_config import (
     Voice,
     VoicemailConfig,
 )
+from shared.phone import PHONE_NUMBER, e164
 from shared.storage.base import Agent, Call, PhoneNumber
 
 CallStatusName = Literal[
@@ -39,19 +40,6 @@ CallStatusName = Literal[
 """`shared.call_status.ALL_STATUSES` as a type the OpenAPI can publish (a test keeps the two equal)."""
 MAX_OFFSET = 2**31 - 1
 """The largest `offset` a list accepts: any real page, and far inside what both databases can bind."""
-_SEPARATORS = r"[ ().-]"
-E164 = re.compile(r"\+[1-9][0-9]{6,14}")
-# The same rule as a pattern the OpenAPI can publish: E.164 once spaces, dots, dashes and
-# parentheses are removed (ASCII digits only: `\d` would let other scripts' digits through).
-PHONE_NUMBER = rf"^{_SEPARATORS}*\+{_SEPARATORS}*[1-9](?:{_SEPARATORS}*[0-9]){{6,14}}{_SEPARATORS}*$"
-
-
-def e164(value: str, name: str) -> str:
-    """`value` as compact E.164, or a ValueError that names the field and the rule."""
-    compact = re.sub(_SEPARATORS, "", value)
-    if not E164.fullmatch(compact):  # the same rule as PHONE_NUMBER
-        raise ValueError(f"{name} must be an E.164 number such as +14155550100")
-    return compact
 
 
 def _keys_without_nul(value: dict[str, Any]) -> dict[str, Any]:

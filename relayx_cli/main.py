@@ -242,10 +242,10 @@ def calls_show(call_id: str) -> None:
 
 @app.command()
 def worker() -> None:
-    """Run durable job workers (post-call analysis, webhooks) against DATABASE_URL."""
-    from shared.jobs.runners import run_worker
+    """Run durable job workers (post-call analysis, webhooks, campaign dispatch) against DATABASE_URL."""
+    from backend.dialing import run_dispatching_worker
 
-    asyncio.run(run_worker(Settings()))
+    asyncio.run(run_dispatching_worker(Settings()))
 
 
 @app.command()

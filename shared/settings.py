@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=4, ge=1, alias="WORKER_CONCURRENCY")
     worker_heartbeat_s: float = Field(default=10.0, gt=0, alias="WORKER_HEARTBEAT_S")
     worker_stalled_after_s: float = Field(default=30.0, gt=0, alias="WORKER_STALLED_AFTER_S")
+    # Campaigns (shared.campaigns.dispatch): how often due contacts are dispatched (whole seconds on
+    # PostgreSQL, where it is a procrastinate periodic job), and how long a claimed contact may wait
+    # for its dial before the sweep takes the dispatcher for dead and makes the contact due again.
+    campaign_tick_s: float = Field(default=2.0, ge=1, le=60, alias="CAMPAIGN_TICK_S")
+    campaign_undialed_after_s: float = Field(default=60.0, ge=5, alias="CAMPAIGN_UNDIALED_AFTER_S")
 
     # --- capacity: how many calls the gateway carries (voice_gateway.capacity, backend.capacity) -----
     # Streams one gateway carries at once; beyond it new streams are refused (503). Unset: 2 per core

@@ -45,6 +45,7 @@ from voice_gateway.media_stream import (
 )
 from voice_gateway.metrics import GatewayMetrics, live_from, metrics_response
 from voice_gateway.playback import Send
+from voice_gateway.prompts import personalized
 from voice_gateway.session import CallSession
 from voice_gateway.spool import Spool, SpoolReplayer
 
@@ -316,6 +317,8 @@ async def _open_session(
         agent = await storage.get_agent(call.agent_id)
     except NotFound:
         raise policy_violation(f"unknown call {call_id}") from None
+    variables = call.metadata.get("variables")
+    agent = personalized(agent, variables if isinstance(variables, dict) else None)
     if call.status in call_status.TERMINAL:
         raise policy_violation(f"call {call_id} has already ended ({call.status})")
     await storage.apply_call_status(call.id, "in-progress", twilio_call_sid=start.start.call_sid)

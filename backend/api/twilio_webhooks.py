@@ -22,6 +22,7 @@ from backend.capacity import AtCapacity
 from backend.deps import AdmissionDep, SettingsDep, StorageDep
 from backend.errors import CONFLICT, NOT_FOUND, STORAGE_DOWN, ErrorOut
 from shared import call_status, jobs, twilio_auth
+from shared.campaigns.dispatch import settle_call
 from shared.errors import NotFound, StorageError, StorageUnavailable
 from shared.settings import Settings
 from shared.storage.base import ANSWERED_BY, Storage
@@ -190,6 +191,9 @@ async def _record_status(storage: Storage, call_id: str, form: dict[str, str]) -
     log.info("call %s: %s (seq %s) -> stored %s", call_id, new_status, form.get("SequenceNumber"), call.status)
     try:
         if call.status in call_status.TERMINAL:
+            # A campaign's slot frees now (busy, no-answer: no gateway ever saw the call); the contact
+            # is settled once whichever of this and the call-ended job comes first.
+            await settle_call(storage, call)
             # Delayed: the gateway may still be flushing the last transcript lines (it queues its own).
             await jobs.notify_call_ended(storage, call_id, delay_s=jobs.STATUS_CALLBACK_DELAY_S)
         elif call.status == "in-progress":

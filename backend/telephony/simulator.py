@@ -38,6 +38,10 @@ DEFAULT_SCRIPT = [
     {"text": "Perfect, thank you so much, goodbye!"},
 ]
 SIM_ACCOUNT_SID = "AC" + "5" * 32
+UNANSWERED = ("busy", "no-answer", "failed")
+"""What a simulated callee can do instead of answering: `"busy"` (or `{"result": "busy"}`) as the script."""
+RING_S = 0.3
+"""How long an unanswered simulated call rings before its final status (real ones ring for seconds)."""
 DTMF_KEYS = r"^[0-9*#A-D]{1,64}$"
 
 
@@ -49,9 +53,10 @@ class SimulatorTelephony:
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     async def place_call(self, call: Call, agent: Agent) -> PlacedCall:
-        script = parse_script(call.metadata.get("simulate"))
+        raw = call.metadata.get("simulate")
+        script = parse_script(raw)
         sid = "CA" + secrets.token_hex(16)
-        simulated = SimulatedCall(self._settings, call, sid, script)
+        simulated = SimulatedCall(self._settings, call, sid, script, result=unanswered(raw))
         task = asyncio.create_task(simulated.run(), name=f"simulated-call-{call.id}")
         self._tasks[call.id] = task
         task.add_done_callback(lambda _: self._tasks.pop(call.id, None))
@@ -116,8 +121,15 @@ _KINDS: tuple[tuple[tuple[str, ...], type[_Line]], ...] = (
 """A line's kind is told by the keys it has; one line, one kind."""
 
 
+def unanswered(raw: Any) -> str | None:
+    """The final status of a callee who does not answer (`"busy"`, `{"result": "no-answer"}`), or None."""
+    result = raw if isinstance(raw, str) else raw.get("result") if isinstance(raw, dict) else None
+    return result if result in UNANSWERED else None
+
+
 def parse_script(raw: Any) -> list[dict[str, Any]]:
-    """A script is a list of lines; None = the demo. A line is one of:
+    """A script is a list of lines; None = the demo; "busy", "no-answer" or "failed" (or {"result": ...})
+    = a callee who never answers (no lines). A line is one of:
 
     - text, or {text | wav, barge_in_after_ms?, speak_first?, expect_dtmf?, timeout_s?}: said by the
       callee (expect_dtmf: an IVR prompt that then listens for the agent's keys);
@@ -127,8 +139,14 @@ def parse_script(raw: Any) -> list[dict[str, Any]]:
     """
     if raw is None:
         return DEFAULT_SCRIPT
+    if unanswered(raw) is not None:
+        return []
     if isinstance(raw, dict):
+        if "result" in raw:
+            raise TelephonyError(f"metadata.simulate.result must be one of {', '.join(UNANSWERED)}")
         raw = raw.get("lines")
+    if isinstance(raw, str):
+        raw = [raw]  # one line said by the callee
     if not isinstance(raw, list) or not raw:
         raise TelephonyError("metadata.simulate must be a non-empty list of lines")
     return [_parse_line(item) for item in raw]
@@ -199,11 +217,14 @@ async def caller_line(spec: dict[str, Any]) -> ScriptLine:
 class SimulatedCall:
     """One call on the virtual line, from dialing to hang-up."""
 
-    def __init__(self, settings: Settings, call: Call, sid: str, script: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, settings: Settings, call: Call, sid: str, script: list[dict[str, Any]], *, result: str | None = None
+    ) -> None:
         self.settings = settings
         self.call = call
         self.sid = sid
         self.script = script
+        self.result = result
         self._sequence = 0
         self._answered_at: float | None = None
 
@@ -212,6 +233,10 @@ class SimulatedCall:
             try:
                 await self._status(client, "initiated")
                 await self._status(client, "ringing")
+                if self.result is not None:  # the callee never answers
+                    await asyncio.sleep(RING_S)  # the ringing the simulated callee lets go by
+                    await self._status(client, self.result)
+                    return
                 lines = [await caller_line(spec) for spec in self.script]
                 stream_url, parameters = await self._fetch_twiml(client)
                 self._answered_at = time.monotonic()

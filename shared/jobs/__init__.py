@@ -2,8 +2,8 @@
 
 - `shared.jobs.enqueue`: queueing, what the services call (`notify_call_started`, `notify_call_ended`,
   `request_analysis`, the process's `Enqueuer`): procrastinate on PostgreSQL, a table elsewhere.
-- `shared.jobs.tasks`: the four job functions (call started, call ended, analyze, deliver one webhook
-  attempt) and `run_task`.
+- `shared.jobs.tasks`: the job functions (call started, call ended, analyze, deliver one webhook
+  attempt, the campaign tick) and `run_task`.
 - `shared.jobs.runners`: what runs them: `relayx worker` on PostgreSQL, the backend's embedded runner
   elsewhere.
 
@@ -21,6 +21,7 @@ from shared.jobs.enqueue import (
     TASK_ANALYZE,
     TASK_CALL_ENDED,
     TASK_CALL_STARTED,
+    TASK_CAMPAIGNS_TICK,
     TASK_DELIVER,
     Enqueuer,
     ProcrastinateQueue,
@@ -43,8 +44,8 @@ _LATER = {
 
 __all__ = [
     "STATUS_CALLBACK_DELAY_S", "TASKS", "TASK_ANALYZE", "TASK_CALL_ENDED", "TASK_CALL_STARTED",
-    "TASK_DELIVER", "Background", "EmbeddedRunner", "Enqueuer", "JobContext", "ProcrastinateQueue", "Queue",
-    "SQLQueue", "enqueuer_for", "notify_call_ended", "notify_call_started", "request_analysis", "run_task",
+    "TASK_CAMPAIGNS_TICK", "TASK_DELIVER", "Background", "EmbeddedRunner", "Enqueuer", "JobContext",
+    "ProcrastinateQueue", "Queue", "SQLQueue", "enqueuer_for", "notify_call_ended", "notify_call_started", "request_analysis", "run_task",
     "run_worker", "start_background",
 ]
 

@@ -24,6 +24,7 @@ TASK_CALL_STARTED = "relayx.call_started"
 TASK_CALL_ENDED = "relayx.call_ended"
 TASK_ANALYZE = "relayx.analyze"
 TASK_DELIVER = "relayx.deliver_webhook"
+TASK_CAMPAIGNS_TICK = "relayx.campaigns_tick"
 # A status callback can say "completed" before the gateway has flushed the last transcript lines:
 # the call-ended job it queues waits this long; the gateway's own (after its flush) runs at once.
 STATUS_CALLBACK_DELAY_S = 10.0

@@ -14,10 +14,11 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import ConfigurationError
 from shared.jobs.enqueue import (
+    TASK_CAMPAIGNS_TICK,
     Enqueuer,
     ProcrastinateQueue,
     SQLQueue,
@@ -30,6 +31,9 @@ from shared.llm.base import StructuredLLM
 from shared.settings import Settings
 from shared.storage import build_storage
 from shared.storage.base import Storage
+
+if TYPE_CHECKING:
+    from shared.campaigns.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -97,16 +101,43 @@ class EmbeddedRunner:
             self._slots.release()
 
 
+async def dispatch_periodically(dispatcher: Dispatcher, period_s: float, wake: asyncio.Event) -> None:
+    """The embedded campaign dispatcher: a tick every `period_s`, or at once when `wake` is set (a
+    campaign started or resumed in this process)."""
+    while True:
+        try:
+            await dispatcher.tick()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a failed tick (the database blipped) is retried at the next one
+            log.exception("campaign dispatch failed")
+        wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), period_s)
+
+
 @dataclass
 class Background:
-    """What the backend's lifespan holds: its Enqueuer, and the embedded runner unless on PostgreSQL."""
+    """What the backend's lifespan holds: its Enqueuer, and the embedded runner (and campaign
+    dispatcher) unless on PostgreSQL."""
 
     enqueuer: Enqueuer
     runner: EmbeddedRunner | None = None
+    dispatching: asyncio.Task[None] | None = None
+    dispatch_wake: asyncio.Event | None = None
+
+    def dispatch_soon(self) -> None:
+        """A campaign became runnable: tick now rather than at the next period (embedded only)."""
+        if self.dispatch_wake is not None:
+            self.dispatch_wake.set()
 
     async def aclose(self) -> None:
-        """Stop the runner first (its jobs queue follow-ups), then close the Enqueuer's pool."""
+        """Stop dispatching and the runner first (its jobs queue follow-ups), then close the pool."""
         try:
+            if self.dispatching is not None:
+                self.dispatching.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.dispatching
             if self.runner is not None:
                 await self.runner.aclose()
         finally:
@@ -114,10 +145,11 @@ class Background:
 
 
 async def start_background(
-    settings: Settings, storage: Storage, *, llm_factory: Callable[[], StructuredLLM] | None = None
+    settings: Settings, storage: Storage, *, llm_factory: Callable[[], StructuredLLM] | None = None,
+    dispatcher: Dispatcher | None = None,
 ) -> Background:
     """Backend start-up: on PostgreSQL open the queueing pool, creating procrastinate's tables if missing
-    (workers run the jobs: `relayx worker`); elsewhere run the jobs here."""
+    (workers run the jobs and dispatch campaigns: `relayx worker`); elsewhere run both here."""
     enqueuer = enqueuer_for(storage)
     if storage.dsn is not None:
         try:
@@ -130,16 +162,32 @@ async def start_background(
     ctx = JobContext(settings, storage, SQLQueue(storage, wake), llm_factory=llm_factory)
     runner = EmbeddedRunner(ctx, wake, concurrency=settings.worker_concurrency)
     await runner.start()
-    return Background(enqueuer, runner)
+    background = Background(enqueuer, runner)
+    if dispatcher is not None and storage.kind == "sqlite":
+        background.dispatch_wake = asyncio.Event()
+        background.dispatching = asyncio.create_task(
+            dispatch_periodically(dispatcher, settings.campaign_tick_s, background.dispatch_wake),
+            name="relayx-campaigns",
+        )
+    return background
 
 
 # --- procrastinate (PostgreSQL) --------------------------------------------------------------------
 
 
-def register_tasks(app: Any, ctx: JobContext) -> None:
-    """Register the four tasks on a procrastinate `app`, to run with `ctx`."""
+def register_tasks(app: Any, ctx: JobContext, *, tick_s: float = 2.0) -> None:
+    """Register the tasks on a procrastinate `app`, to run with `ctx`; with a dispatcher, the campaign
+    tick as a periodic job every `tick_s` (whole seconds): procrastinate defers each tick once, whatever
+    the number of workers, and its queueing lock keeps at most one tick waiting."""
     for name in TASKS:
+        if name == TASK_CAMPAIGNS_TICK:
+            continue
         app.task(name=name, pass_context=False)(_bound(ctx, name))
+    if ctx.dispatcher is not None:
+        task = app.task(name=TASK_CAMPAIGNS_TICK, pass_context=False, queueing_lock=TASK_CAMPAIGNS_TICK)(
+            _bound(ctx, TASK_CAMPAIGNS_TICK))
+        every = max(1, round(tick_s))
+        app.periodic(cron=f"* * * * * */{every}", periodic_id="campaigns")(task)
 
 
 def _bound(ctx: JobContext, name: str) -> Callable[..., Awaitable[None]]:
@@ -162,8 +210,12 @@ async def _recover_stalled(app: Any, settings: Settings) -> None:
             log.exception("stalled-job sweep failed")
 
 
-async def run_worker(settings: Settings, *, llm_factory: Callable[[], StructuredLLM] | None = None) -> None:
-    """`relayx worker`: run post-call jobs from PostgreSQL until cancelled (SIGINT/SIGTERM stop it gracefully)."""
+async def run_worker(
+    settings: Settings, *, llm_factory: Callable[[], StructuredLLM] | None = None,
+    dispatcher_factory: Callable[[Storage], Dispatcher] | None = None,
+) -> None:
+    """`relayx worker`: run post-call jobs and campaign ticks from PostgreSQL until cancelled (SIGINT/SIGTERM
+    stop it gracefully). `dispatcher_factory` builds the campaign dispatcher on the worker's storage."""
     storage = build_storage(settings)
     dsn = storage.dsn
     if dsn is None:
@@ -179,8 +231,9 @@ async def run_worker(settings: Settings, *, llm_factory: Callable[[], Structured
     try:
         await storage.migrate()
         app = procrastinate_app(dsn)  # the worker's own pool: follow-up jobs are queued through it
-        ctx = JobContext(settings, storage, ProcrastinateQueue(app), llm_factory=llm_factory)
-        register_tasks(app, ctx)
+        dispatcher = dispatcher_factory(storage) if dispatcher_factory is not None else None
+        ctx = JobContext(settings, storage, ProcrastinateQueue(app), llm_factory=llm_factory, dispatcher=dispatcher)
+        register_tasks(app, ctx, tick_s=settings.campaign_tick_s)
         async with app.open_async():
             await ensure_procrastinate_schema(app)
             sweeper = asyncio.create_task(_recover_stalled(app, settings))

@@ -1,4 +1,4 @@
-"""The four job functions and how a job name runs one: what `relayx worker` and the embedded runner execute.
+"""The job functions and how a job name runs one: what `relayx worker` and the embedded runner execute.
 
 Every job is idempotent per call: the analysis is one row per call (upsert), events are unique per
 `dedupe_key`, attempts unique per (event, attempt number). Re-running a job never duplicates.
@@ -11,15 +11,25 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared import analysis, webhooks
 from shared.errors import ConfigurationError, NotFound
 from shared.jobs import metrics as job_metrics
-from shared.jobs.enqueue import TASK_ANALYZE, TASK_CALL_ENDED, TASK_CALL_STARTED, TASK_DELIVER, Queue
+from shared.jobs.enqueue import (
+    TASK_ANALYZE,
+    TASK_CALL_ENDED,
+    TASK_CALL_STARTED,
+    TASK_CAMPAIGNS_TICK,
+    TASK_DELIVER,
+    Queue,
+)
 from shared.llm.base import StructuredLLM
 from shared.settings import Settings
-from shared.storage.base import CallAnalysis, Storage
+from shared.storage.base import Call, CallAnalysis, Storage
+
+if TYPE_CHECKING:
+    from shared.campaigns.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +42,8 @@ class JobContext:
     storage: Storage
     queue: Queue
     llm_factory: Callable[[], StructuredLLM] | None = None
+    dispatcher: Dispatcher | None = None
+    """The campaign dispatcher (it dials, so it needs the backend's telephony); None: no campaign ticks."""
     _llm: StructuredLLM | None = field(default=None, init=False)
 
     def llm(self) -> StructuredLLM:
@@ -66,9 +78,22 @@ async def call_started(ctx: JobContext, call_id: str) -> None:
     await _emit(ctx, call_id, "call.started", webhooks.call_started_data(call), f"call.started:{call_id}")
 
 
+async def _settle_contact(ctx: JobContext, call: Call, outcome: str | None = None) -> None:
+    """Move the call's campaign contact on (retry, done, do-not-call); never fails the job."""
+    if call.contact_id is None:
+        return
+    from shared.campaigns.dispatch import settle_call
+
+    try:
+        await settle_call(ctx.storage, call, outcome=outcome)
+    except Exception:  # the dispatcher's sweep settles it later
+        log.exception("call %s: could not settle its campaign contact", call.id)
+
+
 async def call_ended(ctx: JobContext, call_id: str) -> None:
-    """Send call.ended (with the whole transcript) and queue the analysis."""
+    """Send call.ended (with the whole transcript), settle a campaign contact, queue the analysis."""
     call = await ctx.storage.get_call(call_id)
+    await _settle_contact(ctx, call)
     transcript = await ctx.storage.list_transcripts(call_id)
     await _emit(ctx, call_id, "call.ended", webhooks.call_ended_data(call, transcript), f"call.ended:{call_id}")
     await ctx.queue.defer(TASK_ANALYZE, {"call_id": call_id, "request": "auto", "force": False},
@@ -102,6 +127,8 @@ async def analyze_call(ctx: JobContext, call_id: str, request: str = "auto", for
         existing = await ctx.storage.upsert_analysis(call_id, values)
         log.info("call %s: analysis %s (%s)", call_id, existing.status, existing.outcome or existing.error)
     call = await ctx.storage.get_call(call_id)
+    if existing.status == "completed" and existing.outcome:
+        await _settle_contact(ctx, call, existing.outcome)
     await _emit(ctx, call_id, "call.analyzed", webhooks.call_analyzed_data(call, existing),
                 f"call.analyzed:{call_id}:{request}")
     return existing
@@ -129,11 +156,19 @@ async def deliver_webhook(ctx: JobContext, event_id: str) -> None:
                               delay_s=webhooks.backoff_s(attempt, settings.webhook_backoff_s))
 
 
+async def campaigns_tick(ctx: JobContext, timestamp: int | None = None) -> None:
+    """Dispatch due campaign contacts (procrastinate's periodic job passes the tick's `timestamp`)."""
+    if ctx.dispatcher is None:
+        raise ConfigurationError("this process has no campaign dispatcher (it cannot dial)")
+    await ctx.dispatcher.tick()
+
+
 TASKS: dict[str, Callable[..., Awaitable[Any]]] = {
     TASK_CALL_STARTED: call_started,
     TASK_CALL_ENDED: call_ended,
     TASK_ANALYZE: analyze_call,
     TASK_DELIVER: deliver_webhook,
+    TASK_CAMPAIGNS_TICK: campaigns_tick,
 }
 
 

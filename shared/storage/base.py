@@ -89,6 +89,8 @@ class Call(BaseModel):
     )
     transferred_to: str | None = Field(default=None, description="Where the agent transferred the call")
     transferred_at: datetime | None = None
+    campaign_id: str | None = Field(default=None, description="The campaign that placed the call")
+    contact_id: str | None = Field(default=None, description="The campaign contact the call was placed to")
 
 
 class PhoneNumber(BaseModel):
@@ -257,6 +259,7 @@ class Storage(Protocol):
         status: str | None = None,
         outcome: str | None = None,
         sentiment: str | None = None,
+        campaign_id: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> list[Call]: ...

@@ -33,7 +33,8 @@ from shared.storage.base import (
     utcnow,
 )
 
-JSON_COLUMNS = frozenset({"llm", "settings", "metadata", "metrics", "key_points", "data", "payload", "args"})
+JSON_COLUMNS = frozenset({"llm", "settings", "metadata", "metrics", "key_points", "data", "payload", "args",
+                          "variables", "schedule", "retry"})
 MIGRATION_NAME = re.compile(r"^(\d{14})_(\w+)\.sql$")
 
 
@@ -265,13 +266,15 @@ class SQLStorage(ABC):
         status: str | None = None,
         outcome: str | None = None,
         sentiment: str | None = None,
+        campaign_id: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> list[Call]:
         where, args = [], []
-        if agent_id is not None:
-            where.append("c.agent_id = ?")
-            args.append(self._encode("agent_id", agent_id))
+        for column, value in (("agent_id", agent_id), ("campaign_id", campaign_id)):
+            if value is not None:
+                where.append(f"c.{column} = ?")
+                args.append(self._encode(column, value))
         if status is not None:
             where.append("c.status = ?")
             args.append(status)

@@ -228,6 +228,7 @@ class SupabaseStorage:
         status: str | None = None,
         outcome: str | None = None,
         sentiment: str | None = None,
+        campaign_id: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> list[Call]:
@@ -237,6 +238,8 @@ class SupabaseStorage:
         query = self._table("calls").select(*columns)
         if agent_id is not None:
             query = query.eq("agent_id", _uuid(agent_id))
+        if campaign_id is not None:
+            query = query.eq("campaign_id", _uuid(campaign_id))
         if status is not None:
             query = query.eq("status", status)
         if outcome is not None:
