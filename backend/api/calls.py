@@ -70,15 +70,16 @@ async def list_calls(
     status_filter: Annotated[CallStatusName | None, Query(alias="status")] = None,
     outcome: Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = None,
     sentiment: Annotated[Literal["positive", "neutral", "negative"] | None, Query()] = None,
+    campaign_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> CallPage:
     try:
         calls = await storage.list_calls(
-            agent_id=agent_id, status=status_filter, outcome=outcome, sentiment=sentiment, limit=limit + 1,
-            offset=offset,
+            agent_id=agent_id, status=status_filter, outcome=outcome, sentiment=sentiment,
+            campaign_id=campaign_id, limit=limit + 1, offset=offset,
         )
-    except NotFound:  # a malformed agent_id matches nothing
+    except NotFound:  # a malformed agent_id or campaign_id matches nothing
         calls = []
     return CallPage(data=[_out(c) for c in calls[:limit]], limit=limit, offset=offset, has_more=len(calls) > limit)
 
