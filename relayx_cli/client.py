@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -12,7 +13,11 @@ from shared.settings import Settings
 
 
 class APIError(Exception):
-    """The backend answered with an error; the message is its reason."""
+    """The backend answered with an error; the message is its reason, `detail` its body's detail."""
+
+    def __init__(self, message: str, detail: Any = None) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class BackendClient:
@@ -36,7 +41,7 @@ class BackendClient:
                 detail = response.json().get("detail", response.text)
             except ValueError:
                 detail = response.text
-            raise APIError(f"{response.status_code}: {detail}")
+            raise APIError(f"{response.status_code}: {detail}", detail)
         return response.json() if response.content else None
 
     def healthy(self) -> bool:
@@ -99,3 +104,37 @@ class BackendClient:
                 if time.monotonic() - ended_at > 1.5:  # the gateway's last writes land just after
                     return
             time.sleep(poll_s)
+
+    # --- campaigns ---------------------------------------------------------------------------------
+    def upload_campaign(self, csv_path: str, config: dict[str, Any]) -> dict[str, Any]:
+        with open(csv_path, "rb") as handle:
+            files = {"file": (csv_path.rsplit("/", 1)[-1], handle, "text/csv")}
+            response = self._request("POST", "/campaigns/upload", files=files, data={"config": json.dumps(config)})
+        return dict(self._check(response))
+
+    def campaigns(self) -> list[dict[str, Any]]:
+        return list(self._check(self._request("GET", "/campaigns")))
+
+    def campaign(self, campaign_id: str) -> dict[str, Any]:
+        return dict(self._check(self._request("GET", f"/campaigns/{campaign_id}")))
+
+    def move_campaign(self, campaign_id: str, action: str) -> dict[str, Any]:
+        return dict(self._check(self._request("POST", f"/campaigns/{campaign_id}/{action}")))
+
+    def campaign_contacts(self, campaign_id: str, *, status: str | None = None) -> list[dict[str, Any]]:
+        contacts: list[dict[str, Any]] = []
+        while True:
+            params: dict[str, Any] = {"limit": 500, "offset": len(contacts), **({"status": status} if status else {})}
+            page = self._check(self._request("GET", f"/campaigns/{campaign_id}/contacts", params=params))
+            contacts += page["data"]
+            if not page["has_more"]:
+                return contacts
+
+    def add_do_not_call(self, numbers: list[str], reason: str | None) -> dict[str, Any]:
+        body = {"numbers": numbers, "reason": reason}
+        return dict(self._check(self._request("POST", "/do-not-call", json=body)))
+
+    def import_do_not_call(self, csv_path: str) -> dict[str, Any]:
+        with open(csv_path, "rb") as handle:
+            files = {"file": (csv_path.rsplit("/", 1)[-1], handle, "text/csv")}
+            return dict(self._check(self._request("POST", "/do-not-call/upload", files=files)))

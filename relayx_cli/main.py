@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from relayx_cli.campaigns import campaigns_app, dnc_app
 from relayx_cli.client import APIError, BackendClient
 from relayx_cli.services import Services
 from shared.settings import Settings
@@ -21,6 +22,8 @@ agents_app = typer.Typer(help="Create and list agents.", no_args_is_help=True)
 calls_app = typer.Typer(help="Inspect calls.", no_args_is_help=True)
 app.add_typer(agents_app, name="agents")
 app.add_typer(calls_app, name="calls")
+app.add_typer(campaigns_app, name="campaigns")
+app.add_typer(dnc_app, name="dnc")
 
 DEMO_AGENT = {
     "name": "RelayX Demo",
