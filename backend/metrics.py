@@ -12,18 +12,15 @@ process on SQLite, shown here too; in `relayx worker` on PostgreSQL, served on W
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Callable
 
-from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.jobs import metrics as job_metrics
 
 PREFIX = "relayx_backend"
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """Prometheus' text format; every scraper reads it."""
 UNMATCHED = "unmatched"
 """The route label of a request no route answered (a 404): raw paths would make a label per URL."""
@@ -99,17 +96,3 @@ class MetricsMiddleware:
             await self.app(scope, receive, sending)
         finally:
             self.metrics.observe(scope["method"], route_of(scope), status, self.clock() - started)
-
-
-def metrics_response(body: Callable[[], bytes], token: str | None, authorization: str | None) -> Response:
-    """The /metrics answer: the text format, or 401 when METRICS_TOKEN is set and not presented."""
-    if token and not bearer_matches(token, authorization):
-        return PlainTextResponse("metrics need METRICS_TOKEN as a bearer token", status_code=401,
-                                 headers={"WWW-Authenticate": "Bearer"})
-    return Response(body(), media_type=CONTENT_TYPE)
-
-
-def bearer_matches(token: str, authorization: str | None) -> bool:
-    """`Authorization: Bearer <token>`, compared in constant time."""
-    scheme, _, given = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())

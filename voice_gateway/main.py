@@ -22,6 +22,7 @@ from starlette.websockets import WebSocketState
 
 from shared import call_status, jobs, stream_tokens, twilio_auth, urgency
 from shared.errors import NotFound, StorageError
+from shared.metrics_http import metrics_response
 from shared.rate_limit import RateLimiter
 from shared.settings import Settings
 from shared.storage import build_storage
@@ -43,7 +44,7 @@ from voice_gateway.media_stream import (
     parse_message,
     policy_violation,
 )
-from voice_gateway.metrics import GatewayMetrics, live_from, metrics_response
+from voice_gateway.metrics import GatewayMetrics, live_from
 from voice_gateway.playback import Send
 from voice_gateway.prompts import personalized
 from voice_gateway.session import CallSession

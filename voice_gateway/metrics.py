@@ -15,18 +15,15 @@ Latencies are in seconds (Prometheus' base unit), from the session's millisecond
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 PREFIX = "relayx_gateway"
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """Prometheus' text format; every scraper reads it."""
 
 STAGES: dict[str, str] = {
@@ -205,18 +202,6 @@ class GatewayMetrics:
         return generate_latest(self.registry)
 
 
-def metrics_response(body: Callable[[], bytes], token: str | None, authorization: str | None) -> Response:
-    """The /metrics answer: the text format, or 401 when METRICS_TOKEN is set and not presented."""
-    if token and not bearer_matches(token, authorization):
-        return PlainTextResponse("metrics need METRICS_TOKEN as a bearer token", status_code=401,
-                                 headers={"WWW-Authenticate": "Bearer"})
-    return Response(body(), media_type=CONTENT_TYPE)
-
-
-def bearer_matches(token: str, authorization: str | None) -> bool:
-    """`Authorization: Bearer <token>`, compared in constant time."""
-    scheme, _, given = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 def live_from(state: Any) -> Live:

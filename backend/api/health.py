@@ -10,8 +10,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from backend.deps import SettingsDep, StorageDep
-from backend.metrics import BackendMetrics, metrics_response
+from backend.metrics import BackendMetrics
 from shared.errors import StorageError
+from shared.metrics_http import metrics_response
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from prometheus_client.parser import text_string_to_metric_families
 
 from backend.metrics import BackendMetrics, MetricsMiddleware, route_of
-from backend.metrics import metrics_response as backend_response
-from voice_gateway.metrics import AUDIBLE_GAP_MS, GatewayMetrics, Live, bearer_matches, metrics_response
+from shared.metrics_http import bearer_matches, metrics_response
+from voice_gateway.metrics import AUDIBLE_GAP_MS, GatewayMetrics, Live
 
 
 def samples(text: bytes | str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -152,7 +152,7 @@ def test_the_token_is_needed_only_when_set() -> None:
     refused = metrics_response(lambda: b"x 1\n", "s3cret", "Bearer wrong")
     assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == "Bearer"
     assert metrics_response(lambda: b"x 1\n", "s3cret", "Bearer s3cret").status_code == 200
-    assert backend_response(lambda: b"x 1\n", "s3cret", None).status_code == 401
+    assert metrics_response(lambda: b"x 1\n", "s3cret", None).status_code == 401
     assert bearer_matches("t", "bearer t") and not bearer_matches("t", "Basic t") and not bearer_matches("t", None)
 
 
