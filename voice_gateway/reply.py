@@ -237,12 +237,6 @@ class Reply:
         self._task = asyncio.create_task(self._produce(typed=(text, shown or text)),
                                          name=f"reply-{self._deps.call_id}-{self.id}")
 
-    def play(self, ulaw: bytes, label: str) -> None:
-        """Play fixed audio (keypad tones into an IVR); `label` is what the transcript says was heard."""
-        self._fixed = True
-        self._task = asyncio.create_task(self._produce(sound=(ulaw, label)),
-                                         name=f"sound-{self._deps.call_id}-{self.id}")
-
     def say(self, text: str) -> None:
         """Start producing a fixed line (the greeting). Its text is all known, so it is synthesised
         whole before it plays: a short first clause ("Hi,") would otherwise play alone while the next
@@ -321,7 +315,7 @@ class Reply:
 
     # --- production ----------------------------------------------------------------------------------
     async def _produce(self, *, audio: np.ndarray | None = None, text: str | None = None,
-                       typed: tuple[str, str] | None = None, sound: tuple[bytes, str] | None = None) -> None:
+                       typed: tuple[str, str] | None = None) -> None:
         with urgency.working_for(self):  # inherited by the tasks created inside (the LLM producer)
             try:
                 if text is not None:
@@ -329,8 +323,6 @@ class Reply:
                 elif typed is not None:
                     self.caller_text = typed[1]
                     await self._reply_to(typed[0])
-                elif sound is not None:
-                    await self._synthesize(_one(Sound(*sound)))
                 else:
                     assert audio is not None
                     await self._answer(audio)
@@ -598,10 +590,6 @@ def usable_text(heard: Transcription) -> str:
     if text.lower() in _HALLUCINATIONS and heard.no_speech_prob > 0.5:
         return ""
     return text
-
-
-async def _one(item: Said) -> AsyncIterator[Said]:
-    yield item
 
 
 async def _one_text(text: str) -> AsyncIterator[str]:

@@ -17,7 +17,7 @@ session feeds events and asks `tick(now)` on every media chunk (Twilio streams o
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 from shared.agent_config import VoicemailConfig
@@ -102,7 +102,6 @@ class Screening:
     """Utterances whose words are being read (STT): the verdict may still turn on them (a menu)."""
     menu = False
     """The callee is an automated phone menu (its words said "press 2 for …")."""
-    heard: list[str] = field(default_factory=list)
 
     @property
     def holding(self) -> bool:
@@ -127,7 +126,6 @@ class Screening:
 
     def words(self, text: str, now: float) -> None:
         """What STT heard the callee say (all of it so far, or a later turn's) while screening goes on."""
-        self.heard.append(text)
         if self.done:
             return
         if sounds_like_voicemail(text):
