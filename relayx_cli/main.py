@@ -274,6 +274,10 @@ def bench(
     media_streams: Annotated[int, typer.Option(help="Streams for the media-path-only run (0 = skip).")] = 0,
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the figures.")] = Path(
         "bench-results/bench.json"),
+    model: Annotated[str, typer.Option(
+        help="Analysis: the model to measure: 0.5b (bundled, the default), 1.5b (the analysis-1.5b extra) "
+             "or a GGUF path; unset = ANALYSIS_LLM_* as configured.")] = "",
+    verbose: Annotated[bool, typer.Option(help="Analysis: print each raw answer (with its evidence quote).")] = False,
 ) -> None:
     """Voice: calls through the gateway as Twilio would place them: turns answered, voice-to-voice
     p50/p95, gaps heard inside replies, per-stage timings, CPU/RSS per call, real-time concurrency.
@@ -281,7 +285,9 @@ def bench(
     if what == "analysis":
         from relayx_cli import analysis_bench
 
-        analysis_bench.main(Settings())
+        analysis_bench.main(Settings(), model=model, verbose=verbose,
+                            json_out=json_out.with_name("analysis.json") if json_out == Path(
+                                "bench-results/bench.json") else json_out)
         return
     if what != "voice":
         _fail(f"unknown benchmark {what!r}: use voice or analysis")

@@ -19,25 +19,31 @@ import jsonschema
 
 from shared.agent_config import AgentSettings
 from shared.llm.base import ChatMessage, GenerationOptions, LLMError, StructuredLLM
+from shared.outcome_cues import DO_NOT_CALL, Cue, caller_cue
 from shared.storage.base import TranscriptLine
 
 log = logging.getLogger(__name__)
 
 SENTIMENTS = ("positive", "neutral", "negative")
 NO_CONVERSATION = "no_conversation"
+# `DO_NOT_CALL` ("do_not_call", from shared.outcome_cues) is the outcome on which a campaign puts the
+# number on its do-not-call list; `not_interested` is a refusal that leaves the number callable.
 DEFAULT_OUTCOMES: dict[str, str] = {
-    "goal_achieved": "the purpose of the call was met (booked, confirmed, answered, agreed)",
-    "callback_requested": "the caller asked to be called back or to continue another time",
-    "not_interested": "the caller declined or asked not to be called again",
-    "wrong_person": "the person reached is not the one the call was for, or the number is wrong",
-    "voicemail": "an answering machine or voicemail greeting answered",
-    NO_CONVERSATION: "nobody really spoke: silence, noise, or an immediate hang-up",
+    "goal_achieved": "the caller agreed to what the call was for: booked, confirmed, rescheduled or answered",
+    "callback_requested": "the caller asked to be called back later or at another time",
+    "not_interested": "the caller declined (no thanks, not now, went elsewhere) without asking to stop the calls",
+    DO_NOT_CALL: "the caller asked not to be called again (remove me from your list, stop calling)",
+    "wrong_person": "the person who answered is not the one the call was for, or the number is wrong",
+    "voicemail": "an answering machine, voicemail greeting or carrier message answered (leave a message, "
+                 "the mailbox is full)",
+    NO_CONVERSATION: "nobody really spoke: silence, noise, only hello, or an immediate hang-up",
 }
 _TYPES = ("string", "number", "integer", "boolean", "array", "object")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _OUTCOME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_PROPERTIES = 30
 SUMMARY_MAX_CHARS = 1200
+EVIDENCE_MAX_CHARS = 600
 KEY_POINTS_MAX = 5
 # Tokens reserved for the instructions and schema, and for the answer; the rest is transcript.
 PROMPT_RESERVE_TOKENS = 700
@@ -170,31 +176,58 @@ def spec_from_settings(agent_settings: AgentSettings) -> AnalysisSpec:
 
 
 def output_schema(spec: AnalysisSpec) -> dict[str, Any]:
-    """The JSON Schema the model's whole answer must satisfy."""
+    """The JSON Schema the model's whole answer must satisfy.
+
+    The keys are generated in this order, so the model first quotes what the caller said that
+    decides the call (`evidence`), then gives the verdict and the fields while that quote is fresh,
+    and only then summarises: a small model's label follows its own quote far more often than it
+    follows a summary it wrote (measured: `relayx bench analysis`).
+    """
     return {
         "type": "object",
         "properties": {
+            "evidence": {"type": "string", "maxLength": EVIDENCE_MAX_CHARS},
+            "outcome": {"type": "string", "enum": list(dict.fromkeys([*outcome_choices(spec), *spec.outcomes]))},
+            "data": spec.data_schema,
+            "sentiment": {"type": "string", "enum": list(SENTIMENTS)},
             "summary": {"type": "string", "minLength": 1, "maxLength": SUMMARY_MAX_CHARS},
             "key_points": {
                 "type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 300},
                 "maxItems": KEY_POINTS_MAX,
             },
-            "sentiment": {"type": "string", "enum": list(SENTIMENTS)},
-            "outcome": {"type": "string", "enum": list(spec.outcomes)},
-            "data": spec.data_schema,
         },
-        "required": ["summary", "key_points", "sentiment", "outcome", "data"],
+        "required": ["evidence", "outcome", "data", "sentiment", "summary", "key_points"],
         "additionalProperties": False,
     }
 
 
-def generation_schema(spec: AnalysisSpec) -> dict[str, Any]:
-    """The schema handed to the engine: the output schema without string lengths.
+def outcome_choices(spec: AnalysisSpec) -> dict[str, str]:
+    """What the model writes for each outcome (its description, else its label) → the label.
+
+    A small model matches the caller's words to a description ("the caller asked to be called back
+    later") far better than to a snake_case name: with the labels themselves, the 0.5B answered the
+    first label for almost every call. Descriptions that are missing or shared fall back to labels.
+    """
+    choices = {desc.strip() or label: label for label, desc in spec.outcomes.items()}
+    if len(choices) != len(spec.outcomes) or any(text in spec.outcomes and text != label
+                                                 for text, label in choices.items()):
+        return {label: label for label in spec.outcomes}
+    return choices
+
+
+def generation_schema(spec: AnalysisSpec, outcome: str | None = None) -> dict[str, Any]:
+    """The schema handed to the engine: the output schema without string lengths, and with the
+    outcome written as one of `outcome_choices` (the stored answer holds the label), or as the one
+    `outcome` the caller's words settled (`shared.outcome_cues`).
 
     llama.cpp unrolls `maxLength: n` into n nested optional rules (a grammar of megabytes that
     crashes its sampler); lengths are checked after generation instead.
     """
-    return _strip_lengths(output_schema(spec))
+    schema = _strip_lengths(output_schema(spec))
+    choices = outcome_choices(spec)
+    schema["properties"]["outcome"]["enum"] = [text for text, label in choices.items()
+                                               if outcome is None or label == outcome]
+    return schema
 
 
 def _strip_lengths(node: dict[str, Any]) -> dict[str, Any]:
@@ -224,30 +257,41 @@ def estimate_tokens(text: str) -> int:
     return len(text) // 3 + 1
 
 
+def _field_line(name: str, sub: dict[str, Any]) -> str:
+    kind = sub["type"] + (", one of " + "/".join(sub["enum"]) if "enum" in sub else "")
+    return f"- {name} ({kind})" + (f": {sub['description']}" if sub.get("description") else "")
+
+
 def messages_for(transcript: str, spec: AnalysisSpec, *, agent_prompt: str = "", condensed: bool = False,
-                 correction: str | None = None) -> list[ChatMessage]:
-    """The instructions, the agent's purpose, the outcome labels and the transcript."""
-    outcomes = "\n".join(f"- {label}: {desc}" if desc else f"- {label}" for label, desc in spec.outcomes.items())
-    fields = "\n".join(
-        f"- {name} ({sub['type']}{', one of ' + '/'.join(sub['enum']) if 'enum' in sub else ''})"
-        + (f": {sub['description']}" if sub.get("description") else "")
-        for name, sub in spec.data_schema.get("properties", {}).items()
-    ) or "- (none: answer with an empty object)"
+                 correction: str | None = None, cue: Cue | None = None) -> list[ChatMessage]:
+    """The instructions, the agent's purpose, the outcome labels and the transcript (and what the
+    caller's words already settle: the outcome and its evidence)."""
+    outcomes = "\n".join(f"- {choice}" for choice in outcome_choices(spec))
+    properties = spec.data_schema.get("properties", {})
+    fields = "\n".join(_field_line(name, sub) for name, sub in properties.items())
     system = (
         "You analyse a finished phone call between an AI phone agent (AGENT) and a person (CALLER). "
-        "Answer with one JSON object only, with these keys:\n"
-        "summary: 2 to 4 plain sentences on what happened in the call.\n"
+        "Judge the call by what the CALLER said, not by what the agent said or hoped for. "
+        "Answer with one JSON object only, with these keys in this order:\n"
+        "evidence: a short quote of the CALLER's own words (from CALLER lines only) that shows how the "
+        "call ended.\n"
+        f"outcome: the one of these that fits the evidence, copied exactly:\n{outcomes}\n"
+        + (f"data: for each field, the value the CALLER gave for it (yes is true, no is false); an empty "
+           f"string, 0, false or an empty list when the call does not answer that field:\n{fields}\n"
+           if fields else "data: an empty object.\n")
+        + "sentiment: the caller's overall mood: positive, neutral or negative.\n"
+        "summary: 1 to 3 plain sentences on what happened in the call.\n"
         f"key_points: up to {KEY_POINTS_MAX} short facts the caller gave or agreed to.\n"
-        "sentiment: the caller's overall mood: positive, neutral or negative.\n"
-        f"outcome: exactly one of these labels:\n{outcomes}\n"
-        f"data: values taken from what the CALLER said, for these fields:\n{fields}\n"
-        "Use only what is in the transcript. For a field the call does not answer, use an empty "
-        "string, 0, false or an empty list."
+        "Use only what is in the transcript."
     )
     if agent_prompt:
         system += f"\n\nThe agent's instructions (the purpose of the call):\n{agent_prompt[:800]}"
     kind = "Condensed notes of a long call" if condensed else "Transcript"
-    user = f"{kind}:\n{transcript}\n\nAnswer with the JSON object."
+    user = f"{kind}:\n{transcript}\n\n"
+    if cue is not None:
+        choice = next(text for text, label in outcome_choices(spec).items() if label == cue.outcome)
+        user += f'The caller said "{cue.phrase}": the outcome is "{choice}".\n'
+    user += "Answer with the JSON object."
     if correction:
         user += f"\nYour previous answer was rejected ({correction}). Follow the keys and labels exactly."
     return [ChatMessage("system", system), ChatMessage("user", user)]
@@ -276,7 +320,7 @@ def parse_answer(text: str, spec: AnalysisSpec) -> dict[str, Any]:
         "summary": summary,
         "key_points": [p.strip() for p in value["key_points"] if p.strip()],
         "sentiment": value["sentiment"],
-        "outcome": value["outcome"],
+        "outcome": outcome_choices(spec).get(value["outcome"], value["outcome"]),
         "data": value["data"],
     }
 
@@ -399,11 +443,12 @@ async def analyze(
         except (LLMError, InvalidAnalysis) as exc:
             return {**base, "status": "failed", "error": f"condensing failed: {exc}", "attempts": 0}
         base["condensed"] = True
-    schema = generation_schema(spec)
+    cue = caller_cue(lines, spec.outcomes)
+    schema = generation_schema(spec, cue.outcome if cue else None)
     reason: str | None = None
     for attempt in (1, 2):
         messages = messages_for(transcript, spec, agent_prompt=agent_prompt, condensed=bool(base["condensed"]),
-                                correction=reason)
+                                correction=reason, cue=cue)
         options = GenerationOptions(temperature=0.2 if attempt == 1 else 0.0, max_tokens=ANSWER_TOKENS)
         try:
             answer = await llm.complete_json(messages, schema, options)

