@@ -369,11 +369,7 @@ class CampaignStore:
                 if outcome is not None and result in (None, "answered"):
                     result = outcome
                 assert result is not None
-            elif (
-                contact.status in ("completed", "pending")
-                and outcome is not None
-                and contact.last_outcome == "answered"
-            ):
+            elif contact.status == "completed" and outcome is not None and contact.last_outcome == "answered":
                 result = outcome  # the analysis says what the answered call came to
             else:
                 return None
@@ -382,12 +378,19 @@ class CampaignStore:
                 attempts=contact.attempts,
                 rules=campaign.retry,
                 now=now,
-                active=campaign.status in ("running", "paused"),
+                # A campaign that completed on this contact's answered call still retries it when the
+                # analysis names an outcome worth another attempt (it runs again below); a cancelled one never.
+                active=campaign.status in ("running", "paused", "completed"),
             )
             changes: dict[str, Any] = {"status": verdict.status, "last_outcome": verdict.outcome}
             if verdict.next_attempt_at is not None:
                 changes["next_attempt_at"] = verdict.next_attempt_at
             await self._set_contact(conn, contact.id, now, **changes)
+            if verdict.status == "pending" and campaign.status == "completed":
+                await conn.execute(
+                    "update campaigns set status = 'running', completed_at = null, updated_at = ? where id = ?",
+                    self._t(now), self._id(campaign.id),
+                )
             if verdict.outcome == outcomes.DO_NOT_CALL:
                 await self._add_dnc(
                     conn,

@@ -305,3 +305,21 @@ async def test_do_not_call_import_and_removal(env: Env) -> None:
     assert (await env.client.delete("/do-not-call/+14155550101")).status_code == 204
     assert (await env.client.delete("/do-not-call/+14155550101")).status_code == 404
     assert [e["number"] for e in (await env.client.get("/do-not-call")).json()] == ["+14155550102"]
+
+
+async def test_an_analysis_outcome_named_in_the_rules_reopens_a_completed_campaign(env: Env) -> None:
+    campaign = await env.campaign(
+        [{"phone_number": _number(1)}], start=True,
+        retry={"max_attempts": 2, "delay_s": 0, "on": ["callback_requested"]},
+    )
+    await env.dispatcher.tick()
+    (form,) = env.placed()
+    await env.twilio_says(form, "completed", CallDuration="20")
+    assert (await env.progress(campaign["id"]))["status"] == "completed"
+    storage = env.app.state.storage
+    (call,) = (await env.client.get("/calls", params={"campaign_id": campaign["id"]})).json()["data"]
+    contact = await campaign_store(storage).settle(await storage.get_call(call["id"]), outcome="callback_requested")
+    assert contact is not None and contact.status == "pending"
+    assert (await env.progress(campaign["id"]))["status"] == "running"
+    await env.dispatcher.tick()
+    assert [str(f["To"]) for f in env.placed()] == [_number(1), _number(1)]  # the call back
