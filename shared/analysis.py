@@ -178,25 +178,24 @@ def spec_from_settings(agent_settings: AgentSettings) -> AnalysisSpec:
 def output_schema(spec: AnalysisSpec) -> dict[str, Any]:
     """The JSON Schema the model's whole answer must satisfy.
 
-    The keys are generated in this order, so the model first quotes what the caller said that
-    decides the call (`evidence`), then gives the verdict and the fields while that quote is fresh,
-    and only then summarises: a small model's label follows its own quote far more often than it
-    follows a summary it wrote (measured: `relayx bench analysis`).
+    The keys are generated in this order: the model first quotes what the caller said that decides
+    the call (`evidence`) and gives the verdict while that quote is fresh, then summarises, and fills
+    the fields last, from the facts it has just written out (measured: `relayx bench analysis`).
     """
     return {
         "type": "object",
         "properties": {
             "evidence": {"type": "string", "maxLength": EVIDENCE_MAX_CHARS},
             "outcome": {"type": "string", "enum": list(dict.fromkeys([*outcome_choices(spec), *spec.outcomes]))},
-            "data": spec.data_schema,
-            "sentiment": {"type": "string", "enum": list(SENTIMENTS)},
             "summary": {"type": "string", "minLength": 1, "maxLength": SUMMARY_MAX_CHARS},
             "key_points": {
                 "type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 300},
                 "maxItems": KEY_POINTS_MAX,
             },
+            "data": spec.data_schema,
+            "sentiment": {"type": "string", "enum": list(SENTIMENTS)},
         },
-        "required": ["evidence", "outcome", "data", "sentiment", "summary", "key_points"],
+        "required": ["evidence", "outcome", "summary", "key_points", "data", "sentiment"],
         "additionalProperties": False,
     }
 
@@ -206,10 +205,11 @@ def outcome_choices(spec: AnalysisSpec) -> dict[str, str]:
 
     A small model matches the caller's words to a description ("the caller asked to be called back
     later") far better than to a snake_case name: with the labels themselves, the 0.5B answered the
-    first label for almost every call. Descriptions that are missing or shared fall back to labels.
+    first label for almost every call. Where any description is missing, shared or another label's
+    name, all are chosen by label (a mix of names and sentences reads as two kinds of answer).
     """
-    choices = {desc.strip() or label: label for label, desc in spec.outcomes.items()}
-    if len(choices) != len(spec.outcomes) or any(text in spec.outcomes and text != label
+    choices = {desc.strip(): label for label, desc in spec.outcomes.items()}
+    if len(choices) != len(spec.outcomes) or any(not text or (text in spec.outcomes and text != label)
                                                  for text, label in choices.items()):
         return {label: label for label in spec.outcomes}
     return choices
@@ -276,12 +276,13 @@ def messages_for(transcript: str, spec: AnalysisSpec, *, agent_prompt: str = "",
         "evidence: a short quote of the CALLER's own words (from CALLER lines only) that shows how the "
         "call ended.\n"
         f"outcome: the one of these that fits the evidence, copied exactly:\n{outcomes}\n"
-        + (f"data: for each field, the value the CALLER gave for it (yes is true, no is false); an empty "
-           f"string, 0, false or an empty list when the call does not answer that field:\n{fields}\n"
-           if fields else "data: an empty object.\n")
-        + "sentiment: the caller's overall mood: positive, neutral or negative.\n"
         "summary: 1 to 3 plain sentences on what happened in the call.\n"
         f"key_points: up to {KEY_POINTS_MAX} short facts the caller gave or agreed to.\n"
+        + (f"data: the fields below. Fill each one only with what its description asks for (yes is true, "
+           f"no is false), never with another value from the call; when the call does not give it, an "
+           f"empty string, 0, false or an empty list:\n{fields}\n"
+           if fields else "data: an empty object.\n")
+        + "sentiment: the caller's overall mood: positive, neutral or negative.\n"
         "Use only what is in the transcript."
     )
     if agent_prompt:
@@ -321,8 +322,27 @@ def parse_answer(text: str, spec: AnalysisSpec) -> dict[str, Any]:
         "key_points": [p.strip() for p in value["key_points"] if p.strip()],
         "sentiment": value["sentiment"],
         "outcome": outcome_choices(spec).get(value["outcome"], value["outcome"]),
-        "data": value["data"],
+        "data": _without_placeholders(value["data"]),
     }
+
+
+_PLACEHOLDERS = frozenset({
+    "not specified", "unspecified", "not mentioned", "not given", "not provided", "not stated", "unknown",
+    "none", "n/a", "na", "null", "not applicable", "not available", "-",
+})
+"""What models write in a text field the call does not answer, instead of the empty string asked for."""
+
+
+def _without_placeholders(value: Any) -> Any:
+    """The extracted data with placeholder text ("not specified", "N/A"…) as the empty string: a
+    consumer of `data` must not read "not specified" as a callback time."""
+    if isinstance(value, str):
+        return "" if value.strip().strip(".").lower() in _PLACEHOLDERS else value
+    if isinstance(value, dict):
+        return {key: _without_placeholders(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [item for item in (_without_placeholders(v) for v in value) if item != ""]
+    return value
 
 
 def no_conversation_values() -> dict[str, Any]:

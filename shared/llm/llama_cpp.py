@@ -26,7 +26,7 @@ from shared import urgency
 from shared.errors import ConfigurationError
 from shared.llm.base import ChatMessage, GenerationOptions, LLMError, StreamItem
 from shared.llm.hermes import ToolCallStream
-from shared.llm.llama_batch import BatchedLlama, EngineFailure
+from shared.llm.llama_batch import REPEAT_PENALTY, BatchedLlama, EngineFailure
 from shared.llm.tools import ToolSpec
 
 log = logging.getLogger(__name__)
@@ -214,6 +214,10 @@ class LlamaCppLLM:
                     response_format={"type": "json_object", "schema": schema},
                     temperature=options.temperature,
                     max_tokens=options.max_tokens,
+                    # The live replies' mild penalty: without it the 0.5B loops inside a string ("I'll be
+                    # there on Tuesday, and I'll be there on Tuesday…") until max_tokens, and the answer
+                    # is cut mid-string (invalid) after minutes of generation.
+                    repeat_penalty=REPEAT_PENALTY,
                 )
             return str(result["choices"][0]["message"]["content"] or "")
 

@@ -52,6 +52,7 @@ def test_the_model_chooses_between_descriptions_and_the_label_is_stored() -> Non
 
 @pytest.mark.parametrize("outcomes", [
     {"booked": "", "declined": ""},  # no descriptions
+    {"booked": "the caller booked", "declined": ""},  # one missing (no_conversation has its own)
     {"booked": "agreed", "declined": "agreed"},  # shared descriptions
     {"booked": "declined", "declined": "said no"},  # a description that is another label
 ])
@@ -193,3 +194,13 @@ def test_slices_join_only_to_the_known_hash(tmp_path: Path) -> None:
     # A file already in the cache with the known hash is used as it is (no slices needed).
     model = llama_cpp.SlicedModel("m.gguf", hashlib.sha256(b"first-second").hexdigest(), ("absent",), "")
     assert llama_cpp.ensure_model_file(target.parent, model) == target
+
+
+def test_placeholder_text_in_fields_is_stored_as_empty() -> None:
+    spec = analysis.AnalysisSpec(data_schema=analysis.normalize_data_schema(
+        {"callback_time": "string", "day": "string", "notes": {"type": "array", "items": "string"}}))
+    answer = {"evidence": "yes", "outcome": "goal_achieved", "summary": "Booked.", "key_points": [],
+              "data": {"callback_time": "Not specified.", "day": "Thursday", "notes": ["N/A", "gate code 12"]},
+              "sentiment": "neutral"}
+    data = analysis.parse_answer(json.dumps(answer), spec)["data"]
+    assert data == {"callback_time": "", "day": "Thursday", "notes": ["gate code 12"]}
