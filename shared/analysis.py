@@ -209,8 +209,8 @@ def outcome_choices(spec: AnalysisSpec) -> dict[str, str]:
     name, all are chosen by label (a mix of names and sentences reads as two kinds of answer).
     """
     choices = {desc.strip(): label for label, desc in spec.outcomes.items()}
-    if len(choices) != len(spec.outcomes) or any(not text or (text in spec.outcomes and text != label)
-                                                 for text, label in choices.items()):
+    # A description that is a label (its own, when outcomes are given as a list) is no description.
+    if len(choices) != len(spec.outcomes) or any(not text or text in spec.outcomes for text in choices):
         return {label: label for label in spec.outcomes}
     return choices
 
