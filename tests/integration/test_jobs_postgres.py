@@ -101,7 +101,7 @@ async def test_killed_worker_resumes_with_one_row_and_webhook_retries(postgres_u
                 done = [e for e in events if e.type == "call.analyzed" and e.status == "delivered"]
                 return events if done else None
 
-            events = await _until(analyzed_delivered, 120, "call.analyzed to be delivered")
+            events = await _until(analyzed_delivered, 300, "call.analyzed to be delivered")
             app = create_app(settings)
             async with app.router.lifespan_context(app), httpx.AsyncClient(
                     transport=httpx.ASGITransport(app=app), base_url="http://backend") as client:
