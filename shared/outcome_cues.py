@@ -33,7 +33,10 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (VOICEMAIL, re.compile(
         r"\b(?:leave (?:a|your|me a) (?:brief |short )?message|(?:after|at) the (?:beep|tone)"
         r"|record your message|mailbox (?:is )?full|voice ?mail (?:box|service|of)|(?:can ?not|can't) take your call"
-        r"|is not available (?:right now|at the moment|to take)|not available at the tone)\b")),
+        r"|is not available (?:right now|at the moment|to take)|not available at the tone"
+        r"|voice ?mail ?box|the (?:number|person|party) you (?:have )?(?:reached|dialed|are calling)"
+        r"|(?:has not|hasn't|has not yet) been set up"
+        r"|(?:not here|not available|away from the phone|can't come to the phone)\b.*\bget back to you)\b")),
     (DO_NOT_CALL, re.compile(
         rf"\b(?:(?:stop|quit|cease) {_CALL}"
         rf"|(?:don't|do not|dont|never) {_CALL} (?:me|us|this number|here|my number)(?: \w+)? (?:again|anymore|any more|ever)"
@@ -41,12 +44,20 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
         r"|do not call (?:list|registry)|dnc list"
         r"|(?:take|remove|delete|cross) (?:me|my number|this number|my name|us)(?: \w+){0,3} (?:off|from) (?:your|the|this) (?:\w+ )?list"
         r"|(?:off|from) your (?:\w+ )?(?:calling |call )?list"
-        r"|(?:not|never) (?:to )?be (?:called|contacted) again|lose my number)")),
+        r"|(?:not|never) (?:to )?be (?:called|contacted) again|lose my number"
+        # "I'd rather you didn't ring this line anymore", "please don't call this number"
+        rf"|(?:didn't|did not|don't|do not|dont|never) {_CALL} (?:this|my) (?:line|number|phone)"
+        r"(?: \w+)?(?: anymore| any more| again| ever|$)"
+        # STT drops letters: "take me of your list"
+        r"|(?:take|remove|delete|cross) (?:me|my number|this number|us)(?: \w+){0,3} of (?:your|the|this) (?:\w+ )?list)")),
     (WRONG_PERSON, re.compile(
         r"\b(?:wrong number|(?:you have|you've got|you got|you have got) the wrong (?:number|person)"
         r"|no (?:one|body) (?:here )?(?:by|with|named|called) that name|there(?:'s| is) no \w+ here"
         r"|(?:doesn't|does not|don't|do not) (?:live|work|stay) here(?: anymore| any more)?"
-        r"|(?:moved out|passed away)\b.*\b(?:number|address|here)|i (?:don't|do not) know (?:any|a|who) )")),
+        r"|(?:moved out|passed away)\b.*\b(?:number|address|here)|i (?:don't|do not) know (?:any|a|who) "
+        # "you got her old number", "this has been my number since 2019"
+        r"|(?:his|her|their|the|an) old (?:number|phone)|(?:has been|is) my number (?:since|for|now)"
+        r"|(?:he|she|they) (?:moved away|moved out|passed away|died)\b)")),
     (CALLBACK_REQUESTED, re.compile(
         r"\b(?:(?:call|ring|phone|try) me (?:back|again|later|tomorrow|tonight|next|after|on|in|this)"
         r"|(?:call|ring|phone) (?:us )?back (?:later|tomorrow|tonight|next|after|on|in|this|at|when|monday|tuesday"
@@ -55,7 +66,10 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
         r"|call me back|another time)\b")),
 )
 _FILLERS = frozenset(
-    ["hello", "hallo", "hullo", "hi", "hey", "uh", "um", "umm", "mm", "mmm", "hm", "hmm", "huh", "ah", "oh", "er", "eh", "what", "who", "is", "this", "that", "there", "anyone", "anybody", "pardon", "can", "you", "hear", "me"]
+    ["hello", "hallo", "hullo", "hi", "hey", "uh", "um", "umm", "mm", "mmm", "hm", "hmm", "huh", "ah", "oh", "er",
+     "eh", "what", "who", "is", "this", "that", "there", "anyone", "anybody", "pardon", "can", "you", "hear", "me",
+     # what a line says when nobody talks: "I can't hear anything", and Whisper's words for silence
+     "i", "can't", "cant", "cannot", "nothing", "anything", "a", "thing", "thank", "thanks", "bye"]
 )
 """A caller who said only these said nothing: a "hello?" into a silent line, noise taken for words."""
 

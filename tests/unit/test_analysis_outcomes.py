@@ -72,6 +72,14 @@ def test_outcomes_without_distinct_descriptions_are_chosen_by_label(outcomes: di
     ("He doesn't live here anymore.", "wrong_person"),
     ("Can you call me back tomorrow?", "callback_requested"),
     ("hello? hello?", "no_conversation"),
+    ("I'd rather you folks didn't ring this line anymore.", "do_not_call"),
+    ("can you take me of your list", "do_not_call"),  # STT dropped a letter
+    ("the number you have reached has a voice mailbox that has not been set up", "voicemail"),
+    ("It's Dee, not here right now, I'll get back to you.", "voicemail"),
+    ("you got her old number i think", "wrong_person"),
+    ("This has been my number since 2019.", "wrong_person"),
+    ("Thank you. you", "no_conversation"),  # Whisper's words for a silent line
+    ("hello is anybody there i cant hear nothing", "no_conversation"),
 ])
 def test_set_phrases_of_the_caller_settle_the_outcome(said: str, outcome: str) -> None:
     cue = caller_cue(_lines(("agent", "Hi, this is Ava."), ("caller", said)), analysis.DEFAULT_OUTCOMES)
@@ -85,6 +93,9 @@ def test_set_phrases_of_the_caller_settle_the_outcome(said: str, outcome: str) -
     "I'm not available Tuesday, how about Wednesday?",
     "I'll call you when I'm ready.",
     "Yes.",
+    "Please don't call my phone during work hours, call the office.",
+    "She moved it to Friday, thanks.",
+    "She's not here, I'll have her call you back.",
 ])
 def test_other_words_are_left_to_the_model(said: str) -> None:
     assert caller_cue(_lines(("caller", said)), analysis.DEFAULT_OUTCOMES) is None
