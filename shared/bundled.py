@@ -6,7 +6,12 @@ system's spec runs none of their code.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
+import os
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from shared.errors import ConfigurationError
@@ -29,3 +34,35 @@ def bundled_file(package: str, relative: str, *, install_hint: str) -> Path:
     if not path.is_file():
         raise ConfigurationError(f"{package} is installed but incomplete: {path} is missing")
     return path
+
+
+def join_verified(parts: Sequence[Path], target: Path, sha256: str, fix: str) -> None:
+    """Write `parts` one after another to `target`, which appears only once their joined SHA-256 is
+    `sha256` (a temporary file renamed into place: an interrupted or mixed join never passes for the
+    model). Models too big for one PyPI file ship as slices (the GGUFs, Whisper base); `fix` says how
+    to get good ones when the hash is wrong.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with part.open("rb") as source:
+                    while block := source.read(4 << 20):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != sha256:
+            raise ConfigurationError(f"the joined model's SHA-256 is {digest.hexdigest()}, expected {sha256}: {fix}")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def verified_stamp(path: Path, sha256: str) -> str:
+    """What a `.verified` file records: the hash a file was checked at, with its size and mtime, so that
+    a later start trusts it without re-hashing (any change of size or mtime re-checks it)."""
+    st = path.stat()
+    return json.dumps({"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns})

@@ -11,10 +11,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import hashlib
-import json
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +20,7 @@ from pathlib import Path
 from typing import Any, overload
 
 from shared import urgency
+from shared.bundled import join_verified, verified_stamp
 from shared.errors import ConfigurationError
 from shared.llm.base import ChatMessage, GenerationOptions, LLMError, StreamItem
 from shared.llm.hermes import ToolCallStream
@@ -92,11 +90,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _stamp(path: Path, sha256: str) -> str:
-    st = path.stat()
-    return json.dumps({"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-
-
 def ensure_model_file(cache_dir: Path, model: SlicedModel = DEFAULT_MODEL) -> Path:
     """Join the model's slices into `cache_dir` once (atomically) and verify the SHA-256.
 
@@ -106,38 +99,15 @@ def ensure_model_file(cache_dir: Path, model: SlicedModel = DEFAULT_MODEL) -> Pa
     target = Path(cache_dir) / model.filename
     stamp = target.with_name(target.name + ".verified")
     with _assemble_lock:
-        if target.exists() and stamp.exists() and stamp.read_text() == _stamp(target, model.sha256):
+        if target.exists() and stamp.exists() and stamp.read_text() == verified_stamp(target, model.sha256):
             return target
         if target.exists() and _sha256(target) == model.sha256:
-            stamp.write_text(_stamp(target, model.sha256))
+            stamp.write_text(verified_stamp(target, model.sha256))
             return target
         join_verified(slice_paths(model), target, model.sha256,
                       f"reinstall {model.distributions[0]}..{model.distributions[-1].rsplit('-', 1)[-1]}")
-        stamp.write_text(_stamp(target, model.sha256))
+        stamp.write_text(verified_stamp(target, model.sha256))
         return target
-
-
-def join_verified(parts: Sequence[Path], target: Path, sha256: str, fix: str) -> None:
-    """Write `parts` one after another to `target`, which appears only once their joined SHA-256 is
-    `sha256` (a temporary file renamed into place: an interrupted or mixed join never passes for the model).
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".gguf-", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            for part in parts:
-                with part.open("rb") as f:
-                    while block := f.read(4 << 20):
-                        digest.update(block)
-                        out.write(block)
-        if digest.hexdigest() != sha256:
-            raise ConfigurationError(f"the joined model's SHA-256 is {digest.hexdigest()}, expected {sha256}: {fix}")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def named_model_path(model: str | None, cache_dir: Path) -> Path | None:

