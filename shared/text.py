@@ -4,6 +4,13 @@ TTS starts on the first clause, not the whole reply, so the splitter must emit a
 is certain: a `.` only counts once the next character shows it is not a decimal (3.5), a time (8:30)
 or an abbreviation (Dr., e.g.). Commas split only after a few words, so the first clause is short
 enough to arrive fast but long enough to sound natural.
+
+The first clause of a reply is what the caller waits for: every token of it is written, and all of it
+synthesised, before the first sound. A reply is often one sentence ("I'm open on Tuesday afternoon
+at 3 PM."), so while the reply's opening is short a clause with no comma is cut where a new phrase
+begins, before a conjunction or a preposition ("…afternoon" | "at 3 PM."), once it has a few words. The cut part is a `Continued`
+clause: spoken as if a comma followed it (a phrase break's rising tone, not a sentence's fall), and
+stored as written.
 """
 
 from __future__ import annotations
@@ -56,6 +63,27 @@ _ABBREVIATIONS = frozenset(
     ]
 )
 _STRONG = ".!?;:\n"
+PHRASE_STARTS = frozenset(
+    {
+        "and", "but", "or", "so", "because", "since", "if", "when", "while", "where", "which", "who",
+        "whose", "after", "before", "until", "unless", "at", "on", "in", "for", "with", "from", "about",
+        "during", "between", "than", "then", "though", "although",
+    }
+)
+"""Words that begin a new phrase: a first clause may be cut before one (never before "of", "to" or an
+article, which bind to the words before them)."""
+FIRST_CUT_MIN_WORDS = 4
+"""Words a first clause has before it may be cut at a phrase start: "I'm open" alone says too little
+to sound like a start, and three words save little."""
+
+
+class Continued(str):
+    """A clause cut before its sentence ended: TTS speaks it with a comma after it (see `tts_text`)."""
+
+
+def tts_text(clause: str) -> str:
+    """What TTS is given for a clause: a `Continued` one gets the comma its phrase break implies."""
+    return f"{clause}," if isinstance(clause, Continued) else clause
 _CLOSERS = "*_`)]\"'\u201d\u2019"
 _EMOJI = re.compile(
     "[\U0001f000-\U0001faff\U00002600-\U000027bf\U00002b00-\U00002bff\ufe0f\u200d\u20e3]+", re.UNICODE
@@ -77,12 +105,18 @@ def clean_for_speech(text: str) -> str:
 class ClauseSplitter:
     """Accumulates token pieces; `feed` returns the clauses completed so far, `flush` the rest."""
 
-    def __init__(self, min_words_for_comma: int = 4, *, first_min_words_for_comma: int = 1) -> None:
+    def __init__(
+        self, min_words_for_comma: int = 4, *, first_min_words_for_comma: int = 1,
+        first_cut_min_words: int | None = FIRST_CUT_MIN_WORDS,
+    ) -> None:
         self.min_words_for_comma = min_words_for_comma
+        self.first_cut_min_words = first_cut_min_words
+        """Cut an unpunctuated first clause at a phrase start after this many words (None: never)."""
         # The first clause gates the reply's latency: "Sure," alone is a natural thing to say first,
         # and speaking it while the rest is generated saves the whole rest of the sentence's tokens.
         self.first_min_words_for_comma = first_min_words_for_comma
         self._emitted = 0
+        self._words_out = 0
         self._buffer = ""
 
     def feed(self, piece: str) -> list[str]:
@@ -100,7 +134,34 @@ class ClauseSplitter:
                 start = end
                 self._emitted += 1
         self._buffer = self._buffer[start:]
-        return [c for c in (clean_for_speech(c) for c in out) if _speakable(c)]
+        cleaned = [c for c in (clean_for_speech(c) for c in out) if _speakable(c)]
+        if not cleaned and (cut := self._opening_cut()) is not None:
+            head, self._buffer = self._buffer[:cut], self._buffer[cut:]
+            text = clean_for_speech(head)
+            if _speakable(text):
+                self._emitted += 1
+                cleaned = [Continued(text)]
+        self._words_out += sum(len(c.split()) for c in cleaned)
+        return cleaned
+
+    def _opening_cut(self) -> int | None:
+        """Where the unfinished clause may be cut while the reply's opening is still short (fewer than
+        `first_cut_min_words` words out: the first clause, or the one after "Sure,"): before a
+        phrase-starting word that is complete (whitespace after it) with that many words before it.
+        After a one-word "Sure," the caller hears half a second of audio while the next clause is
+        written, so that clause is the one that must come fast."""
+        if self.first_cut_min_words is None or self._words_out >= self.first_cut_min_words:
+            return None
+        words = list(re.finditer(r"\S+", self._buffer))
+        # The last word may still grow ("at" → "attend"): only words with whitespace after them count.
+        if words and words[-1].end() == len(self._buffer):
+            words.pop()
+        for n, word in enumerate(words):
+            if n >= self.first_cut_min_words and word.group().lower() in PHRASE_STARTS:
+                before = self._buffer[: word.start()].rstrip()
+                if before and before[-1].isalnum():  # not after a dash, a quote, an open bracket
+                    return word.start()
+        return None
 
     def flush(self) -> list[str]:
         """End of the reply: whatever is left is the last clause."""
@@ -139,9 +200,13 @@ def _speakable(clause: str) -> bool:
     return any(ch.isalnum() for ch in clause)
 
 
-async def split_clauses(tokens: AsyncIterator[str], min_words_for_comma: int = 4) -> AsyncIterator[str]:
-    """Async adapter: LLM token stream in, clause stream out."""
-    splitter = ClauseSplitter(min_words_for_comma)
+async def split_clauses(
+    tokens: AsyncIterator[str], min_words_for_comma: int = 4, *,
+    first_cut_min_words: int | None = FIRST_CUT_MIN_WORDS,
+) -> AsyncIterator[str]:
+    """Async adapter: LLM token stream in, clause stream out. A fixed line, synthesised whole ahead of
+    need, passes `first_cut_min_words=None`: nobody waits on its first clause."""
+    splitter = ClauseSplitter(min_words_for_comma, first_cut_min_words=first_cut_min_words)
     async for piece in tokens:
         for clause in splitter.feed(piece):
             yield clause

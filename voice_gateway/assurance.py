@@ -65,10 +65,13 @@ class StartPolicy:
     """
 
     def __init__(
-        self, rates: ProductionRate, *, margin_s: float = 0.3, writing_margin_s: float = 0.5,
+        self, rates: ProductionRate, *, margin_s: float = 0.3, writing_margin_s: float = 0.7,
         ready_margin_s: float = 0.6, busy_margin_s: float = 1.4,
         busy: Callable[[], bool] = lambda: False, first_clause_weight: float = 0.5,
     ) -> None:
+        # writing_margin_s: the next clause's words and its TTS, on a machine to itself. 0.5 s left a
+        # 258 ms hole after a one-word "Sure," whose next clause had 20 tokens (≈ 0.6 s, TTS 0.2 s);
+        # clauses are now cut short at the reply's opening (`shared.text`), and 0.7 s covers them.
         self.rates = rates
         self.margin_s = margin_s
         self.writing_margin_s = writing_margin_s

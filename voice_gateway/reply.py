@@ -31,7 +31,7 @@ from shared.llm.base import ChatMessage, LLMError
 from shared.llm.tools import InvalidToolCall, ToolCall, ToolSpec
 from shared.storage.base import Agent
 from shared.stt.base import Transcription
-from shared.text import split_clauses
+from shared.text import split_clauses, tts_text
 from shared.tts.base import TTS
 from voice_gateway.assurance import Progress, StartPolicy
 from voice_gateway.engines import Engines
@@ -319,7 +319,7 @@ class Reply:
         with urgency.working_for(self):  # inherited by the tasks created inside (the LLM producer)
             try:
                 if text is not None:
-                    await self._synthesize(split_clauses(_one_text(text)))
+                    await self._synthesize(split_clauses(_one_text(text), first_cut_min_words=None))
                 elif typed is not None:
                     self.caller_text = typed[1]
                     await self._reply_to(typed[0])
@@ -450,7 +450,7 @@ class Reply:
         the CPU on it while their first turns wait."""
         voice = self._deps.agent.voice
         if not self._fixed:
-            async for chunk in tts.synthesize(clause, voice=voice):
+            async for chunk in tts.synthesize(tts_text(clause), voice=voice):
                 yield chunk
             return
         for chunk in await fixed_audio(tts, clause, voice):
@@ -579,7 +579,7 @@ async def fixed_audio(tts: TTS, clause: str, voice: str | None) -> list[np.ndarr
 async def prepare_fixed(tts: TTS, text: str, voice: str | None) -> None:
     """Synthesise a fixed line ahead of need (an outbound call's greeting and voicemail message while
     the agent listens to who answered), so it plays at once when it is said."""
-    async for clause in split_clauses(_one_text(text)):
+    async for clause in split_clauses(_one_text(text), first_cut_min_words=None):
         await fixed_audio(tts, clause, voice)
 
 

@@ -6,12 +6,21 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from shared.text import ClauseSplitter, clean_for_speech, split_clauses
+from shared.text import (
+    FIRST_CUT_MIN_WORDS,
+    ClauseSplitter,
+    Continued,
+    clean_for_speech,
+    split_clauses,
+    tts_text,
+)
 
 
-def _split(pieces: list[str], **kwargs: int) -> list[list[str]]:
-    """Feed pieces one by one; return what came out after each piece, then the flush."""
-    splitter = ClauseSplitter(**kwargs)
+def _split(pieces: list[str], **kwargs: int | None) -> list[list[str]]:
+    """Feed pieces one by one; return what came out after each piece, then the flush. The first
+    clause's phrase cut is off unless asked for: these tests are about punctuation."""
+    kwargs.setdefault("first_cut_min_words", None)
+    splitter = ClauseSplitter(**kwargs)  # type: ignore[arg-type]
     return [splitter.feed(p) for p in pieces] + [splitter.flush()]
 
 
@@ -24,6 +33,62 @@ def test_a_sentence_is_emitted_as_soon_as_the_next_token_starts() -> None:
     assert steps[4] == []  # the "." alone might still be "9.5"
     assert steps[5] == ["We open at nine."]
     assert steps[-1] == ["See you soon!"]
+
+
+def _tokens(text: str) -> list[str]:
+    """The text as an LLM streams it: words with their leading space."""
+    import re
+
+    return re.findall(r" ?\S+", text)
+
+
+def test_an_unpunctuated_first_clause_is_cut_before_a_phrase_start() -> None:
+    steps = _split(_tokens("I'm open on Tuesday afternoon at 3 PM. See you then."),
+                   first_cut_min_words=FIRST_CUT_MIN_WORDS)
+    out = [c for step in steps for c in step]
+    assert out == ["I'm open on Tuesday afternoon", "at 3 PM.", "See you then."]
+    assert isinstance(out[0], Continued) and not isinstance(out[1], Continued)
+    # Emitted as soon as " at" is known to be a whole word, i.e. when the next token arrives.
+    assert steps[6] == ["I'm open on Tuesday afternoon"] and steps[5] == []
+    assert tts_text(out[0]) == "I'm open on Tuesday afternoon," and tts_text(out[1]) == "at 3 PM."
+    assert " ".join(out) == "I'm open on Tuesday afternoon at 3 PM. See you then."
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Eric Johnson is on the first day of March.",  # "on" has three words before it: too soon
+        "The price of a cleaning is 80 dollars.",  # "of" binds to the words before it
+        "We can attend to that today.",  # "attend" begins with "at" but is not a phrase start
+    ],
+)
+def test_a_first_clause_is_not_cut_where_it_would_sound_wrong(text: str) -> None:
+    out = [c for step in _split(_tokens(text), first_cut_min_words=FIRST_CUT_MIN_WORDS) for c in step]
+    assert not any(isinstance(c, Continued) for c in out)
+    assert " ".join(out) == text
+
+
+def test_only_the_opening_is_cut() -> None:
+    text = "Yes. We are open Monday to Friday from nine to five. We close at noon on Fridays."
+    out = [c for step in _split(_tokens(text), first_cut_min_words=FIRST_CUT_MIN_WORDS) for c in step]
+    # After "Yes." the caller hears half a second while the next clause is written: it is cut too.
+    assert out == ["Yes.", "We are open Monday to Friday", "from nine to five.", "We close at noon on Fridays."]
+    out = [c for step in _split(_tokens("Sure, I can book that for you."), first_cut_min_words=4) for c in step]
+    assert out == ["Sure,", "I can book that", "for you."]
+    text = "We are open today. We close at noon on Fridays and on Saturdays."
+    out = [c for step in _split(_tokens(text), first_cut_min_words=FIRST_CUT_MIN_WORDS) for c in step]
+    assert out == ["We are open today.", "We close at noon on Fridays and on Saturdays."]
+
+
+async def test_fixed_lines_can_turn_the_cut_off() -> None:
+    async def tokens() -> AsyncIterator[str]:
+        for piece in _tokens("Your appointment is booked for Tuesday at ten."):
+            yield piece
+
+    assert [c async for c in split_clauses(tokens())] == ["Your appointment is booked", "for Tuesday at ten."]
+    assert [c async for c in split_clauses(tokens(), first_cut_min_words=None)] == [
+        "Your appointment is booked for Tuesday at ten."
+    ]
 
 
 def test_decimals_times_and_thousands_are_not_split() -> None:
