@@ -36,6 +36,7 @@ def build_llm(settings: Settings) -> LLM:
         model_path=settings.llm_model_path,
         n_ctx=settings.llm_context_tokens,
         timeout_s=settings.llm_timeout_s,
+        quant=None if settings.llm_quant == "none" else settings.llm_quant,
     )
 
 
@@ -56,7 +57,8 @@ def build_analysis_llm(settings: Settings) -> StructuredLLM:
 
 
 def _build(
-    settings: Settings, *, engine: str, model: str, model_path: Path | None, n_ctx: int, timeout_s: float
+    settings: Settings, *, engine: str, model: str, model_path: Path | None, n_ctx: int, timeout_s: float,
+    quant: str | None = None,
 ) -> OllamaLLM | OpenAICompatLLM | LlamaCppLLM:
     """The one rule from an engine name to an engine; calls and analysis differ only in what they pass.
 
@@ -82,4 +84,5 @@ def _build(
         threads=settings.llm_threads,
         slots=settings.llm_slots,
         first_token_timeout_s=timeout_s,
+        quant=quant,
     )

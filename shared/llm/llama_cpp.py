@@ -12,6 +12,8 @@ import asyncio
 import atexit
 import hashlib
 import logging
+import os
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -110,6 +112,46 @@ def ensure_model_file(cache_dir: Path, model: SlicedModel = DEFAULT_MODEL) -> Pa
         return target
 
 
+QUANT_TYPES = {"q4_0": 2, "q8_0": 7}
+"""Weight types the bundled GGUFs can be requantized to (llama.cpp's LLAMA_FTYPE_MOSTLY_Q4_0, _Q8_0)."""
+
+
+def requantized(source: Path, quant: str, source_sha256: str) -> Path:
+    """`source` with its weights requantized to `quant`, made once next to it (about 3 s for the 0.5B).
+
+    Why: on AVX2 CPUs llama.cpp's Q4_0 kernels (repacked 8x8 at load) run the bundled Q4_K_M's work
+    about a third faster. Measured on 2 cores: a 13-token prompt 150 -> 100 ms, 30 -> 21 ms a token,
+    and the perplexity of the 27 labelled calls' dialogues 129.4 (Q4_K_M) against 120.5 (Q4_0) and
+    130.0 (Q8_0): no loss on this kind of text. The stamp records the source's hash, the type and the
+    llama.cpp version (a new version may write other bytes); a failed conversion keeps the source.
+    """
+    import llama_cpp as lc
+
+    target = source.with_name(f"{source.stem}.{quant}.gguf")
+    stamp = target.with_name(target.name + ".verified")
+    made_from = f"{source_sha256} as {quant} by llama.cpp {lc.__version__}"
+    with _assemble_lock:
+        if target.exists() and stamp.exists() and stamp.read_text() == verified_stamp(target, made_from):
+            return target
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-", suffix=".part")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            params = lc.llama_model_quantize_default_params()
+            params.ftype = QUANT_TYPES[quant]
+            params.allow_requantize = True
+            params.nthread = max(1, os.cpu_count() or 1)
+            if lc.llama_model_quantize(str(source).encode(), str(tmp).encode(), params) != 0:
+                log.warning("llama.cpp could not requantize %s to %s: using it as it is", source.name, quant)
+                return source
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        stamp.write_text(verified_stamp(target, made_from))
+        return target
+
+
 def named_model_path(model: str | None, cache_dir: Path) -> Path | None:
     """The cached GGUF of a model chosen by name (`NAMED_MODELS`); None for any other name.
 
@@ -159,7 +201,12 @@ class LlamaCppLLM:
         threads: int = 2,
         slots: int = 4,
         first_token_timeout_s: float = 8.0,
+        quant: str | None = None,
     ) -> None:
+        if quant is not None and quant not in QUANT_TYPES:
+            raise ConfigurationError(f"unknown weight type {quant!r}: one of {', '.join(QUANT_TYPES)}")
+        self.quant = quant
+        """A bundled model's weights requantized to this type (`requantized`); None: as shipped."""
         self._explicit_path = model_path
         self.cache_dir = cache_dir
         self.n_ctx = n_ctx
@@ -201,15 +248,18 @@ class LlamaCppLLM:
             raise LLMError(f"llama.cpp failed: {exc}") from exc
 
     def _path(self) -> Path:
-        if self._explicit_path is None:
-            return ensure_model_file(self.cache_dir)
-        path = Path(self._explicit_path)
-        named = next((m for m in NAMED_MODELS.values() if path.name == m.filename), None)
-        if named is not None and path.parent == Path(self.cache_dir):
-            return ensure_model_file(self.cache_dir, named)  # the cached file, or joined from the extra
-        if not path.is_file():
-            raise ConfigurationError(f"LLM model file not found: {path}")
-        return path
+        """The GGUF to load: a bundled model (joined, then requantized if asked), or the file named."""
+        model = DEFAULT_MODEL
+        if self._explicit_path is not None:
+            path = Path(self._explicit_path)
+            named = next((m for m in NAMED_MODELS.values() if path.name == m.filename), None)
+            if named is None or path.parent != Path(self.cache_dir):
+                if not path.is_file():
+                    raise ConfigurationError(f"LLM model file not found: {path}")
+                return path  # a file of the user's own is loaded as it is
+            model = named
+        joined = ensure_model_file(self.cache_dir, model)  # the cached file, or joined from its packages
+        return requantized(joined, self.quant, model.sha256) if self.quant else joined
 
     def _ensure(self) -> tuple[Any, threading.Lock]:
         return _load(str(self._path()), self.n_ctx, self.threads)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
+from shared.bundled import verified_stamp
+from shared.errors import ConfigurationError
 from shared.llm.base import ChatMessage, GenerationOptions
-from shared.llm.llama_cpp import MODEL_FILENAME, LlamaCppLLM, slice_paths
+from shared.llm.llama_cpp import MODEL_FILENAME, MODEL_SHA256, LlamaCppLLM, ensure_model_file, slice_paths
 from tests.support.wer import normalize
 
 pytestmark = pytest.mark.models
+REPO = Path(__file__).resolve().parents[2]
 
 SYSTEM = (
     "You are Ava, the phone receptionist of Bright Smile Dental in Springfield. "
@@ -62,3 +66,40 @@ def test_slices_are_found_through_package_metadata() -> None:
     assert [p.name for p in paths] == [f"part0{i}.bin" for i in range(1, 7)]
     assert all(p.is_file() for p in paths)
     assert MODEL_FILENAME.endswith(".gguf")
+
+
+def test_the_bundled_weights_are_requantized_once_and_reused(tmp_path: Path) -> None:
+    """LLM_QUANT=q4_0: the shipped Q4_K_M is converted next to it once; a later start reuses the file
+    (its stamp matches), and a changed file is made again rather than trusted."""
+    pytest.importorskip("llama_cpp")
+    source = ensure_model_file(REPO / "data" / "models")
+    cache = tmp_path / "models"
+    cache.mkdir()
+    (cache / MODEL_FILENAME).symlink_to(source)
+    (cache / f"{MODEL_FILENAME}.verified").write_text(verified_stamp(cache / MODEL_FILENAME, MODEL_SHA256))
+    engine = LlamaCppLLM(cache_dir=cache, quant="q4_0")
+    made = engine._path()
+    assert made.name == MODEL_FILENAME.removesuffix(".gguf") + ".q4_0.gguf"
+    assert made.read_bytes()[:4] == b"GGUF"
+    assert 0 < made.stat().st_size < source.stat().st_size  # Q4_0 is smaller than Q4_K_M
+    first = made.stat().st_mtime_ns
+    assert engine._path() == made and made.stat().st_mtime_ns == first  # reused, not made again
+    with made.open("r+b") as f:  # damaged (or written by another llama.cpp): made again
+        f.truncate(1024)
+    assert engine._path().stat().st_size > 1024
+
+
+def test_an_unknown_weight_type_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="unknown weight type"):
+        LlamaCppLLM(quant="q3_k")
+
+
+async def test_the_requantized_model_answers_as_the_agent(tmp_path: Path) -> None:
+    """What live calls run by default (LLM_QUANT=q4_0) loads in the batched server and answers."""
+    pytest.importorskip("llama_cpp")
+    engine = LlamaCppLLM(cache_dir=REPO / "data" / "models", quant="q4_0", slots=1)
+    messages = [ChatMessage("system", SYSTEM), ChatMessage("user", "Hi, who am I speaking with?")]
+    reply = "".join([p async for p in engine.stream(messages, GenerationOptions(temperature=0.0, max_tokens=40))])
+    words = normalize(reply)
+    assert len(words) >= 3, reply
+    assert "ava" in words or "bright smile" in " ".join(words), reply
