@@ -127,6 +127,9 @@ def trim_history(
     first = max(0, (len(turns) - keep) // step * step)
     while first < len(turns) - 1 and sum(len(m.content) for m in turns[first:]) > max_chars:
         first = min(first + step, len(turns) - 1)
-    while first < len(turns) - 1 and turns[first].role == "assistant":
+    # Only a cut history starts at a caller line: uncut, its first message is the agent's greeting,
+    # which the first turn's prompt (and so the KV cache) holds; dropping it on the second turn made
+    # every call's second turn evaluate its whole conversation again.
+    while 0 < first < len(turns) - 1 and turns[first].role == "assistant":
         first += 1
     return [*system, *turns[first:]]

@@ -80,6 +80,10 @@ class StartPolicy:
         self._busy = busy
         self._own_weight = first_clause_weight
 
+    def busy(self) -> bool:
+        """Other calls share the machine now."""
+        return self._busy()
+
     def required_s(self, progress: Progress) -> float:
         """Seconds of audio that must be made before playing can start without a hole.
 

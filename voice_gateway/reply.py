@@ -31,7 +31,7 @@ from shared.llm.base import ChatMessage, LLMError
 from shared.llm.tools import InvalidToolCall, ToolCall, ToolSpec
 from shared.storage.base import Agent
 from shared.stt.base import Transcription
-from shared.text import split_clauses, tts_text
+from shared.text import FIRST_CUT_MIN_WORDS, split_clauses, tts_text
 from shared.tts.base import TTS
 from voice_gateway.assurance import Progress, StartPolicy
 from voice_gateway.engines import Engines
@@ -386,7 +386,11 @@ class Reply:
         async def produce() -> None:
             produced = False
             try:
-                async for clause in split_clauses(tokens()):
+                # The opening is cut short only on a machine to itself: beside other calls the start
+                # is held for the busy margin anyway (`StartPolicy`), and short clauses there only add
+                # TTS jobs that must each win the gate before the audio ahead of them runs out.
+                cut = None if self._deps.policy.busy() else FIRST_CUT_MIN_WORDS
+                async for clause in split_clauses(tokens(), first_cut_min_words=cut):
                     if not produced and self._production_started is not None:
                         # From the LLM request to the first speakable clause: what TTS waits for.
                         self.metrics["llm_first_clause_ms"] = round((clock() - self._production_started) * 1000)

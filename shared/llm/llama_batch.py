@@ -217,6 +217,9 @@ class BatchedLlama:
         self._vocab = lc.llama_model_get_vocab(model)
         self._n_vocab = int(lc.llama_vocab_n_tokens(self._vocab))
         self._memory = lc.llama_get_memory(ctx)
+        self._can_shift = bool(lc.llama_memory_can_shift(self._memory))
+        self.shifted = 0
+        """Trimmed histories taken from the cache by a shift (`_drop_trimmed`), not evaluated again."""
         template = lc.llama_model_chat_template(model, None)
         self._call_open = self._special_token("<tool_call>")
         self._call_close = self._special_token("</tool_call>")
@@ -369,12 +372,32 @@ class BatchedLlama:
         assert slot is not None
         prompt = request.prompt
         self._share_prefix(slot, prompt)
+        self._drop_trimmed(slot, prompt)
         keep = min(_common_prefix(slot.tokens, prompt), len(prompt) - 1)  # re-evaluate ≥ 1 token: its logits
         if keep < len(slot.tokens):
             self._lc.llama_memory_seq_rm(self._memory, slot.seq, keep, -1)
             del slot.tokens[keep:]
         request.cached_tokens = keep
         request.pending = prompt[keep:]
+
+    def _drop_trimmed(self, slot: _Slot, prompt: list[int]) -> None:
+        """The prompt is the slot's conversation with a block of old turns cut out after the system
+        prompt (`shared.conversation.trim_history`): remove that block from the KV cache and shift what
+        follows back into place, as llama.cpp's server does when its context is full, instead of
+        evaluating the kept turns again (≈ 150 tokens: over a second on a busy 2-core machine, for
+        every call, every other exchange). The kept turns' cache was computed with the cut ones in
+        view; the model reads them as fine, as a context shift does.
+        """
+        match = _cut_block(slot.tokens, prompt) if self._can_shift else None
+        if match is None:
+            return
+        cut_at, resume, end = match
+        lc, memory, seq = self._lc, self._memory, slot.seq
+        lc.llama_memory_seq_rm(memory, seq, end, -1)  # what differs after the kept turns goes anyway
+        lc.llama_memory_seq_rm(memory, seq, cut_at, resume)
+        lc.llama_memory_seq_add(memory, seq, resume, end, cut_at - resume)
+        slot.tokens = slot.tokens[:cut_at] + slot.tokens[resume:end]
+        self.shifted += 1
 
     def _follows(self, request: Request, others: list[Request]) -> bool:
         """Another request is evaluating a prefix this one shares: wait for it, then copy it.
@@ -780,7 +803,28 @@ def _slot_fit(slot: _Slot, prompt: list[int]) -> tuple[int, int, float]:
     (`_share_prefix`). So an empty slot, or this call's own, comes before anyone else's.
     """
     common = _common_prefix(slot.tokens, prompt)
+    cut = _cut_block(slot.tokens, prompt)
+    if cut is not None:  # its own conversation, trimmed: the kept turns stay (`_drop_trimmed`)
+        cut_at, resume, end = cut
+        common = cut_at + end - resume
+        return -(len(slot.tokens) - common - (resume - cut_at)), common, -slot.last_used
     return -(len(slot.tokens) - common), common, -slot.last_used
+
+
+def _cut_block(tokens: list[int], prompt: list[int]) -> tuple[int, int, int] | None:
+    """Whether `prompt` is `tokens` with one block cut out after their common prefix and at least
+    `SHARE_MIN_TOKENS` of what followed it kept: (where the cut starts, where the kept part starts,
+    where it ends) in `tokens`, else None."""
+    cut_at = _common_prefix(tokens, prompt)
+    if cut_at >= len(prompt) or cut_at >= len(tokens):
+        return None
+    first = prompt[cut_at]
+    for resume in range(cut_at + 1, len(tokens)):
+        if tokens[resume] == first:
+            kept = _common_prefix(tokens[resume:], prompt[cut_at:])
+            if kept >= SHARE_MIN_TOKENS:
+                return cut_at, resume, resume + kept
+    return None
 
 
 def _tools_key(tools: Sequence[ToolSpec]) -> str:

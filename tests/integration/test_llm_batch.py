@@ -197,6 +197,29 @@ def test_a_new_call_does_not_take_the_slot_of_another_calls_conversation(llm: Ll
         server.close()
 
 
+def test_a_trimmed_history_is_shifted_in_the_cache_not_evaluated_again(server: BatchedLlama) -> None:
+    # trim_history cuts the oldest turns after the system prompt: the kept turns are already in the
+    # slot's cache, behind the cut ones. They are moved back into place, not evaluated again.
+    turns = [ChatMessage("assistant", "Hi, this is Ava from Bright Smile Dental. How can I help?"),
+             ChatMessage("user", "Hi, I would like to book a cleaning for next week if you have time."),
+             ChatMessage("assistant", "Sure, we have openings on Tuesday and Thursday mornings."),
+             ChatMessage("user", "Thursday morning would be great, around ten if that works for you."),
+             ChatMessage("assistant", "Thursday at ten is free. May I have your name, please?")]
+    first = Collector()
+    server.submit([SYSTEM, *turns, ChatMessage("user", "It is Eric Johnson.")], GenerationOptions(max_tokens=8),
+                  Fixed(0.0), first)
+    assert first.done.wait(WAIT_S) and first.error is None
+    shifted = server.shifted
+    trimmed = [SYSTEM, *turns[3:], ChatMessage("user", "It is Eric Johnson."),
+               ChatMessage("assistant", "".join(first.pieces).strip()), ChatMessage("user", "Thanks, bye.")]
+    out = Collector()
+    request = server.submit(trimmed, GenerationOptions(max_tokens=8), Fixed(0.0), out)
+    assert out.done.wait(WAIT_S) and out.error is None and "".join(out.pieces).strip()
+    assert server.shifted == shifted + 1
+    # What followed the system prompt was found in the cache: only the newest lines were evaluated.
+    assert request.prompt_tokens - request.cached_tokens < 40, (request.prompt_tokens, request.cached_tokens)
+
+
 PLAIN = ChatMessage("system", f"Your name is Ava.\nYou are a helpful assistant on the phone.\n\n{SPOKEN_STYLE}")
 """A prompt with no business facts: where the 0.5B model parroted one sentence to five caller lines."""
 
