@@ -18,12 +18,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import httpx
 from pydantic import BaseModel, Field, ValidationError
 
-from shared.storage.base import Storage, utcnow
+from shared.storage.base import Storage, aware, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +125,8 @@ async def pending_calls(storage: Storage, *, since: datetime, limit: int) -> int
     count = 0
     for status in PENDING_STATUSES:
         rows = await storage.list_calls(status=status, limit=limit)  # newest first
-        count += sum(1 for row in rows if _aware(row.created_at) >= since)
+        count += sum(1 for row in rows if aware(row.created_at) >= since)
     return count
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class Admission:

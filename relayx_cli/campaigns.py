@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from relayx_cli.client import APIError, BackendClient
+from relayx_cli.output import fail
 from shared.campaigns.config import DAYS
 from shared.settings import Settings
 
@@ -52,11 +53,6 @@ def progress_line(campaign: dict[str, Any]) -> str:
 
 def _client() -> BackendClient:
     return BackendClient(Settings())
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
 
 
 def _follow(client: BackendClient, campaign_id: str, poll_s: float) -> dict[str, Any]:
@@ -114,7 +110,7 @@ def create(
         }
         campaign = client.upload_campaign(csv, config)
     except (APIError, ValueError, OSError) as exc:
-        _fail(_readable(exc))
+        fail(_readable(exc))
         return
     typer.echo(
         f"campaign {campaign['id']} ({campaign['name']}): {campaign['progress']['total']} contacts, "
@@ -166,7 +162,7 @@ def show(
                     f"attempts {c['attempts']}  {c['last_outcome'] or ''}"
                 )
     except APIError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @campaigns_app.command("list")
@@ -176,7 +172,7 @@ def list_campaigns() -> None:
         for campaign in _client().campaigns():
             typer.echo(f"{campaign['id']}  {campaign['name']:<24.24} {progress_line(campaign)}")
     except APIError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _mover(action: str) -> Any:
@@ -184,7 +180,7 @@ def _mover(action: str) -> Any:
         try:
             typer.echo(progress_line(_client().move_campaign(campaign_id, action)))
         except APIError as exc:
-            _fail(str(exc))
+            fail(str(exc))
 
     move.__doc__ = f"{action.capitalize()} a campaign."
     return move
@@ -200,7 +196,7 @@ def dnc_add(numbers: list[str], reason: Annotated[str | None, typer.Option()] = 
     try:
         added = _client().add_do_not_call(numbers, reason)
     except APIError as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     typer.echo(f"{added['added']} added ({added['total_given']} given)")
 
@@ -211,6 +207,6 @@ def dnc_import(csv: str) -> None:
     try:
         added = _client().import_do_not_call(csv)
     except (APIError, OSError) as exc:
-        _fail(_readable(exc))
+        fail(_readable(exc))
         return
     typer.echo(f"{added['added']} added ({added['total_given']} given)")

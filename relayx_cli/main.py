@@ -13,6 +13,7 @@ import typer
 
 from relayx_cli.campaigns import campaigns_app, dnc_app
 from relayx_cli.client import APIError, BackendClient
+from relayx_cli.output import fail
 from relayx_cli.services import Services
 from shared.settings import Settings
 
@@ -40,11 +41,6 @@ DEMO_NUMBER = "+15555550123"
 
 def _say(message: str) -> None:
     typer.secho(message, fg=typer.colors.BRIGHT_BLACK, err=True)
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
 
 
 def format_line(line: dict[str, Any]) -> str:
@@ -139,7 +135,7 @@ def demo(
     """Start everything on the embedded defaults, place a simulated call and print its transcript."""
     settings = Settings()
     if settings.telephony_provider != "simulator":
-        _fail("the demo needs TELEPHONY_PROVIDER=simulator (the embedded default)")
+        fail("the demo needs TELEPHONY_PROVIDER=simulator (the embedded default)")
     client = BackendClient(settings)
     services = Services(settings)
     if not client.healthy():
@@ -164,7 +160,7 @@ def demo(
             _say(f"services keep running for curl: {client.base} (API key: {settings.api_key}) · Ctrl-C to stop")
             services.wait()
     except APIError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         services.stop()
 
@@ -185,7 +181,7 @@ def agents_create(
     try:
         agent = BackendClient(Settings()).create_agent(body)
     except APIError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(agent["id"])
 
 
@@ -196,7 +192,7 @@ def agents_list() -> None:
         for agent in BackendClient(Settings()).agents():
             typer.echo(f"{agent['id']}  {agent['name']}")
     except APIError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @app.command()
@@ -218,7 +214,7 @@ def call(
             final = follow_call(client, placed["id"])
             typer.echo(f"call {final['status']}, {final['duration']} s")
     except APIError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @calls_app.command("show")
@@ -240,7 +236,7 @@ def calls_show(call_id: str) -> None:
                 if analysis.get(key) not in (None, [], {}):
                     typer.echo(f"  {key}: {analysis[key]}")
     except APIError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @app.command()
@@ -290,15 +286,15 @@ def bench(
                                 "bench-results/bench.json") else json_out)
         return
     if what != "voice":
-        _fail(f"unknown benchmark {what!r}: use voice or analysis")
+        fail(f"unknown benchmark {what!r}: use voice or analysis")
     if start not in ("together", "staggered"):
-        _fail(f"--start {start!r}: use together or staggered")
+        fail(f"--start {start!r}: use together or staggered")
     if calls < 1 or lines < 1 or max_calls < 1:
-        _fail("--calls, --lines and --max-calls must be at least 1")
+        fail("--calls, --lines and --max-calls must be at least 1")
     if test_set not in ("", "phone"):
-        _fail(f"--set {test_set!r}: the only test set is phone")
+        fail(f"--set {test_set!r}: the only test set is phone")
     if test_set and find_capacity:
-        _fail("--set and --find-capacity do not go together: the ramp uses generated lines")
+        fail("--set and --find-capacity do not go together: the ramp uses generated lines")
     from relayx_cli.bench import Scenario, run_bench
 
     levels = [int(x) for x in concurrency.split(",") if x.strip()]

@@ -13,7 +13,7 @@ from backend.deps import StorageDep
 from backend.errors import CONFLICT, MALFORMED_BODY, NOT_FOUND, ResponseDocs, unprocessable
 from backend.schemas import MAX_OFFSET
 from shared.campaigns.config import MAX_CONTACTS, CampaignIn, CampaignSettings, ContactIn
-from shared.campaigns.csv_import import MAX_CSV_BYTES, CsvRejected, RowError, parse_contacts
+from shared.campaigns.csv_import import MAX_CSV_BYTES, CsvRejected, parse_contacts
 from shared.campaigns.models import Campaign, Contact, DoNotCall
 from shared.errors import ConfigurationError
 from shared.phone import PHONE_NUMBER, e164
@@ -310,13 +310,9 @@ async def upload_dnc(
 
 
 def _dnc_numbers(data: bytes) -> list[str]:
-    header = data.decode("utf-8-sig", errors="replace").splitlines()[0] if data else ""
-    column = "number" if "number" in [c.strip() for c in header.split(",")] else "phone_number"
     try:
-        return [c.phone_number for c in parse_contacts(data, number_column=column)]
+        return [c.phone_number for c in parse_contacts(data, number_columns=("phone_number", "number"))]
     except CsvRejected as exc:
-        if column == "phone_number" and any(e.row == 1 and e.column == "phone_number" for e in exc.errors):
-            exc = CsvRejected([RowError(1, None, "the header needs a phone_number (or number) column")])
         raise _csv_rejected(exc, "file") from None
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -35,8 +36,9 @@ class CsvRejected(ValueError):
         self.errors = errors
 
 
-def parse_contacts(data: bytes, *, number_column: str = "phone_number") -> list[ContactIn]:
-    """The file's contacts, in file order, or `CsvRejected` with every bad row."""
+def parse_contacts(data: bytes, *, number_columns: Sequence[str] = ("phone_number",)) -> list[ContactIn]:
+    """The file's contacts, in file order, or `CsvRejected` with every bad row. The number is read from
+    the first of `number_columns` the header has (a do-not-call list may call it `number`)."""
     if len(data) > MAX_CSV_BYTES:
         raise CsvRejected([RowError(0, None, f"the file is larger than {MAX_CSV_BYTES // 1024 // 1024} MB")])
     try:
@@ -54,7 +56,8 @@ def parse_contacts(data: bytes, *, number_column: str = "phone_number") -> list[
         raise CsvRejected([RowError(0, None, "the file is empty")]) from None
     except csv.Error as exc:
         raise CsvRejected([RowError(1, None, f"not CSV: {exc}")]) from None
-    errors = _header_errors(header, number_column)
+    number_column = next((c for c in number_columns if c in header), number_columns[0])
+    errors = _header_errors(header, number_column, number_columns)
     if errors:
         raise CsvRejected(errors)
     contacts: list[ContactIn] = []
@@ -95,10 +98,14 @@ def parse_contacts(data: bytes, *, number_column: str = "phone_number") -> list[
     return contacts
 
 
-def _header_errors(header: list[str], number_column: str) -> list[RowError]:
+def _header_errors(header: list[str], number_column: str, number_columns: Sequence[str]) -> list[RowError]:
     errors = []
     if number_column not in header:
-        errors.append(RowError(1, number_column, f"the header has no {number_column} column"))
+        if len(number_columns) == 1:
+            errors.append(RowError(1, number_column, f"the header has no {number_column} column"))
+        else:
+            others = " or ".join(number_columns[1:])
+            errors.append(RowError(1, None, f"the header needs a {number_columns[0]} (or {others}) column"))
     seen: set[str] = set()
     for name in header:
         if name in seen:

@@ -40,6 +40,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def aware(moment: datetime) -> datetime:
+    """A stored timestamp as UTC-aware: SQLite gives naive datetimes back, PostgreSQL aware ones."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 class Agent(BaseModel):
     """A stored phone agent: its prompt, voice and typed configuration (`shared.agent_config`)."""
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared.campaigns import outcomes, schedule
@@ -28,7 +28,7 @@ from shared.campaigns.models import (
 )
 from shared.errors import ConfigurationError, NotFound
 from shared.storage import rows
-from shared.storage.base import Call, Storage, new_id, utcnow
+from shared.storage.base import Call, Storage, aware, new_id, utcnow
 from shared.storage.sql import Executor, SQLStorage
 
 SCAN_EXTRA = 50
@@ -240,7 +240,7 @@ class CampaignStore:
             free = campaign.max_concurrency - int(calling[0]["n"])
             if headroom is not None:
                 free = min(free, headroom)
-            first = max(now, _aware(campaign.next_dial_at) or now)
+            first = max(now, aware(campaign.next_dial_at) if campaign.next_dial_at else now)
             spacing = 1.0 / campaign.calls_per_second
             by_rate = math.floor((now + timedelta(seconds=horizon_s) - first).total_seconds() / spacing) + 1
             allowed = min(free, by_rate)
@@ -488,7 +488,3 @@ class CampaignStore:
     async def is_dnc(self, number: str) -> bool:
         async with self.sql._connection() as conn:
             return bool(await self._listed(conn, [number]))
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    return None if moment is None else moment if moment.tzinfo else moment.replace(tzinfo=UTC)
