@@ -68,7 +68,14 @@ class StartPolicy:
         self, rates: ProductionRate, *, margin_s: float = 0.3, writing_margin_s: float = 0.7,
         ready_margin_s: float = 0.6, busy_margin_s: float = 1.4,
         busy: Callable[[], bool] = lambda: False, first_clause_weight: float = 0.5,
+        others: Callable[[], int] | None = None, shared_margin_s: tuple[float, float] = (0.6, 0.3),
     ) -> None:
+        # others: how many other calls share the machine (then `busy` is others() > 0). While the next
+        # clause is still being written, the margin grows with them, up to busy_margin_s: its tokens
+        # come one shared decode step at a time, and a step costs more with every reply in it (≈ 30 ms
+        # beside one other reply, 60–80 ms beside three). shared_margin_s is (base, per other call):
+        # 0.9 s beside one call, 1.2 s beside two, 1.4 s beside three or more. With one margin for
+        # all, two calls held starts for 0.2–1.0 s that four calls needed and two did not.
         # writing_margin_s: the next clause's words and its TTS, on a machine to itself. 0.5 s left a
         # 258 ms hole after a one-word "Sure," whose next clause had 20 tokens (≈ 0.6 s, TTS 0.2 s);
         # clauses are now cut short at the reply's opening (`shared.text`), and 0.7 s covers them.
@@ -78,11 +85,19 @@ class StartPolicy:
         self.ready_margin_s = ready_margin_s
         self.busy_margin_s = busy_margin_s
         self._busy = busy
+        self._others = others
+        self.shared_margin_s = shared_margin_s
         self._own_weight = first_clause_weight
 
     def busy(self) -> bool:
         """Other calls share the machine now."""
-        return self._busy()
+        return self._others() > 0 if self._others is not None else self._busy()
+
+    def _writing_margin_busy(self) -> float:
+        if self._others is None:
+            return self.busy_margin_s
+        base, per_call = self.shared_margin_s
+        return min(self.busy_margin_s, base + per_call * max(1, self._others()))
 
     def required_s(self, progress: Progress) -> float:
         """Seconds of audio that must be made before playing can start without a hole.
@@ -92,7 +107,7 @@ class StartPolicy:
         beside three other calls' replies: a clause of 15 tokens takes 0.4 s alone, about a second
         shared), and on a shared machine one job of another call may run before it.
         """
-        busy = self._busy()
+        busy = self.busy()
         rate = self.rates.rate
         if not busy and progress.audio_s > 0 and progress.elapsed_s > 0:
             own = progress.audio_s / progress.elapsed_s
@@ -100,7 +115,7 @@ class StartPolicy:
             rate = self._own_weight * own + (1 - self._own_weight) * rate
         expected = max(progress.audio_s, self.rates.length_s)
         if busy:
-            margin = self.ready_margin_s if progress.text_ready else self.busy_margin_s
+            margin = self.ready_margin_s if progress.text_ready else self._writing_margin_busy()
         else:
             margin = self.margin_s if progress.text_ready else self.writing_margin_s
         return max(0.0, 1.0 - rate) * expected + margin
@@ -110,5 +125,5 @@ class StartPolicy:
 
     def observe(self, progress: Progress) -> None:
         """A reply finished producing: learn the machine's rate from it, if it had the machine alone."""
-        if not self._busy():
+        if not self.busy():
             self.rates.observe(progress.audio_s, progress.elapsed_s)

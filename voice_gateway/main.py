@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     app.state.settings = settings
     app.state.stream_limiter = RateLimiter(settings.stream_rate_limit_per_minute, settings.stream_rate_limit_burst)
     # One production-rate estimate for the process: every call's replies share its cores.
-    app.state.start_policy = StartPolicy(ProductionRate(), busy=lambda: len(app.state.sessions) > 1)
+    app.state.start_policy = StartPolicy(ProductionRate(), others=lambda: len(app.state.sessions) - 1)
     app.state.capacity = Capacity(max_calls_from(settings), queue_depth=lambda: urgency.gate().waiting)
     app.state.tool_runner = ToolRunner(settings, redirect=_call_redirect(settings))
     app.state.metrics = metrics = GatewayMetrics(live_from(app.state))

@@ -60,3 +60,20 @@ def test_rates_are_learnt_only_from_replies_made_alone() -> None:
     others[0] = False
     policy.observe(Progress(audio_s=1.0, elapsed_s=10.0, done=True))
     assert rates.rate < 2.0
+
+
+def test_the_margin_while_writing_grows_with_the_calls_sharing_the_machine() -> None:
+    others = [1]
+    policy = StartPolicy(ProductionRate(rate=3.0), others=lambda: others[0])
+    writing = Progress(audio_s=1.0, elapsed_s=0.5, text_ready=False)
+    margins = []
+    for n in (1, 2, 3, 5):
+        others[0] = n
+        assert policy.busy()
+        margins.append(policy.required_s(writing))
+    assert margins == sorted(margins) and margins[0] < margins[-1] == policy.busy_margin_s
+    assert policy.may_start(Progress(audio_s=1.0, elapsed_s=0.5, text_ready=False)) is False  # 5 others
+    others[0] = 1
+    assert policy.may_start(Progress(audio_s=1.0, elapsed_s=0.5, text_ready=False))  # 0.9 s beside one call
+    others[0] = 0
+    assert not policy.busy()
