@@ -8,9 +8,9 @@ enough to arrive fast but long enough to sound natural.
 The first clause of a reply is what the caller waits for: every token of it is written, and all of it
 synthesised, before the first sound. A reply is often one sentence ("I'm open on Tuesday afternoon
 at 3 PM."), so while the reply's opening is short a clause with no comma is cut where a new phrase
-begins, before a conjunction or a preposition ("…afternoon" | "at 3 PM."), once it has a few words. The cut part is a `Continued`
-clause: spoken as if a comma followed it (a phrase break's rising tone, not a sentence's fall), and
-stored as written.
+begins, before a conjunction or a preposition ("…afternoon" | "at 3 PM."), once it has a few words.
+The cut part is a `Continued` clause: spoken as if a comma followed it (a phrase break's rising tone,
+not a sentence's fall), and stored as written.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ _ABBREVIATIONS = frozenset(
     ]
 )
 _STRONG = ".!?;:\n"
+_CLOSERS = "*_`)]\"'\u201d\u2019"
 PHRASE_STARTS = frozenset(
     {
         "and", "but", "or", "so", "because", "since", "if", "when", "while", "where", "which", "who",
@@ -84,7 +85,8 @@ class Continued(str):
 def tts_text(clause: str) -> str:
     """What TTS is given for a clause: a `Continued` one gets the comma its phrase break implies."""
     return f"{clause}," if isinstance(clause, Continued) else clause
-_CLOSERS = "*_`)]\"'\u201d\u2019"
+
+
 _EMOJI = re.compile(
     "[\U0001f000-\U0001faff\U00002600-\U000027bf\U00002b00-\U00002bff\ufe0f\u200d\u20e3]+", re.UNICODE
 )

@@ -392,6 +392,10 @@ class BatchedLlama:
         if match is None:
             return
         cut_at, resume, end = match
+        # A cell shared with another sequence (a prefix `_share_prefix` copied) has one position for
+        # both: shifting it would move the other's too. Then the kept turns are evaluated again.
+        if any(other is not slot and _common_prefix(other.tokens, slot.tokens) > cut_at for other in self.slots):
+            return
         lc, memory, seq = self._lc, self._memory, slot.seq
         lc.llama_memory_seq_rm(memory, seq, end, -1)  # what differs after the kept turns goes anyway
         lc.llama_memory_seq_rm(memory, seq, cut_at, resume)

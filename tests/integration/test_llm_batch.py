@@ -16,7 +16,14 @@ import pytest
 
 from shared.conversation import avoid_for, is_refusal, is_repeat, normalize, trim_history
 from shared.llm.base import ChatMessage, GenerationOptions
-from shared.llm.llama_batch import PREFILL_CHUNK, PROMPT_STARVE_S, BatchedLlama, EngineFailure, Request
+from shared.llm.llama_batch import (
+    PREFILL_CHUNK,
+    PROMPT_STARVE_S,
+    BatchedLlama,
+    EngineFailure,
+    Request,
+    _common_prefix,
+)
 from shared.llm.llama_cpp import LlamaCppLLM, ensure_model_file
 from shared.urgency import ComputeGate, Fixed
 from voice_gateway.prompts import SPOKEN_STYLE
@@ -218,6 +225,33 @@ def test_a_trimmed_history_is_shifted_in_the_cache_not_evaluated_again(server: B
     assert server.shifted == shifted + 1
     # What followed the system prompt was found in the cache: only the newest lines were evaluated.
     assert request.prompt_tokens - request.cached_tokens < 40, (request.prompt_tokens, request.cached_tokens)
+
+
+def test_cells_another_slot_shares_are_not_shifted(server: BatchedLlama) -> None:
+    # Two requests with one conversation: the second copies the first's evaluated prefix, so the two
+    # slots share those cells (one position each). Trimming one of them must not shift the cells
+    # under the other: the kept turns are evaluated again, and the other slot's conversation goes on.
+    turns = [ChatMessage("assistant", "Hi, this is Ava from Bright Smile Dental. How can I help?"),
+             ChatMessage("user", "Do you have an opening for a cleaning on Monday or Tuesday morning?"),
+             ChatMessage("assistant", "We have Tuesday at nine and Tuesday at eleven, which one suits you?"),
+             ChatMessage("user", "Eleven is better for me, I drop my kids at school before that.")]
+    first, second = Collector(), Collector()
+    for out in (first, second):
+        server.submit([SYSTEM, *turns], GenerationOptions(temperature=0.0, max_tokens=8), Fixed(0.0), out)
+    assert first.done.wait(WAIT_S) and second.done.wait(WAIT_S) and first.error is None and second.error is None
+    a, b = server.slots
+    assert _common_prefix(a.tokens, b.tokens) > 60  # the conversation's cells are shared
+    shifted = server.shifted
+    reply = "".join(first.pieces).strip()
+    trimmed = [SYSTEM, *turns[3:], ChatMessage("assistant", reply), ChatMessage("user", "See you then.")]
+    out = Collector()
+    server.submit(trimmed, GenerationOptions(max_tokens=8), Fixed(0.0), out)
+    assert out.done.wait(WAIT_S) and out.error is None and "".join(out.pieces).strip()
+    assert server.shifted == shifted
+    again = Collector()
+    server.submit([SYSTEM, *turns, ChatMessage("assistant", reply), ChatMessage("user", "Thanks.")],
+                  GenerationOptions(max_tokens=8), Fixed(0.0), again)
+    assert again.done.wait(WAIT_S) and again.error is None and "".join(again.pieces).strip()
 
 
 PLAIN = ChatMessage("system", f"Your name is Ava.\nYou are a helpful assistant on the phone.\n\n{SPOKEN_STYLE}")
