@@ -61,21 +61,20 @@ class StartPolicy:
 
     The margin covers what the measured rate cannot see: model work is not preempted, so on a gateway
     with other calls the next clause may wait behind another call's job (an STT pass, a TTS sentence)
-    before its own turn comes. `busy()` says whether other calls share the machine now.
+    before its own turn comes. `others()` says how many other calls share the machine now.
     """
 
     def __init__(
         self, rates: ProductionRate, *, margin_s: float = 0.3, writing_margin_s: float = 0.7,
-        ready_margin_s: float = 0.6, busy_margin_s: float = 1.4,
-        busy: Callable[[], bool] = lambda: False, first_clause_weight: float = 0.5,
-        others: Callable[[], int] | None = None, shared_margin_s: tuple[float, float] = (0.6, 0.3),
+        ready_margin_s: float = 0.6, busy_margin_s: float = 1.4, first_clause_weight: float = 0.5,
+        others: Callable[[], int] = lambda: 0, shared_margin_s: tuple[float, float] = (0.6, 0.3),
     ) -> None:
-        # others: how many other calls share the machine (then `busy` is others() > 0). While the next
-        # clause is still being written, the margin grows with them, up to busy_margin_s: its tokens
-        # come one shared decode step at a time, and a step costs more with every reply in it (≈ 30 ms
-        # beside one other reply, 60–80 ms beside three). shared_margin_s is (base, per other call):
-        # 0.9 s beside one call, 1.2 s beside two, 1.4 s beside three or more. With one margin for
-        # all, two calls held starts for 0.2–1.0 s that four calls needed and two did not.
+        # others: how many other calls share the machine. While the next clause is still being
+        # written, the margin grows with them, up to busy_margin_s: its tokens come one shared decode
+        # step at a time, and a step costs more with every reply in it (≈ 30 ms beside one other reply,
+        # 60–80 ms beside three). shared_margin_s is (base, per other call): 0.9 s beside one call,
+        # 1.2 s beside two, 1.4 s beside three or more. With one margin for all, two calls held starts
+        # for 0.2–1.0 s that four calls needed and two did not.
         # writing_margin_s: the next clause's words and its TTS, on a machine to itself. 0.5 s left a
         # 258 ms hole after a one-word "Sure," whose next clause had 20 tokens (≈ 0.6 s, TTS 0.2 s);
         # clauses are now cut short at the reply's opening (`shared.text`), and 0.7 s covers them.
@@ -84,18 +83,15 @@ class StartPolicy:
         self.writing_margin_s = writing_margin_s
         self.ready_margin_s = ready_margin_s
         self.busy_margin_s = busy_margin_s
-        self._busy = busy
         self._others = others
         self.shared_margin_s = shared_margin_s
         self._own_weight = first_clause_weight
 
     def busy(self) -> bool:
         """Other calls share the machine now."""
-        return self._others() > 0 if self._others is not None else self._busy()
+        return self._others() > 0
 
     def _writing_margin_busy(self) -> float:
-        if self._others is None:
-            return self.busy_margin_s
         base, per_call = self.shared_margin_s
         return min(self.busy_margin_s, base + per_call * max(1, self._others()))
 

@@ -40,24 +40,24 @@ def test_rates_follow_what_replies_measured() -> None:
 
 
 def test_other_calls_on_the_machine_raise_the_margin_until_the_next_words_are_known() -> None:
-    others = [False]
+    others = [0]
     policy = StartPolicy(ProductionRate(rate=3.0), margin_s=0.3, busy_margin_s=1.4, ready_margin_s=0.6,
-                         busy=lambda: others[0])
+                         others=lambda: others[0])
     progress = Progress(audio_s=0.8, elapsed_s=0.2)
     assert policy.may_start(progress)
-    others[0] = True
+    others[0] = 3
     assert not policy.may_start(progress)
     assert policy.may_start(Progress(audio_s=0.8, elapsed_s=0.2, text_ready=True))  # only TTS remains
     assert policy.may_start(Progress(audio_s=1.5, elapsed_s=0.3))
 
 
 def test_rates_are_learnt_only_from_replies_made_alone() -> None:
-    others = [True]
+    others = [1]
     rates = ProductionRate(rate=2.0)
-    policy = StartPolicy(rates, busy=lambda: others[0])
+    policy = StartPolicy(rates, others=lambda: others[0])
     policy.observe(Progress(audio_s=1.0, elapsed_s=10.0, done=True))  # mostly waiting for other calls
     assert rates.rate == 2.0
-    others[0] = False
+    others[0] = 0
     policy.observe(Progress(audio_s=1.0, elapsed_s=10.0, done=True))
     assert rates.rate < 2.0
 
