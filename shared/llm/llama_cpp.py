@@ -203,6 +203,7 @@ class LlamaCppLLM:
         self.quant = quant
         """A bundled model's weights requantized to this type (`requantized`); None: as shipped."""
         self._explicit_path = model_path
+        self._resolved: Path | None = None
         self.cache_dir = cache_dir
         self.n_ctx = n_ctx
         self.threads = threads
@@ -256,11 +257,18 @@ class LlamaCppLLM:
         joined = ensure_model_file(self.cache_dir, model)  # the cached file, or joined from its packages
         return requantized(joined, self.quant, model.sha256) if self.quant else joined
 
+    def _loaded_path(self) -> Path:
+        """`_path()` once per engine: every turn asks for the server, and re-reading the stamps (and
+        importing llama_cpp) each time would only find the same file."""
+        if self._resolved is None:
+            self._resolved = self._path()
+        return self._resolved
+
     def _ensure(self) -> tuple[Any, threading.Lock]:
-        return _load(str(self._path()), self.n_ctx, self.threads)
+        return _load(str(self._loaded_path()), self.n_ctx, self.threads)
 
     def _server(self) -> BatchedLlama:
-        path = self._path()
+        path = self._loaded_path()
         key = (str(path), self.slots, self.n_ctx, self.threads)
         with _models_lock:
             stale = _servers.get(key)
