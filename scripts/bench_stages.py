@@ -51,7 +51,7 @@ def _espeak(text: str) -> tuple[np.ndarray, int]:
 
 def _phone(signal: np.ndarray, rate: int) -> np.ndarray:
     payload = audio.phone_line(signal, rate)
-    up = audio.StreamResampler(audio.PHONE_RATE, audio.STT_RATE)
+    up = audio.PhoneUpsampler()
     return np.concatenate([up.process(audio.ulaw_to_float32(payload)), up.flush()])
 
 

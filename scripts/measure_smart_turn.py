@@ -220,7 +220,7 @@ def heard_on_line(signal: np.ndarray, rate: int, line: Line, rng: np.random.Gene
         noise_rms = audio.rms(signal[np.abs(signal) > 0]) * 10 ** (-line.snr_db / 20)
         signal = signal + rng.normal(0.0, noise_rms, signal.shape).astype(np.float32)
     payload = audio.phone_line(signal.astype(np.float32), rate)
-    up = audio.StreamResampler(audio.PHONE_RATE, audio.STT_RATE)
+    up = audio.PhoneUpsampler()
     frames = [payload[i : i + audio.FRAME_BYTES] for i in range(0, len(payload), audio.FRAME_BYTES)]
     return np.concatenate([*(up.process(audio.ulaw_to_float32(f)) for f in frames), up.flush()])
 

@@ -111,7 +111,7 @@ def _configs() -> list[Config]:
 
 def gateway_hears(ulaw: bytes) -> np.ndarray:
     """μ-law decoded 20 ms frame by frame and streamed to 16 kHz, as the gateway does."""
-    up = audio.StreamResampler(audio.PHONE_RATE, audio.STT_RATE)
+    up = audio.PhoneUpsampler()
     frames = [ulaw[i : i + audio.FRAME_BYTES] for i in range(0, len(ulaw), audio.FRAME_BYTES)]
     return np.concatenate([*(up.process(audio.ulaw_to_float32(f)) for f in frames), up.flush()])
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from shared import urgency
 from shared.agent_config import DtmfTool, EndCallTool, HttpTool, LLMConfig, TransferTool
-from shared.audio import PHONE_RATE, STT_RATE, StreamResampler, ulaw_to_float32
+from shared.audio import STT_RATE, PhoneUpsampler, ulaw_to_float32
 from shared.conversation import avoid_for, is_refusal, is_repeat, trim_history
 from shared.llm.base import ChatMessage, LLMError
 from shared.llm.tools import InvalidToolCall, ToolCall, tool_specs
@@ -120,7 +120,7 @@ class CallSession:
         self.detector = TurnDetector(engines.vad_factory(), TurnConfig.for_agent(agent.settings))
         self.start_policy = start_policy if start_policy is not None else StartPolicy(ProductionRate())
         """When a reply may start playing; shared by every call of a process once the gateway passes one."""
-        self._upsampler = StreamResampler(PHONE_RATE, STT_RATE)
+        self._upsampler = PhoneUpsampler()
         self._fed = 0  # 16 kHz samples handed to the detector
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=512)
         self._history: list[ChatMessage] = []

@@ -42,7 +42,7 @@ def espeak(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[np
 def through_phone(signal: np.ndarray, rate: int) -> np.ndarray:
     """Caller audio as the gateway sees it: phone band, 8 kHz μ-law in 20 ms frames, back to 16 kHz."""
     payload = audio.phone_line(signal, rate)
-    up = audio.StreamResampler(audio.PHONE_RATE, audio.STT_RATE)
+    up = audio.PhoneUpsampler()
     frames = [payload[i : i + audio.FRAME_BYTES] for i in range(0, len(payload), audio.FRAME_BYTES)]
     return np.concatenate([*(up.process(audio.ulaw_to_float32(f)) for f in frames), up.flush()])
 

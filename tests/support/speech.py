@@ -30,7 +30,7 @@ def caller_ulaw(text: str) -> bytes:
 
 def gateway_hears(ulaw: bytes) -> np.ndarray:
     """What the gateway hands its VAD and STT: μ-law decoded 20 ms frame by frame, streamed to 16 kHz."""
-    up = audio.StreamResampler(audio.PHONE_RATE, audio.STT_RATE)
+    up = audio.PhoneUpsampler()
     frames = [ulaw[i : i + audio.FRAME_BYTES] for i in range(0, len(ulaw), audio.FRAME_BYTES)]
     return np.concatenate([*(up.process(audio.ulaw_to_float32(f)) for f in frames), up.flush()])
 

@@ -52,6 +52,31 @@ def test_stream_resampler_chunked_equals_whole_and_has_no_edge_clicks() -> None:
     assert np.max(np.abs(np.diff(body))) < 0.07
 
 
+def test_phone_upsampler_gives_every_frame_back_at_once() -> None:
+    """The turn detector must see each 20 ms frame as it arrives: soxr's stream held 8 → 16 kHz
+    audio back in ~100 ms blocks, and every pause was found that much later."""
+    up = audio.PhoneUpsampler()
+    tone = _tone(1000, 8000, 1.0)
+    sizes = [up.process(tone[i : i + 160]).size for i in range(0, tone.size, 160)]
+    assert sizes == [320] * 50
+    impulse = np.zeros(400, np.float32)
+    impulse[100] = 1.0
+    delay = int(np.argmax(np.abs(audio.PhoneUpsampler().process(impulse)))) - 200
+    assert 0 <= delay <= 48  # 3 ms at 16 kHz
+
+
+def test_phone_upsampler_keeps_the_phone_band_and_drops_images() -> None:
+    for freq in (300.0, 1000.0, 3400.0):
+        tone = _tone(freq, 8000, 1.0)
+        chunked = audio.PhoneUpsampler()
+        out = np.concatenate([chunked.process(tone[i : i + 160]) for i in range(0, tone.size, 160)])
+        assert np.allclose(out, audio.PhoneUpsampler().process(tone), atol=1e-6)  # chunks change nothing
+        body = out[400:-400] * np.hanning(out.size - 800)
+        kept, image = _power_at(body, 16000, freq), _power_at(body, 16000, 8000 - freq)
+        assert image < 1e-3 * kept  # zero-stuffing's mirror image, down more than 60 dB
+        assert abs(np.max(np.abs(out[400:-400])) - 0.5) < 0.03  # level kept
+
+
 def test_stream_resampler_down_to_phone_rate_removes_energy_above_4khz() -> None:
     rate = 22050
     mixed = _tone(1000, rate, 1.0, 0.4) + _tone(6000, rate, 1.0, 0.4)

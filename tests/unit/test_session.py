@@ -497,7 +497,8 @@ async def test_a_caller_who_goes_on_before_hearing_the_reply_gets_one_reply_to_t
     tts.gate.set()
     await _until(lambda: whole.caller_text is not None, "the whole turn's STT")
     # The whole turn went to STT again as one utterance: both parts and the pause between them.
-    assert stt.heard_s[-1] >= 0.6 + 0.5 + 0.3 + 0.7
+    pause_s = first.metrics["end_of_turn_ms"] / 1000 + 0.3  # the silence before the caller went on
+    assert stt.heard_s[-1] >= 0.6 + pause_s + 0.7
     await _until(lambda: whole.state is ReplyState.PLAYED, "the reply to the whole turn")
 
     transcript = await call.transcript()
@@ -530,7 +531,8 @@ async def test_a_caller_who_goes_on_as_the_answer_begins_cuts_it_and_keeps_one_t
     call.line.echo = True
     whole = await _turn(session, clock, 0)
     await _until(lambda: whole.state is ReplyState.PLAYED, "the answer to the whole turn")
-    assert stt.heard_s[-1] >= 0.6 + 0.5 + 0.2 + 0.7  # both parts, transcribed again as one
+    pause_s = first.metrics["end_of_turn_ms"] / 1000 + 0.2  # the silence before the caller went on
+    assert stt.heard_s[-1] >= 0.6 + pause_s + 0.7  # both parts, transcribed again as one
 
     transcript = await call.transcript()
     assert _said(transcript) == [
@@ -608,7 +610,7 @@ async def test_deadline_follows_the_reply_through_its_states(open_call: Any) -> 
     call.line.echo = False
     await _feed(call.session, clock, _tone(600))
     speech_end = clock()
-    await _feed(call.session, clock, _silence(300))  # a pause, shorter than the end of turn
+    await _feed(call.session, clock, _silence(200))  # a pause, shorter than the end of turn
     speculative = call.session.reply
     assert speculative is not None and speculative is not greeting
     assert speculative.state is ReplyState.SPECULATIVE and speculative.deadline() == math.inf
