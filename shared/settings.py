@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     stt_model: str | None = Field(default=None, alias="STT_MODEL")
     stt_compute_type: str = Field(default="int8", alias="STT_COMPUTE_TYPE")
     stt_threads: int = Field(default=2, alias="STT_THREADS")
+    # The short window's token-by-token decode: its steps are too small to gain from a second thread.
+    stt_decode_threads: int = Field(default=1, ge=1, alias="STT_DECODE_THREADS")
 
     # --- language model -------------------------------------------------------------------------
     llm_engine: Literal["llama-cpp", "ollama", "openai"] = Field(default="llama-cpp", alias="LLM_ENGINE")

@@ -24,5 +24,6 @@ def build_stt(settings: Settings) -> STT:
         settings.stt_model,
         compute_type=settings.stt_compute_type,
         threads=settings.stt_threads,
+        decode_threads=settings.stt_decode_threads,
         cache_dir=settings.model_cache_dir,
     )
