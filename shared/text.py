@@ -9,7 +9,8 @@ The first clause of a reply is what the caller waits for: every token of it is w
 synthesised, before the first sound. A reply is often one sentence ("I'm open on Tuesday afternoon
 at 3 PM."), so while the reply's opening is short a clause with no comma is cut where a new phrase
 begins, before a conjunction or a preposition ("…afternoon" | "at 3 PM."), once it has a few words.
-The cut part is a `Continued` clause: spoken as if a comma followed it (a phrase break's rising tone,
+A first clause of one or two words ("Sure,") is not spoken alone: it is joined with what follows
+(and the cut then applies to the whole). The cut part is a `Continued` clause: spoken as if a comma followed it (a phrase break's rising tone,
 not a sentence's fall), and stored as written.
 """
 
@@ -73,6 +74,12 @@ PHRASE_STARTS = frozenset(
 )
 """Words that begin a new phrase: a first clause may be cut before one (never before "of", "to" or an
 article, which bind to the words before them)."""
+FIRST_MIN_WORDS = 3
+"""Words the first clause of a reply has at least: "Sure," or "Yes." alone is joined with what follows.
+Spoken alone it reached the caller fast and then held the reply: the start waits until the next
+clause's words are written (`voice_gateway.assurance`), and those were written while the short one
+was synthesised. On the phone set, one call, replies that opened with "Sure,", "Yes." or "You're
+welcome!" were held 180–700 ms after their first audio was ready (p50 ≈ 320 ms)."""
 FIRST_CUT_MIN_WORDS = 4
 """Words a first clause has before it may be cut at a phrase start: "I'm open" alone says too little
 to sound like a start, and three words save little."""
@@ -108,15 +115,14 @@ class ClauseSplitter:
     """Accumulates token pieces; `feed` returns the clauses completed so far, `flush` the rest."""
 
     def __init__(
-        self, min_words_for_comma: int = 4, *, first_min_words_for_comma: int = 1,
+        self, min_words_for_comma: int = 4, *, first_min_words: int = FIRST_MIN_WORDS,
         first_cut_min_words: int | None = FIRST_CUT_MIN_WORDS,
     ) -> None:
         self.min_words_for_comma = min_words_for_comma
         self.first_cut_min_words = first_cut_min_words
         """Cut an unpunctuated first clause at a phrase start after this many words (None: never)."""
-        # The first clause gates the reply's latency: "Sure," alone is a natural thing to say first,
-        # and speaking it while the rest is generated saves the whole rest of the sentence's tokens.
-        self.first_min_words_for_comma = first_min_words_for_comma
+        self.first_min_words = first_min_words
+        """Words the first clause has at least, whatever punctuation ends it (see FIRST_MIN_WORDS)."""
         self._emitted = 0
         self._words_out = 0
         self._buffer = ""
@@ -186,9 +192,10 @@ class ClauseSplitter:
         words = before.split()
         if not words:
             return None
-        if char == ",":
-            needed = self.first_min_words_for_comma if self._emitted == 0 else self.min_words_for_comma
-            return j if len(words) >= needed else None
+        if self._emitted == 0 and len(words) < self.first_min_words:
+            return None  # "Sure," alone: it is joined with the words that follow
+        if char == "," and self._emitted > 0:
+            return j if len(words) >= self.min_words_for_comma else None
         if char == ".":
             last = words[-1].lower().lstrip("(\"'*_")
             if last in _ABBREVIATIONS or (len(last) == 1 and last.isalpha() and last != "i"):

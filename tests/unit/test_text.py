@@ -71,10 +71,10 @@ def test_a_first_clause_is_not_cut_where_it_would_sound_wrong(text: str) -> None
 def test_only_the_opening_is_cut() -> None:
     text = "Yes. We are open Monday to Friday from nine to five. We close at noon on Fridays."
     out = [c for step in _split(_tokens(text), first_cut_min_words=FIRST_CUT_MIN_WORDS) for c in step]
-    # After "Yes." the caller hears half a second while the next clause is written: it is cut too.
-    assert out == ["Yes.", "We are open Monday to Friday", "from nine to five.", "We close at noon on Fridays."]
+    # "Yes." alone is joined with what follows, and the opening cut counts its word.
+    assert out == ["Yes. We are open Monday to Friday", "from nine to five.", "We close at noon on Fridays."]
     out = [c for step in _split(_tokens("Sure, I can book that for you."), first_cut_min_words=4) for c in step]
-    assert out == ["Sure,", "I can book that", "for you."]
+    assert out == ["Sure, I can book that", "for you."]
     text = "We are open today. We close at noon on Fridays and on Saturdays."
     out = [c for step in _split(_tokens(text), first_cut_min_words=FIRST_CUT_MIN_WORDS) for c in step]
     assert out == ["We are open today.", "We close at noon on Fridays and on Saturdays."]
@@ -108,16 +108,21 @@ def test_abbreviations_do_not_end_a_clause() -> None:
 
 
 def test_commas_split_only_after_enough_words() -> None:
-    assert _all(["Sure. Yes, we", " can book that for you, and", " it is free."]) == [
-        "Sure.",
+    assert _all(["Sure, we can. Yes, we", " can book that for you, and", " it is free."]) == [
+        "Sure, we can.",
         "Yes, we can book that for you,",
         "and it is free.",
     ]
 
 
-def test_first_clause_may_end_at_an_early_comma() -> None:
-    """The first clause gates latency: "Sure," is spoken while the rest is generated."""
-    assert _all(["Sure, we", " can, yes."]) == ["Sure,", "we can, yes."]
+def test_a_first_clause_of_one_or_two_words_joins_what_follows() -> None:
+    """Spoken alone, "Sure," would only be held until the next clause is written (see FIRST_MIN_WORDS)."""
+    assert _all(["Sure, we", " can, yes."]) == ["Sure, we can,", "yes."]
+    assert _all(["You're welcome! Have", " a good day."]) == ["You're welcome! Have a good day."]
+    assert _all(["Yes."]) == ["Yes."]  # a whole reply of one word is still spoken
+    assert _all(["Yes, we open at nine."]) == ["Yes, we open at nine."]
+    splitter = ClauseSplitter(first_min_words=1, first_cut_min_words=None)
+    assert splitter.feed("Sure, we can.") == ["Sure,"] and splitter.flush() == ["we can."]
 
 
 def test_question_semicolon_and_colon_are_boundaries() -> None:
@@ -130,8 +135,8 @@ def test_question_semicolon_and_colon_are_boundaries() -> None:
 
 
 def test_markdown_and_emoji_are_stripped_and_empty_clauses_dropped() -> None:
-    assert _all(["**Sure!** 😊 ", "- Call [us](https://x.y) at `555`.\n", "🎉"]) == [
-        "Sure!",
+    assert _all(["**Sure, I can!** 😊 ", "- Call [us](https://x.y) at `555`.\n", "🎉"]) == [
+        "Sure, I can!",
         "Call us at 555.",
     ]
 
@@ -145,7 +150,7 @@ def test_clean_for_speech_keeps_plain_text() -> None:
 
 
 def test_ellipsis_is_one_boundary() -> None:
-    assert _all(["Well", "...", " let me check."]) == ["Well...", "let me check."]
+    assert _all(["Let me", " see", "...", " one moment."]) == ["Let me see...", "one moment."]
 
 
 @pytest.mark.parametrize("cut", [1, 2, 3, 7])
@@ -157,7 +162,7 @@ def test_the_result_does_not_depend_on_token_boundaries(cut: int) -> None:
 
 async def test_split_clauses_adapts_an_async_token_stream() -> None:
     async def tokens() -> AsyncIterator[str]:
-        for piece in ["Hi there.", " How can", " I help?"]:
+        for piece in ["Hi there, Sam.", " How can", " I help?"]:
             yield piece
 
-    assert [c async for c in split_clauses(tokens())] == ["Hi there.", "How can I help?"]
+    assert [c async for c in split_clauses(tokens())] == ["Hi there, Sam.", "How can I help?"]
