@@ -411,7 +411,7 @@ async def test_long_speech_over_the_agent_interrupts_it_and_keeps_what_was_heard
 async def test_a_backchannel_pauses_the_reply_which_then_finishes_with_all_its_words(open_call: Any) -> None:
     clock = FakeClock()
     tts = FakeTTS(clock)
-    call = await open_call(clock=clock, tts=tts, stt=FakeSTT("What are your hours?", "Mm-hm."),
+    call = await open_call(clock=clock, tts=tts, stt=FakeSTT("What are your hours?", "Mm-hm.", "And Sunday?"),
                            llm=FakeLLM("One two three four five. Six seven eight nine ten."), echo=False,
                            start_policy=StartPolicy(SpyRates(rate=100.0), margin_s=0.0, writing_margin_s=0.0))
     session = call.session
@@ -443,6 +443,15 @@ async def test_a_backchannel_pauses_the_reply_which_then_finishes_with_all_its_w
     ]
     assert transcript[1].metrics == {"backchannel": True} and "interrupted" not in transcript[2].metrics
     assert len(call.llm.requests) == 1
+    # The model reads the backchannel after the reply it was said over: its KV cache holds the question
+    # and then that reply, so the next turn evaluates only what follows them.
+    await _until(lambda: len(call.llm.prefills) == 1, "the next turn's prompt, evaluated after the line")
+    await _turn(session, clock)
+    await _until(lambda: len(call.llm.requests) == 2, "the next turn's request")
+    assert [(m.role, m.content) for m in call.llm.requests[1][-4:]] == [
+        ("user", "What are your hours?"), ("assistant", "One two three four five. Six seven eight nine ten."),
+        ("user", "Mm-hm."), ("user", "And Sunday?"),
+    ]
 
 
 async def test_listener_words_longer_than_barge_in_min_let_the_reply_play_on(open_call: Any) -> None:
@@ -588,9 +597,10 @@ async def test_engine_calls_carry_the_urgency_of_the_work_they_do(open_call: Any
     await _until(lambda: reply.state is ReplyState.PLAYED, "the answer")
     assert call.tts.urgencies == [greeting, reply]
     assert call.stt.urgencies == [reply] and call.llm.urgencies == [reply]  # the LLM runs in its own task
-    # The prefill is due when the greeting has played (the first turn cannot end sooner).
-    assert len(call.llm.prefills) == 1
-    assert call.llm.prefills[0].deadline() < math.inf
+    # The prefill is due when the greeting has played (the first turn cannot end sooner); on a machine
+    # to itself the next turn's prompt is evaluated again once the answer is stored.
+    await _until(lambda: len(call.llm.prefills) == 2, "the prefill after the answer")
+    assert all(prefill.deadline() < math.inf for prefill in call.llm.prefills)
     await call.session.close()
 
 
