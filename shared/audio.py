@@ -116,8 +116,8 @@ class PhoneUpsampler:
     detector behind it saw the caller's pause 50–100 ms late (more on some turns), and every
     end of turn and barge-in paid for it. Upsampling by two needs no block: a linear-phase
     half-band FIR (Kaiser-windowed sinc) run as two polyphase branches over the last few input
-    samples. Its passband is flat to 3.5 kHz (the phone band ends at 3.4) and images above
-    4.5 kHz are down more than 70 dB.
+    samples. Its passband is flat to 3.5 kHz (the phone band ends at 3.4) and the images of the
+    phone band (4.6–7.7 kHz) are down more than 90 dB.
     """
 
     TAPS = 95

@@ -10,8 +10,8 @@ synthesised, before the first sound. A reply is often one sentence ("I'm open on
 at 3 PM."), so while the reply's opening is short a clause with no comma is cut where a new phrase
 begins, before a conjunction or a preposition ("…afternoon" | "at 3 PM."), once it has a few words.
 A first clause of one or two words ("Sure,") is not spoken alone: it is joined with what follows
-(and the cut then applies to the whole). The cut part is a `Continued` clause: spoken as if a comma followed it (a phrase break's rising tone,
-not a sentence's fall), and stored as written.
+(and the cut then applies to the whole). The cut part is a `Continued` clause: spoken as if a comma
+followed it (a phrase break's rising tone, not a sentence's fall), and stored as written.
 """
 
 from __future__ import annotations

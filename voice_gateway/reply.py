@@ -386,11 +386,11 @@ class Reply:
         async def produce() -> None:
             produced = False
             try:
-                # The opening is cut short at any load. Beside other calls it was not, while a lone
-                # "Sure," was spoken first (three gaps in one 4-call run); with a first clause of three
-                # words or more (`FIRST_MIN_WORDS`) cutting there too measured better: 2 calls
-                # staggered p50 1744 → 1334 ms, 4 calls together 2000–2492 → 1682–2526 ms (three runs
-                # each), with one gap in either three.
+                # The opening is cut short at any load. Beside other calls it was not while a lone
+                # "Sure," could be the first clause (three gaps in one 4-call run). With a first clause
+                # of three words or more (`FIRST_MIN_WORDS`), cutting there too measured better: 2 calls
+                # staggered p50 1744 → 1334 ms; 4 calls together 2000–2492 → 1682–2526 ms over three
+                # runs each way, one of the three with a gap either way.
                 async for clause in split_clauses(tokens()):
                     if not produced and self._production_started is not None:
                         # From the LLM request to the first speakable clause: what TTS waits for.

@@ -268,7 +268,7 @@ class CallSession:
         """
         kept_from = len(self._history) - (len(self._context()) - 1)
         trimmed, self._kept_from = kept_from != self._kept_from, kept_from
-        if self._closing or not (trimmed or not self.start_policy.busy()):
+        if self._closing or (self.start_policy.busy() and not trimmed):
             return
         if self._prefill is None or self._prefill.done():
             self._prefill = asyncio.create_task(self._prefill_prompt(after=None), name=f"refill-{self.call.id}")
