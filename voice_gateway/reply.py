@@ -423,7 +423,6 @@ class Reply:
     async def _synthesize(self, clauses: AsyncIterator[Said]) -> None:
         """Speak clauses as they come; each clause ends with a mark, echoed once it has played."""
         tts = self._deps.engines.tts
-        resampler = StreamResampler(tts.sample_rate, PHONE_RATE)
         framer = Framer()
         async for clause in clauses:
             index = len(self.clauses)
@@ -436,10 +435,15 @@ class Reply:
                 await self._emit(index, [*framer.push(clause.ulaw), *framer.flush()])
                 self._mark(index)
                 continue
+            # One resampler per clause, drained at its end: a stream kept across clauses held each
+            # clause's last ~28 ms (22 050 → 8 000 Hz, soxr HQ) back into the next one, behind the
+            # mark, and dropped the reply's. Each clause is synthesised alone, so it starts afresh.
+            resampler = StreamResampler(tts.sample_rate, PHONE_RATE)
             async for chunk in self._speech(tts, clause):
                 if "tts_first_audio_ms" not in self.metrics:
                     self.metrics["tts_first_audio_ms"] = round((self._deps.clock() - started) * 1000)
                 await self._emit(index, framer.push(float32_to_ulaw(resampler.process(chunk))))
+            await self._emit(index, framer.push(float32_to_ulaw(resampler.flush())))
             # The clause's last partial frame is padded with silence so its mark lands at its end.
             await self._emit(index, framer.flush())
             self._mark(index)

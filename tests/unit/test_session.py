@@ -587,6 +587,27 @@ async def test_a_confident_not_done_keeps_a_one_second_pause_inside_the_turn(ope
     assert [speaker for speaker, _ in _said(transcript)].count("caller") == 1
 
 
+class PiperRateTTS(FakeTTS):
+    """Speaks at Piper's 22 050 Hz: the reply resamples every clause to the phone's 8 kHz."""
+
+    sample_rate = 22050
+
+    async def synthesize(self, text: str, *, voice: str | None = None) -> AsyncIterator[np.ndarray]:
+        await asyncio.sleep(0)
+        yield np.full(round(self.clause_s * self.sample_rate), 800, dtype=np.int16)
+
+
+async def test_every_clause_goes_out_whole_at_the_phone_rate(open_call: Any) -> None:
+    """The resampler's delay is drained at each clause's end, before its mark: a stream kept across
+    clauses carried ~28 ms of each clause into the next and dropped the last one's."""
+    clock = FakeClock()
+    call = await open_call(clock=clock, tts=PiperRateTTS(clock, clause_s=0.5),
+                           llm=FakeLLM("One two three four five. Six seven eight nine ten."))
+    reply = await _turn(call.session, clock)
+    await _until(lambda: reply.state is ReplyState.PLAYED, "the answer")
+    assert reply.clause_frames == [25, 25]  # 0.5 s at 8 kHz: 4000 samples, 25 frames of 160 each
+
+
 # --- urgency ----------------------------------------------------------------------------------------
 async def test_engine_calls_carry_the_urgency_of_the_work_they_do(open_call: Any) -> None:
     call = await open_call(greeting="Hello there.")
