@@ -15,6 +15,7 @@ from shared import audio
 from shared.llm.llama_cpp import LlamaCppLLM
 from shared.stt.faster_whisper import FasterWhisperSTT
 from shared.tts.piper import PiperTTS
+from tests.support.speech import gateway_hears
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,10 +42,7 @@ def espeak(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[np
 
 def through_phone(signal: np.ndarray, rate: int) -> np.ndarray:
     """Caller audio as the gateway sees it: phone band, 8 kHz μ-law in 20 ms frames, back to 16 kHz."""
-    payload = audio.phone_line(signal, rate)
-    up = audio.PhoneUpsampler()
-    frames = [payload[i : i + audio.FRAME_BYTES] for i in range(0, len(payload), audio.FRAME_BYTES)]
-    return np.concatenate([*(up.process(audio.ulaw_to_float32(f)) for f in frames), up.flush()])
+    return gateway_hears(audio.phone_line(signal, rate))
 
 
 @pytest.fixture(scope="session")
