@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # requantized); "none" loads the file as shipped. Post-call analysis always uses the shipped file.
     llm_quant: Literal["q4_0", "q8_0", "none"] = Field(default="q4_0", alias="LLM_QUANT")
     llm_threads: int = Field(default=2, alias="LLM_THREADS")
+    # Cores the gateway's model work (STT, LLM, TTS steps) shares out, most urgent first
+    # (shared.urgency); unset: the cores this process may run on.
+    compute_cores: int | None = Field(default=None, ge=1, alias="COMPUTE_CORES")
     llm_context_tokens: int = Field(default=2048, alias="LLM_CONTEXT_TOKENS")
     # Sequences the embedded model generates at once (continuous batching, one KV cache each); a call
     # holds one only while a reply is being made, so more calls than slots simply queue briefly.

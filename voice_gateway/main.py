@@ -62,6 +62,9 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     settings = settings or Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    if settings.compute_cores is not None:
+        urgency.gate().resize(settings.compute_cores)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         restore_sigterm = attach(app.state.drain)  # SIGTERM drains (voice_gateway.drain)

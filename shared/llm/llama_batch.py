@@ -206,6 +206,9 @@ class BatchedLlama:
         params.n_ubatch = params.n_batch
         params.n_threads = threads
         params.n_threads_batch = threads
+        self._threads = threads
+        self._running_threads = threads
+        """What the context runs on now: each step runs on the cores the gate gave it (`_decode`)."""
         # One cache for all sequences: a prefix shared by several (the agent's system prompt) is held
         # once, and copying it to another slot costs nothing (`_share_prefix`).
         params.kv_unified = True
@@ -448,7 +451,7 @@ class BatchedLlama:
         firm = [r for r in live if not r.speculative]
         chosen = firm if firm else live  # speculation waits while a confirmed reply is being made
         chosen.sort(key=lambda r: (r.handle.deadline(), r.order))
-        lc, batch = self._lc, self._batch
+        batch = self._batch
         n = 0
         outputs: list[tuple[Request, int]] = []
         prefilled: dict[int, int] = {}  # id(request) → prompt tokens put in this step
@@ -497,8 +500,7 @@ class BatchedLlama:
             return
         batch.n_tokens = n
         most_urgent = min(chosen, key=lambda r: r.handle.deadline()).handle
-        with self._gate.hold(most_urgent):
-            status = lc.llama_decode(self._ctx, batch)
+        status = self._decode(batch, most_urgent)
         if status != 0:
             failed = EngineFailure("the context is full" if status == 1 else f"llama_decode returned {status}")
             for request in chosen:
@@ -517,6 +519,16 @@ class BatchedLlama:
                 del request.pending[:count]
         for request, index in outputs:
             self._sample(request, index)
+
+    def _decode(self, batch: Any, handle: Urgent) -> int:
+        """One step, on as many threads as the gate gives it: all of ours unless another reply's work
+        waits or runs (then it gets the other core meanwhile); the next step chooses again."""
+        lc = self._lc
+        with self._gate.hold(handle, most=self._threads, short=True) as share:
+            if share.threads != self._running_threads:
+                lc.llama_set_n_threads(self._ctx, share.threads, share.threads)
+                self._running_threads = share.threads
+            return int(lc.llama_decode(self._ctx, batch))
 
     def _put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
         batch = self._batch

@@ -81,7 +81,8 @@ class FasterWhisperSTT:
         self.language = language
         self.options = options or options_for(model)
         self._model: WhisperModel | None = None
-        self._decode_model: WhisperModel | None = None
+        self._instances: dict[int, WhisperModel] = {}
+        """The same weights on fewer threads than `threads` (`_on`)."""
         self._tok: Tokenizer | None = None
         self._suppress: list[int] | None = None
         self.fallbacks = 0
@@ -99,29 +100,40 @@ class FasterWhisperSTT:
         splitting each across two threads cost more than it saved: 18 ms a token against 10 on one
         (tiny.en, int8). On one thread the other core stays free for the end-of-turn model, which runs
         beside STT. Measured on six phone-set lines: 120–221 ms a line against 144–264 ms."""
-        if self.decode_threads == self.threads:
+        return self._on(min(self.decode_threads, self.threads), model)
+
+    def _on(self, threads: int, model: WhisperModel) -> WhisperModel:
+        """The instance of `model`'s weights that runs on `threads` (CTranslate2 fixes an instance's
+        threads when it loads): the gate gives a pass one core while calls compete."""
+        if threads >= self.threads:
             return model
-        if self._decode_model is None:
-            self._decode_model = _load(self.model_name, self.compute_type, self.decode_threads)
-        return self._decode_model
+        if threads not in self._instances:
+            self._instances[threads] = _load(self.model_name, self.compute_type, threads)
+        return self._instances[threads]
 
     def warmup(self) -> None:
         """Load the model and run one decode so the first caller does not pay for it."""
         model = self._ensure()
-        self._transcribe_sync(model, np.zeros(16000, dtype=np.float32), None)
+        for threads in sorted({1, self.decode_threads, self.threads}):
+            urgency.gate().run(self._transcribe_sync, model, np.zeros(16000, dtype=np.float32), None,
+                               handle=urgency.BACKGROUND, most=threads)
 
     async def transcribe(self, audio: np.ndarray, *, prompt: str | None = None) -> Transcription:
         """Transcribe 16 kHz float32 audio off the event loop, when the gate admits it (most urgent
         first: a confirmed turn before a speculative guess); cancelling a job not yet started skips it."""
         model = await asyncio.to_thread(self._ensure)
-        return await urgency.run_gated(self._transcribe_sync, model, np.asarray(audio, np.float32), prompt)
+        return await urgency.run_gated(self._transcribe_sync, model, np.asarray(audio, np.float32), prompt,
+                                       most=self.threads)
 
     def _transcribe_sync(self, model: WhisperModel, audio: np.ndarray, prompt: str | None) -> Transcription:
+        """Runs on the cores the gate gave it (all `threads` outside the gate)."""
+        model = self._on(urgency.granted_threads(self.threads), model)
         opts = self.options
         if opts.short_window and audio.shape[0] / STT_RATE + WINDOW_PAD_S <= MAX_SHORT_WINDOW_S:
             short = self._transcribe_short(model, audio, prompt)
             if short is not None:
                 return short
+            model = self._on(urgency.granted_threads(self.threads), model)  # the decode gave cores back
         segments, _info = model.transcribe(
             audio,
             language=self.language,
@@ -164,6 +176,9 @@ class FasterWhisperSTT:
         padded[: audio.shape[0]] = audio
         features = model.feature_extractor(padded)[:, : seconds * FRAMES_PER_S]
         encoded = model.encode(features)
+        share = urgency.held()
+        if share is not None:
+            share.shrink(self.decode_threads)  # the decode cannot use more: other work may have them
         tokenizer = self._tokenizer(model)
         previous = tokenizer.encode(" " + prompt.strip()) if prompt and prompt.strip() else []
         request = model.get_prompt(tokenizer, previous, without_timestamps=True)

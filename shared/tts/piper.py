@@ -33,6 +33,26 @@ def bundled_voice_path() -> Path:
     )
 
 
+class _SizedSession:
+    """The voice's onnxruntime session, loaded once per thread count: each sentence runs on the
+    session with as many threads as the gate gave it (`urgency.granted_threads`). onnxruntime fixes a
+    session's threads when it is made, so one core while calls compete means a second session."""
+
+    def __init__(self, sessions: dict[int, Any]) -> None:
+        self._sessions = sessions
+        self._most = max(sessions)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        return self.session(urgency.granted_threads(self._most)).run(*args, **kwargs)
+
+    def session(self, threads: int) -> Any:
+        return self._sessions[max(n for n in self._sessions if n <= max(threads, 1))]
+
+    @property
+    def thread_counts(self) -> list[int]:
+        return sorted(self._sessions)
+
+
 def _load(path: str, threads: int) -> PiperVoice:
     """One voice per process; `shared.urgency`'s gate orders its use (concurrent calls queue by urgency
     instead of thrashing the cores)."""
@@ -46,13 +66,16 @@ def _load(path: str, threads: int) -> PiperVoice:
             config_path = Path(path + ".json")
             if not config_path.is_file():
                 raise ConfigurationError(f"voice config missing: {config_path}")
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            voice = PiperVoice(
-                session=onnxruntime.InferenceSession(
+            sessions = {}
+            for count in sorted({1, threads}):
+                options = onnxruntime.SessionOptions()
+                options.intra_op_num_threads = count
+                options.inter_op_num_threads = 1
+                sessions[count] = onnxruntime.InferenceSession(
                     path, sess_options=options, providers=["CPUExecutionProvider"]
-                ),
+                )
+            voice = PiperVoice(
+                session=_SizedSession(sessions),
                 config=PiperConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8"))),
             )
             _voices[key] = voice
@@ -69,7 +92,11 @@ class PiperTTS:
         self.sample_rate: int = int(self._voice.config.sample_rate)
 
     def warmup(self) -> None:
-        """Run one short synthesis so onnxruntime has allocated its buffers."""
+        """Run one short synthesis on each session so onnxruntime has allocated its buffers."""
+        for threads in sorted({1, self.threads}):
+            urgency.gate().run(self._say_hello, handle=urgency.BACKGROUND, most=threads)
+
+    def _say_hello(self) -> None:
         for _ in self._voice.synthesize("Hello."):
             pass
 
@@ -81,7 +108,7 @@ class PiperTTS:
         chunks: Iterator[Any] = iter(self._voice.synthesize(text, syn_config=syn_config))
         done = object()
         while True:
-            chunk: Any = await urgency.run_gated(next, chunks, done)
+            chunk: Any = await urgency.run_gated(next, chunks, done, most=self.threads)
             if chunk is done:
                 return
             yield chunk.audio_int16_array

@@ -94,3 +94,24 @@ async def test_stt_model_base_loads_whisper_base_and_hears_phone_band_speech(
 async def test_whisper_base_gives_no_text_for_silence(base_stt: FasterWhisperSTT) -> None:
     result = await base_stt.transcribe(np.zeros(16000, dtype=np.float32))
     assert result.text == "", result.text
+
+
+def test_one_core_from_the_gate_encodes_and_decodes_on_one_thread(stt: FasterWhisperSTT) -> None:
+    # While calls compete the gate gives a pass one core (shared.urgency): the encoder then runs on the
+    # one-thread instance of the same weights, and the words are as good.
+    from shared.urgency import ComputeGate, Fixed
+
+    heard = gateway_hears(caller_ulaw(BOOKING))
+    model = stt._ensure()
+    gate, me = ComputeGate(2), Fixed(0.0)  # one reply: its own earlier work is no competition
+    with gate.hold(me, most=1) as share:
+        assert share.threads == 1
+        text = stt._transcribe_sync(model, heard, None).text
+    assert wer(BOOKING, text) <= 0.35, text
+    assert 1 in stt._instances and stt._instances[1] is not model
+    # On both cores, the encoder takes both and the decode gives one back (it runs on one thread).
+    with gate.hold(me, most=2) as share:
+        assert share.threads == 2
+        text = stt._transcribe_sync(model, heard, None).text
+        assert share.threads == 1
+    assert wer(BOOKING, text) <= 0.35, text

@@ -101,9 +101,9 @@ async def test_cancelled_gated_work_is_skipped_not_run() -> None:
     ran: list[str] = []
     gate = urgency.gate()
     release = threading.Event()
-    blocker = threading.Thread(target=lambda: gate.run(release.wait, handle=Fixed(0.0)))
+    blocker = threading.Thread(target=lambda: gate.run(release.wait, handle=Fixed(0.0), most=gate.cores))
     blocker.start()
-    _poll(lambda: gate.busy)
+    _poll(lambda: gate.busy and gate.waiting == 0)
     with urgency.working_for(Fixed(math.inf)):
         task = asyncio.create_task(urgency.run_gated(ran.append, "late"))
     await asyncio.sleep(0)  # let it queue at the gate
@@ -122,3 +122,104 @@ def test_untagged_work_is_due_now() -> None:
     assert urgency.current().deadline() < math.inf
     with urgency.working_for(urgency.BACKGROUND):
         assert urgency.is_speculative(urgency.current())
+
+
+def test_one_reply_alone_gets_every_core_it_asks_for() -> None:
+    gate = ComputeGate(2)
+    reply = Fixed(1.0)
+    with gate.hold(reply, most=2) as share:
+        assert share.threads == 2
+        assert urgency.granted_threads(7) == 2
+    assert urgency.held() is None and urgency.granted_threads(7) == 7
+    with gate.hold(reply, most=2) as share:  # its own earlier steps are no competition
+        assert share.threads == 2
+    assert gate.shared == 0
+
+
+def test_competing_replies_get_one_core_each_and_run_side_by_side() -> None:
+    gate = ComputeGate(2)
+    first, second = Fixed(1.0), Fixed(2.0)
+    both_inside = threading.Barrier(2, timeout=WAIT_S)
+    threads: dict[str, int] = {}
+
+    def work(name: str, handle: Fixed) -> None:
+        with gate.hold(handle, most=2) as share:
+            threads[name] = share.threads
+            both_inside.wait()  # fails (BrokenBarrierError) unless both hold the gate at once
+
+    with gate.hold(Fixed(0.0), most=2):
+        workers = [threading.Thread(target=work, args=(n, h)) for n, h in (("a", first), ("b", second))]
+        for worker in workers:
+            worker.start()
+        _poll(lambda: gate.waiting == 2)
+    for worker in workers:
+        worker.join(WAIT_S)
+    assert threads == {"a": 1, "b": 1}
+    assert gate.shared >= 1 and not gate.busy
+
+
+def test_a_speculative_waiter_does_not_take_a_core_from_a_reply() -> None:
+    gate = ComputeGate(2)
+    order: list[str] = []
+    cores: dict[str, int] = {}
+
+    def work(name: str, handle: Fixed) -> None:
+        with gate.hold(handle, most=2) as share:
+            order.append(name)
+            cores[name] = share.threads
+
+    with gate.hold(Fixed(math.inf), most=2):  # speculative work: no deadline, no competition
+        workers = [threading.Thread(target=work, args=("guess", Fixed(math.inf)))]
+        workers[0].start()
+        _poll(lambda: gate.waiting == 1)
+        workers.append(threading.Thread(target=work, args=("reply", Fixed(1.0))))
+        workers[1].start()
+        _poll(lambda: gate.waiting == 2)
+    for worker in workers:
+        worker.join(WAIT_S)
+    assert order == ["reply", "guess"]
+    assert cores["reply"] == 2
+
+
+def test_shrink_hands_the_cores_a_job_no_longer_needs_to_a_waiter() -> None:
+    gate = ComputeGate(2)
+    admitted = threading.Event()
+
+    def wait() -> None:
+        with gate.hold(Fixed(5.0)):
+            admitted.set()
+
+    with gate.hold(Fixed(1.0), most=2) as share:
+        assert share.threads == 2
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        _poll(lambda: gate.waiting == 1)
+        assert not admitted.is_set()
+        share.shrink(1)
+        assert admitted.wait(WAIT_S)
+        assert share.threads == 1
+    waiter.join(WAIT_S)
+    assert not gate.busy
+
+
+def test_resize_sets_the_cores_shared_out() -> None:
+    gate = ComputeGate(1)
+    gate.resize(3)
+    with gate.hold(Fixed(1.0), most=8) as share:
+        assert share.threads == 3
+    with pytest.raises(ValueError):
+        gate.resize(0)
+
+
+def test_long_work_leaves_a_core_for_a_reply_that_just_stepped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(urgency, "CONTENDED_S", 60.0)  # "lately", however slow this machine is
+    gate = ComputeGate(2)
+    stepping, other = Fixed(1.0), Fixed(2.0)
+    with gate.hold(stepping, most=2, short=True) as share:
+        assert share.threads == 2  # alone: an LLM step takes both cores
+    with gate.hold(other, most=2) as share:
+        assert share.threads == 1  # a Piper sentence would keep that reply's next step waiting
+    with gate.hold(stepping, most=2, short=True) as share:
+        assert share.threads == 2  # a step chooses again each time: nobody waits now
+    with gate.hold(stepping, most=2) as share:
+        assert share.threads == 1  # the other reply used the gate lately
