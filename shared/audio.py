@@ -72,6 +72,27 @@ def rms(audio: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
 
 
+ONSET_LEVEL = 0.01
+"""A sample this loud (−40 dBFS) is sound: Piper's lead-in is −80 to −100 dBFS, its first phoneme
+−45 dBFS or louder."""
+ONSET_KEEP_S = 0.01
+"""Kept before the first sound: the phoneme's own attack, not silence."""
+
+
+def trim_lead_in(audio: np.ndarray, rate: int) -> np.ndarray:
+    """`audio` without the silence before its first sound (all of it kept if it never sounds).
+
+    A reply's first clause starts with whatever silence the TTS put before its first word: Piper
+    measured 10–80 ms (joe-medium, four opening clauses). The caller waits through it as through any
+    other latency, so it is cut there (and only there: inside a reply the pauses are the speech's own).
+    """
+    level = ONSET_LEVEL * (32768.0 if audio.dtype == np.int16 else 1.0)
+    loud = np.flatnonzero(np.abs(audio) >= level)
+    if loud.size == 0:
+        return audio
+    return audio[max(0, int(loud[0]) - round(ONSET_KEEP_S * rate)):]
+
+
 # --- resampling -----------------------------------------------------------------------------------
 
 

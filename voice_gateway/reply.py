@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from shared import urgency
-from shared.audio import FRAME_MS, PHONE_RATE, Framer, StreamResampler, float32_to_ulaw
+from shared.audio import FRAME_MS, PHONE_RATE, Framer, StreamResampler, float32_to_ulaw, trim_lead_in
 from shared.llm.base import ChatMessage, LLMError
 from shared.llm.tools import InvalidToolCall, ToolCall, ToolSpec
 from shared.storage.base import Agent
@@ -439,9 +439,13 @@ class Reply:
             # clause's last ~28 ms (22 050 → 8 000 Hz, soxr HQ) back into the next one, behind the
             # mark, and dropped the reply's. Each clause is synthesised alone, so it starts afresh.
             resampler = StreamResampler(tts.sample_rate, PHONE_RATE)
+            lead_in = index == 0  # the caller waits through the reply's first silence: cut it
             async for chunk in self._speech(tts, clause):
                 if "tts_first_audio_ms" not in self.metrics:
                     self.metrics["tts_first_audio_ms"] = round((self._deps.clock() - started) * 1000)
+                if lead_in:
+                    chunk = trim_lead_in(chunk, tts.sample_rate)
+                    lead_in = chunk.size == 0
                 await self._emit(index, framer.push(float32_to_ulaw(resampler.process(chunk))))
             await self._emit(index, framer.push(float32_to_ulaw(resampler.flush())))
             # The clause's last partial frame is padded with silence so its mark lands at its end.

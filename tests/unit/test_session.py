@@ -608,6 +608,38 @@ async def test_every_clause_goes_out_whole_at_the_phone_rate(open_call: Any) -> 
     assert reply.clause_frames == [25, 25]  # 0.5 s at 8 kHz: 4000 samples, 25 frames of 160 each
 
 
+class LeadInTTS(PiperRateTTS):
+    """Every clause opens with 0.1 s of silence, as a TTS's lead-in."""
+
+    async def synthesize(self, text: str, *, voice: str | None = None) -> AsyncIterator[np.ndarray]:
+        await asyncio.sleep(0)
+        lead = np.zeros(round(0.1 * self.sample_rate), dtype=np.int16)
+        yield np.concatenate([lead, np.full(round(self.clause_s * self.sample_rate), 800, dtype=np.int16)])
+
+
+async def test_the_silence_before_a_reply_s_first_word_is_cut_and_no_other(open_call: Any) -> None:
+    clock = FakeClock()
+    call = await open_call(clock=clock, tts=LeadInTTS(clock, clause_s=0.5),
+                           llm=FakeLLM("One two three four five. Six seven eight nine ten."))
+    reply = await _turn(call.session, clock)
+    await _until(lambda: reply.state is ReplyState.PLAYED, "the answer")
+    # First clause: 0.5 s of sound and the 10 ms kept before it (26 frames, the last one padded);
+    # the second keeps its 0.1 s pause: 0.6 s, 30 frames.
+    assert reply.clause_frames == [26, 30]
+
+
+def test_trim_lead_in_keeps_the_attack_and_all_of_a_silent_chunk() -> None:
+    from shared.audio import trim_lead_in
+
+    rate = 8000
+    chunk = np.concatenate([np.zeros(400, np.int16), np.full(100, 1000, np.int16)])  # 50 ms, then sound
+    assert trim_lead_in(chunk, rate).size == 100 + 80  # 10 ms kept before the first sound
+    quiet = np.full(300, 100, np.int16)  # −50 dBFS throughout: nothing to find, nothing dropped
+    assert trim_lead_in(quiet, rate).size == 300
+    floats = np.concatenate([np.zeros(800, np.float32), np.full(10, 0.5, np.float32)])
+    assert trim_lead_in(floats, rate).size == 90
+
+
 # --- urgency ----------------------------------------------------------------------------------------
 async def test_engine_calls_carry_the_urgency_of_the_work_they_do(open_call: Any) -> None:
     call = await open_call(greeting="Hello there.")
