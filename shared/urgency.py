@@ -151,7 +151,7 @@ class ComputeGate:
         """Replies (by identity) that used the gate lately, and when: is the machine shared?"""
         self.admitted = 0
         self.shared = 0
-        """Admissions on one core of several because another reply competed (a figure for benchmarks)."""
+        """Admissions cut to one core because another reply competed (read by tests and traces)."""
 
     def resize(self, cores: int) -> None:
         """Set the cores shared out (at start-up, from settings, before any work holds the gate)."""

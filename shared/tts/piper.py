@@ -48,10 +48,6 @@ class _SizedSession:
     def session(self, threads: int) -> Any:
         return self._sessions[max(n for n in self._sessions if n <= max(threads, 1))]
 
-    @property
-    def thread_counts(self) -> list[int]:
-        return sorted(self._sessions)
-
 
 def _load(path: str, threads: int) -> PiperVoice:
     """One voice per process; `shared.urgency`'s gate orders its use (concurrent calls queue by urgency
