@@ -79,9 +79,6 @@ def is_speculative(handle: Urgent) -> bool:
     return math.isinf(handle.deadline())
 
 
-RUNNING_DRY_S = 60.0
-"""Work overdue by more than this is for a reply about to run dry: `voice_gateway.reply` moves such a
-reply's deadline an hour back, ahead of every caller still waiting for a first answer."""
 CONTENDED_S = 0.25
 """How recently another reply must have used the gate for the cores to count as shared (see
 `ComputeGate`): longer than the pauses between one reply's steps (an LLM step's sampling, the gap
@@ -250,10 +247,7 @@ class ComputeGate:
             _, ticket = heapq.nsmallest(1, ranked)[0]
             waiter = self._waiters.pop(ticket)
             threads = min(waiter.most, self._free)
-            # A reply about to run dry keeps every free core: one thread would make its next clause
-            # 1.3-1.6x slower, and the caller would hear the difference as a hole.
-            if threads > 1 and waiter.handle.deadline() >= time.monotonic() - RUNNING_DRY_S \
-                    and self._shared_locked(waiter):
+            if threads > 1 and self._shared_locked(waiter):
                 threads = 1
                 self.shared += 1
             waiter.granted = threads

@@ -49,7 +49,7 @@ from shared.llm.avoid import AvoidMatcher, TokenTrie, ends_sentence, opening, se
 from shared.llm.base import ChatMessage, GenerationOptions
 from shared.llm.hermes import render
 from shared.llm.tools import ToolSpec
-from shared.urgency import RUNNING_DRY_S, ComputeGate, Urgent, is_speculative
+from shared.urgency import ComputeGate, Urgent, is_speculative
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ PREFILL_CHUNK = 32
 fraction of a second (≈ 0.25 s on 2 cores) and a reply about to run dry is never stalled longer."""
 PROMPT_STARVE_S = 0.4
 """The longest a waiting prompt goes without a chunk while replies about to run dry are generating."""
+RUNNING_DRY_S = 60.0
+"""A generating request overdue by more than this is a reply about to run dry (its precedence)."""
 SHARE_MIN_TOKENS = 16
 """A prefix is copied from another slot only when it saves at least this much evaluation."""
 PENALTY_LAST_N = 64

@@ -136,16 +136,9 @@ def test_one_reply_alone_gets_every_core_it_asks_for() -> None:
     assert gate.shared == 0
 
 
-def _due_in(seconds: float) -> Fixed:
-    """A deadline as replies have them: on the monotonic clock (far past ones mean "running dry")."""
-    import time
-
-    return Fixed(time.monotonic() + seconds)
-
-
 def test_competing_replies_get_one_core_each_and_run_side_by_side() -> None:
     gate = ComputeGate(2)
-    first, second = _due_in(1.0), _due_in(2.0)
+    first, second = Fixed(1.0), Fixed(2.0)
     both_inside = threading.Barrier(2, timeout=WAIT_S)
     threads: dict[str, int] = {}
 
@@ -221,7 +214,7 @@ def test_resize_sets_the_cores_shared_out() -> None:
 def test_long_work_leaves_a_core_for_a_reply_that_just_stepped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(urgency, "CONTENDED_S", 60.0)  # "lately", however slow this machine is
     gate = ComputeGate(2)
-    stepping, other = _due_in(1.0), _due_in(2.0)
+    stepping, other = Fixed(1.0), Fixed(2.0)
     with gate.hold(stepping, most=2, short=True) as share:
         assert share.threads == 2  # alone: an LLM step takes both cores
     with gate.hold(other, most=2) as share:
@@ -230,27 +223,3 @@ def test_long_work_leaves_a_core_for_a_reply_that_just_stepped(monkeypatch: pyte
         assert share.threads == 2  # a step chooses again each time: nobody waits now
     with gate.hold(stepping, most=2) as share:
         assert share.threads == 1  # the other reply used the gate lately
-
-
-def test_a_reply_about_to_run_dry_keeps_every_free_core() -> None:
-    gate = ComputeGate(2)
-    dry = _due_in(-3600.0)  # voice_gateway.reply's precedence for a reply running dry
-    order: list[str] = []
-    cores: dict[str, int] = {}
-
-    def work(name: str, handle: Fixed) -> None:
-        with gate.hold(handle, most=2) as share:
-            order.append(name)
-            cores[name] = share.threads
-
-    with gate.hold(Fixed(0.0), most=2):
-        workers = [threading.Thread(target=work, args=("dry", dry)),
-                   threading.Thread(target=work, args=("waiting", _due_in(1.0)))]
-        for worker in workers:
-            worker.start()
-        _poll(lambda: gate.waiting == 2)
-    for worker in workers:
-        worker.join(WAIT_S)
-    assert order == ["dry", "waiting"]
-    # The other reply waited, then got one core: the dry one used the gate a moment ago.
-    assert cores == {"dry": 2, "waiting": 1}
