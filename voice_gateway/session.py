@@ -50,6 +50,7 @@ from voice_gateway.reply import Reply, ReplyDeps, ReplyState, Said, Sound, prepa
 from voice_gateway.screening import Action, Screening
 from voice_gateway.spool import Spool
 from voice_gateway.turns import (
+    PauseBegan,
     PauseDetected,
     SpeechAbandoned,
     SpeechResumed,
@@ -647,6 +648,8 @@ class CallSession:
             return
         if self._barge_onset is not None:
             # Speech that began while the agent talked and has not lasted long enough to interrupt.
+            if isinstance(event, PauseBegan):
+                return  # nothing to speculate on yet: it may be a backchannel (decided at PauseDetected)
             if isinstance(event, PauseDetected):
                 if event.speech_end_sample - self._barge_onset < self._barge_samples \
                         or await self._listener_words(event.audio):
@@ -670,17 +673,17 @@ class CallSession:
                     return
                 self._overlap_text = None
             # The agent finished meanwhile: this short turn ("yes") is an answer; handle it as one.
-        if isinstance(event, PauseDetected):
-            self._cancel_unconfirmed()
-            self._judge(event)  # first: the caller waits on it, and it asks the compute gate first
-            # Speculation is a luxury: its work has no deadline, so the compute gate runs it only when
-            # nothing with one waits, and the LLM pauses it while a confirmed reply is being made.
-            self._new_reply(confirmed=False, speech_end_sample=event.speech_end_sample).answer(event.audio)
+        if isinstance(event, PauseBegan):
+            self._speculate(event.audio, event.speech_end_sample)
+        elif isinstance(event, PauseDetected):
+            self._judge(event)  # the caller waits on it: the compute gate runs it before speculation
+            if not self._speculating_on(event.speech_end_sample):
+                self._speculate(event.audio, event.speech_end_sample)  # a barge-in that became a turn
         elif isinstance(event, SpeechResumed):
             self._cancel_unconfirmed()
         elif isinstance(event, TurnEnded):
-            if current is not None and not current.confirmed \
-                    and current.speech_end_sample == event.speech_end_sample:
+            if self._speculating_on(event.speech_end_sample):
+                assert current is not None
                 reply = current  # the speculative reply made at this utterance's pause: keep it
             else:
                 self._cancel_unconfirmed()
@@ -693,6 +696,18 @@ class CallSession:
             self._turn_open = True
             self._open_until = (reply.speech_end_wall or self.clock()) + CONTINUE_S
             self.detector.keep_open(True)  # until the caller hears the reply, they may go on
+
+    def _speculate(self, audio: np.ndarray, speech_end_sample: int) -> None:
+        """Answer the utterance so far before the caller is known to be done. Speculation is a luxury:
+        its work has no deadline, so the compute gate runs it only when nothing with one waits, and the
+        LLM pauses it while a confirmed reply is being made."""
+        self._cancel_unconfirmed()
+        self._new_reply(confirmed=False, speech_end_sample=speech_end_sample).answer(audio)
+
+    def _speculating_on(self, speech_end_sample: int) -> bool:
+        """Whether the current reply is the speculative one made at this utterance's pause."""
+        current = self._current
+        return current is not None and not current.confirmed and current.speech_end_sample == speech_end_sample
 
     def _screen(self, event: TurnEvent) -> None:
         """Before the agent greets (or while a machine talks): the callee's speech is evidence of who

@@ -9,11 +9,12 @@ Turn-taking in four thresholds:
   (the caller may only be saying "mm-hm": SpeechAbandoned or a short turn lets it resume);
 - `min_speech_ms` of voiced audio before a turn starts, so clicks, line noise and short bursts are
   ignored (no SpeechStarted, no barge-in);
-- `early_pause_ms` of silence: PauseDetected hands the utterance so far to the session, which can
-  start STT (and even the LLM) speculatively while the pause is confirmed, and ask an end-of-turn
-  model how long this pause should be (`set_end_silence`);
+- `speculate_ms` of silence: PauseBegan hands the utterance so far to the session, which can start
+  STT (and even the LLM) speculatively while the pause is confirmed;
+- `early_pause_ms` of silence: PauseDetected hands it over again, for an end-of-turn model to say how
+  long this pause should be (`set_end_silence`);
 - `end_of_turn_silence_ms` of silence (or what `set_end_silence` said): TurnEnded. If speech comes
-  back in between, SpeechResumed tells the session to throw the speculative work away.
+  back after PauseBegan, SpeechResumed tells the session to throw the speculative work away.
 
 A turn stays open after TurnEnded while the session says so (`keep_open`: the reply to it has not been
 heard yet): speech that comes back then continues the same utterance, with every sample since its
@@ -62,8 +63,17 @@ class SpeechStarted:
 
 
 @dataclass(frozen=True)
+class PauseBegan:
+    """The first sign of a pause: the utterance so far, for speculative STT and LLM work."""
+
+    audio: np.ndarray
+    speech_end_sample: int
+    at_sample: int
+
+
+@dataclass(frozen=True)
 class PauseDetected:
-    """A short pause: the utterance so far, for speculative STT."""
+    """A short pause: the utterance so far, for the end-of-turn model (and speculation, if not begun)."""
 
     audio: np.ndarray
     speech_end_sample: int
@@ -73,7 +83,7 @@ class PauseDetected:
 
 @dataclass(frozen=True)
 class SpeechResumed:
-    """The caller went on after a PauseDetected: speculative work on that audio is stale."""
+    """The caller went on after a PauseBegan: speculative work on that audio is stale."""
 
     at_sample: int
 
@@ -92,7 +102,8 @@ class TurnEnded:
         return (self.at_sample - self.speech_end_sample) * 1000.0 / SAMPLE_RATE
 
 
-TurnEvent = VoiceOnset | SpeechAbandoned | SpeechStarted | PauseDetected | SpeechResumed | TurnEnded
+TurnEvent = (VoiceOnset | SpeechAbandoned | SpeechStarted | PauseBegan | PauseDetected | SpeechResumed
+             | TurnEnded)
 
 
 _AGENT_DEFAULTS = AgentSettings()
@@ -108,8 +119,13 @@ class TurnConfig:
     agent, and the pause still lands within ~100 ms of the caller's first syllable."""
     end_of_turn_silence_ms: int = _AGENT_DEFAULTS.end_of_turn_silence_ms
     early_pause_ms: int = 150
-    """Speculative STT/LLM start at this pause; the reply is only heard once the full end-of-turn
-    silence confirms it. Shorter means lower latency and more work thrown away when the caller goes on."""
+    """The end-of-turn model hears the turn at this pause (its bands were measured on this audio)."""
+    speculate_ms: int = 96
+    """Speculative STT/LLM start at this pause; the reply is only heard once the end of turn confirms
+    it. Each reply waits on this much silence plus STT, the LLM's first clause and its audio, so it
+    comes before the end-of-turn model's pause (which then no longer shares the cores with STT's
+    encoder). Shorter means more work thrown away when the caller goes on; the compute gate runs
+    speculation only when no confirmed work waits."""
     pre_roll_ms: int = 300
     """Audio kept before the onset: VADs fire a little late and Whisper needs the first phoneme."""
     post_roll_ms: int = 200
@@ -130,14 +146,18 @@ class TurnConfig:
     def __post_init__(self) -> None:
         if self.early_pause_ms > self.end_of_turn_silence_ms:
             raise ValueError("early_pause_ms must not exceed end_of_turn_silence_ms")
+        if self.speculate_ms > self.early_pause_ms:
+            raise ValueError("speculate_ms must not exceed early_pause_ms")
 
     @classmethod
     def for_agent(cls, settings: AgentSettings) -> TurnConfig:
         """The agent's timing; the speculative pause never waits longer than the end of turn itself."""
+        early = min(cls.early_pause_ms, settings.end_of_turn_silence_ms)
         return cls(
             min_speech_ms=settings.min_speech_ms,
             end_of_turn_silence_ms=settings.end_of_turn_silence_ms,
-            early_pause_ms=min(cls.early_pause_ms, settings.end_of_turn_silence_ms),
+            early_pause_ms=early,
+            speculate_ms=min(cls.speculate_ms, early),
         )
 
 
@@ -230,6 +250,7 @@ class TurnDetector:
         self._voiced_samples = 0
         self._speech_end = 0
         self._silence = 0
+        self._pause_began = False
         self._paused = False
         self._resume_voiced = 0
         self._onset_told = False
@@ -322,10 +343,10 @@ class TurnDetector:
     def _step_speaking(self, voiced: bool, events: list[TurnEvent]) -> None:
         cfg = self.config
         if voiced:
-            if self._paused:
+            if self._pause_began:
                 self._resume_voiced += self._window
                 if self._resume_voiced >= _samples(cfg.resume_ms):
-                    self._paused = False
+                    self._pause_began = self._paused = False
                     self._resume_voiced = 0
                     self._silence = 0
                     self._speech_end = self._position
@@ -339,6 +360,11 @@ class TurnDetector:
         else:
             self._resume_voiced = 0
             self._silence += self._window
+        if not self._pause_began and self._silence >= _samples(cfg.speculate_ms):
+            self._pause_began = True
+            events.append(
+                PauseBegan(self._utterance(), speech_end_sample=self._speech_end, at_sample=self._position)
+            )
         if not self._paused and self._silence >= _samples(cfg.early_pause_ms):
             self._paused = True
             events.append(

@@ -7,6 +7,7 @@ import pytest
 
 from shared.vad.energy import EnergyVAD
 from voice_gateway.turns import (
+    PauseBegan,
     PauseDetected,
     SpeechAbandoned,
     SpeechResumed,
@@ -53,8 +54,8 @@ def test_one_utterance_gives_start_pause_end_whatever_the_chunk_size(chunk: int)
     detector = TurnDetector(EnergyVAD(), TurnConfig(min_speech_ms=200, end_of_turn_silence_ms=500, early_pause_ms=200))
     audio = np.concatenate([_silence(1000), _speech(1200), _silence(1000)])
     events = _feed(detector, audio, chunk)
-    assert _kinds(events) == ["SpeechStarted", "PauseDetected", "TurnEnded"]
-    started, pause, ended = events
+    assert _kinds(events) == ["SpeechStarted", "PauseBegan", "PauseDetected", "TurnEnded"]
+    started, _began, pause, ended = events
     assert isinstance(started, SpeechStarted) and isinstance(ended, TurnEnded)
     assert abs(started.onset_sample - _ms(1000)) <= 512
     assert started.at_sample - started.onset_sample >= _ms(200)
@@ -90,8 +91,9 @@ def test_a_pause_then_more_speech_resumes_the_same_turn() -> None:
     detector = TurnDetector(EnergyVAD(), TurnConfig(end_of_turn_silence_ms=600, early_pause_ms=200))
     audio = np.concatenate([_silence(300), _speech(700), _silence(350), _speech(600), _silence(800)])
     events = _feed(detector, audio, 320)
-    assert _kinds(events) == ["SpeechStarted", "PauseDetected", "SpeechResumed", "PauseDetected", "TurnEnded"]
-    first_pause, resumed, second_pause, ended = events[1:]
+    assert _kinds(events) == ["SpeechStarted", "PauseBegan", "PauseDetected", "SpeechResumed", "PauseBegan",
+                              "PauseDetected", "TurnEnded"]
+    first_pause, resumed, second_pause, ended = events[2], events[3], events[5], events[6]
     assert isinstance(resumed, SpeechResumed)
     assert first_pause.speech_end_sample < resumed.at_sample < second_pause.speech_end_sample
     assert second_pause.speech_end_sample == ended.speech_end_sample
@@ -102,7 +104,7 @@ def test_a_blip_during_a_pause_does_not_resume_or_delay_the_end_of_turn() -> Non
     detector = TurnDetector(EnergyVAD(), TurnConfig(end_of_turn_silence_ms=500, resume_ms=96))
     audio = np.concatenate([_speech(800), _silence(300), _speech(32), _silence(600)])
     events = _feed(detector, audio, 512)
-    assert _kinds(events) == ["SpeechStarted", "PauseDetected", "TurnEnded"]
+    assert _kinds(events) == ["SpeechStarted", "PauseBegan", "PauseDetected", "TurnEnded"]
     assert abs(events[-1].speech_end_sample - _ms(800)) <= 512
 
 
@@ -136,6 +138,25 @@ def test_pause_longer_than_end_of_turn_is_rejected() -> None:
         TurnConfig(end_of_turn_silence_ms=200, early_pause_ms=300)
 
 
+def test_speculation_begins_before_the_pause_the_model_hears_and_a_resume_between_cancels_it() -> None:
+    config = TurnConfig(end_of_turn_silence_ms=500, early_pause_ms=150, speculate_ms=96)
+    detector = TurnDetector(EnergyVAD(), config)
+    events = _feed(detector, np.concatenate([_speech(900), _silence(1000)]), 320)
+    began, detected = events[1], events[2]
+    assert isinstance(began, PauseBegan) and isinstance(detected, PauseDetected)
+    assert began.speech_end_sample == detected.speech_end_sample
+    assert 96 <= (began.at_sample - began.speech_end_sample) * 1000 / RATE < 96 + 33
+    assert 150 <= (detected.at_sample - detected.speech_end_sample) * 1000 / RATE < 150 + 33
+    assert np.array_equal(began.audio, detected.audio[: began.audio.size])
+    # Speech back 128 ms into the pause: speculation is stale, and the model never hears that pause.
+    detector = TurnDetector(EnergyVAD(), config)
+    audio = np.concatenate([_speech(900), _silence(128), _speech(600, seed=3), _silence(1000)])
+    assert _kinds(_feed(detector, audio, 320)) == ["SpeechStarted", "PauseBegan", "SpeechResumed", "PauseBegan",
+                                                   "PauseDetected", "TurnEnded"]
+    with pytest.raises(ValueError):
+        TurnConfig(early_pause_ms=150, speculate_ms=200)
+
+
 def test_pause_audio_is_a_prefix_of_the_final_utterance() -> None:
     detector = TurnDetector(EnergyVAD())
     events = _feed(detector, np.concatenate([_silence(200), _speech(900), _silence(700)]), 640)
@@ -152,7 +173,7 @@ def test_voice_onset_comes_early_and_a_burst_that_stops_is_abandoned() -> None:
     assert onset.at_sample - onset.onset_sample <= _ms(64) + 512
     detector = TurnDetector(EnergyVAD(), TurnConfig(min_speech_ms=250, onset_ms=64))
     events = _feed(detector, np.concatenate([_silence(500), _speech(900), _silence(800)]), 320, onsets=True)
-    assert _kinds(events) == ["VoiceOnset", "SpeechStarted", "PauseDetected", "TurnEnded"]
+    assert _kinds(events) == ["VoiceOnset", "SpeechStarted", "PauseBegan", "PauseDetected", "TurnEnded"]
     assert events[0].at_sample < events[1].at_sample
 
 
@@ -189,7 +210,7 @@ def test_a_confident_not_done_waits_longer_and_speech_restores_the_default() -> 
                                                      _silence(1000)]))
     detector.set_end_silence(1500)
     events = _feed(detector, rest, 320)
-    assert _kinds(events) == ["SpeechResumed", "PauseDetected", "TurnEnded"]  # 1.2 s did not end it
+    assert _kinds(events) == ["SpeechResumed", "PauseBegan", "PauseDetected", "TurnEnded"]  # 1.2 s did not end it
     assert 500 <= events[-1].end_of_turn_ms < 533  # the next pause waits the default again
     assert events[-1].audio.size > _ms(2500)
 
@@ -200,7 +221,7 @@ def test_a_turn_kept_open_is_continued_with_every_sample_since_it_began() -> Non
     assert isinstance(first[-1], TurnEnded)
     detector.keep_open(True)  # its reply is not heard yet
     events = _feed(detector, np.concatenate([_silence(300), _speech(800, seed=7), _silence(600)]), 320)
-    assert _kinds(events) == ["SpeechStarted", "PauseDetected", "TurnEnded"]
+    assert _kinds(events) == ["SpeechStarted", "PauseBegan", "PauseDetected", "TurnEnded"]
     assert events[0].continues
     whole = events[-1].audio
     # from the first turn's pre-roll (~300 ms before 500 ms) to the second's end + post-roll
