@@ -308,6 +308,22 @@ async def test_a_speculative_reply_is_cancelled_unheard_when_the_caller_goes_on(
     assert [m for m in call.line.log if m != "m"] == [f"{reply.id}:0"]  # only the answer went out
 
 
+async def test_a_call_alone_speculates_at_the_first_sign_of_a_pause_and_beside_others_later(
+    open_call: Any,
+) -> None:
+    alone = await open_call()
+    await _feed(alone.session, alone.clock, _tone(500) + _silence(110))  # past speculate_ms, before 150 ms
+    assert alone.session.reply is not None and alone.session.reply.state is ReplyState.SPECULATIVE
+    await alone.session.close()
+
+    shared = await open_call(start_policy=StartPolicy(ProductionRate(), others=lambda: 3))
+    await _feed(shared.session, shared.clock, _tone(500) + _silence(110))
+    assert shared.session.reply is None  # three other calls: speculation waits for the longer pause
+    await _feed(shared.session, shared.clock, _silence(110))
+    assert shared.session.reply is not None and shared.session.reply.state is ReplyState.SPECULATIVE
+    await shared.session.close()
+
+
 async def test_llm_error_speaks_the_fallback_line(open_call: Any) -> None:
     call = await open_call(llm=FakeLLM(error="model crashed"))
     reply = await _turn(call.session, call.clock)
