@@ -7,6 +7,7 @@ signals still reach the session, which gates hallucinated stock phrases on them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,6 +44,26 @@ def is_speech(
     return not (segment.no_speech_prob > no_speech_threshold and segment.avg_logprob < log_prob_threshold)
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def without_repeated_sentences(text: str) -> str:
+    """Drop a sentence of two or more words that comes again at once ("Okay, thank you. Okay, thank
+    you."): Whisper's loop on a short utterance, which people hardly ever say. Four repeated words send a
+    short-window decode back to Whisper's own path (`shared.stt.decoding.repeats`); a shorter sentence
+    said twice slips under that rule and was stored twice on the phone set ("Yeah, not work. Yeah, not
+    work."). A one-word sentence said twice ("No. No.") is kept: people do."""
+    kept: list[str] = []
+    last: list[str] | None = None
+    for sentence in _SENTENCE_END.split(text.strip()):
+        words = re.findall(r"[a-z0-9']+", sentence.lower())
+        if len(words) >= 2 and words == last:
+            continue
+        kept.append(sentence.strip())
+        last = words or last
+    return " ".join(s for s in kept if s)
+
+
 def summarise(
     segments: Sequence[Segment],
     *,
@@ -54,11 +75,11 @@ def summarise(
     if not segments:
         return Transcription(text="", no_speech_prob=1.0, avg_logprob=-10.0)
     return Transcription(
-        text=" ".join(
+        text=without_repeated_sentences(" ".join(
             s.text.strip()
             for s in segments
             if is_speech(s, no_speech_threshold=no_speech_threshold, log_prob_threshold=log_prob_threshold)
-        ).strip(),
+        )),
         no_speech_prob=max(s.no_speech_prob for s in segments),
         avg_logprob=float(np.mean([s.avg_logprob for s in segments])),
     )

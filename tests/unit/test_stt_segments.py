@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from shared.stt.segments import LOGPROB_THRESHOLD, NO_SPEECH_THRESHOLD, Segment, is_speech, summarise
+from shared.stt.segments import (
+    LOGPROB_THRESHOLD,
+    NO_SPEECH_THRESHOLD,
+    Segment,
+    is_speech,
+    summarise,
+    without_repeated_sentences,
+)
 
 
 @pytest.mark.parametrize(
@@ -54,6 +61,20 @@ def test_only_silence_gives_empty_text_with_the_worst_signal() -> None:
 def test_a_segment_without_a_word_is_never_speech_however_sure(text: str) -> None:
     assert is_speech(Segment(text, 0.01, -0.1)) is False
     assert summarise([Segment(text, 0.01, -0.1), Segment(" Yes.", 0.05, -0.2)]).text == "Yes."
+
+
+@pytest.mark.parametrize(("heard", "stored"), [
+    ("Okay, thank you. Okay, thank you.", "Okay, thank you."),
+    ("Yeah, not work. Yeah, not work. Yeah, not work.", "Yeah, not work."),
+    ("I'm free on Monday. i'm free on monday", "I'm free on Monday."),
+    ("No. No.", "No. No."),
+    ("Thank you. Okay, thank you.", "Thank you. Okay, thank you."),
+    ("Okay, thank you. Bye. Okay, thank you.", "Okay, thank you. Bye. Okay, thank you."),
+    ("What's the price? 3.5 dollars", "What's the price? 3.5 dollars"),
+])
+def test_a_sentence_whisper_said_twice_in_a_row_is_stored_once(heard: str, stored: str) -> None:
+    assert without_repeated_sentences(heard) == stored
+    assert summarise([Segment(heard, 0.01, -0.3)]).text == stored
 
 
 def test_a_short_window_decode_that_says_the_same_words_twice_is_redone() -> None:
