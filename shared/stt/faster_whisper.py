@@ -15,7 +15,7 @@ from shared.audio import STT_RATE
 from shared.stt import models
 from shared.stt.base import Transcription
 from shared.stt.decoding import DecodeOptions, options_for, repeats, short_decode_failed
-from shared.stt.segments import Segment, summarise
+from shared.stt.segments import Segment, summarise, without_repeated_sentences
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
@@ -200,7 +200,7 @@ class FasterWhisperSTT:
         # As faster-whisper reports it: the summed log-prob over the tokens and the end token.
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
         return summarise(
-            [Segment(text, result.no_speech_prob, avg_logprob)],
+            [Segment(without_repeated_sentences(text), result.no_speech_prob, avg_logprob)],
             no_speech_threshold=opts.no_speech_threshold,
             log_prob_threshold=opts.log_prob_threshold,
         )

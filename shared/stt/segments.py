@@ -49,10 +49,12 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 def without_repeated_sentences(text: str) -> str:
     """Drop a sentence of two or more words that comes again at once ("Okay, thank you. Okay, thank
-    you."): Whisper's loop on a short utterance, which people hardly ever say. Four repeated words send a
-    short-window decode back to Whisper's own path (`shared.stt.decoding.repeats`); a shorter sentence
-    said twice slips under that rule and was stored twice on the phone set ("Yeah, not work. Yeah, not
-    work."). A one-word sentence said twice ("No. No.") is kept: people do."""
+    you."): Whisper's loop on a short utterance padded with silence in the short window. Four repeated
+    words send such a decode back to Whisper's own path (`shared.stt.decoding.repeats`); a shorter
+    sentence said twice slips under that rule and was stored twice on the phone set ("Yeah, not work.
+    Yeah, not work."). A one-word sentence said twice ("No. No.") is kept: people do. Only the short
+    window's one-pass decode is collapsed: a long turn decoded the usual way may really say a line
+    twice, and a caller who does in a short one is stored saying it once, the meaning kept."""
     kept: list[str] = []
     last: list[str] | None = None
     for sentence in _SENTENCE_END.split(text.strip()):
@@ -75,11 +77,11 @@ def summarise(
     if not segments:
         return Transcription(text="", no_speech_prob=1.0, avg_logprob=-10.0)
     return Transcription(
-        text=without_repeated_sentences(" ".join(
+        text=" ".join(
             s.text.strip()
             for s in segments
             if is_speech(s, no_speech_threshold=no_speech_threshold, log_prob_threshold=log_prob_threshold)
-        )),
+        ).strip(),
         no_speech_prob=max(s.no_speech_prob for s in segments),
         avg_logprob=float(np.mean([s.avg_logprob for s in segments])),
     )
