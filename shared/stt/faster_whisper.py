@@ -25,7 +25,6 @@ __all__ = ["DecodeOptions", "FasterWhisperSTT", "bundled_model_dir"]
 
 MAX_SHORT_WINDOW_S = 30
 """Whisper's own window: utterances that fit are encoded in a window cut to their length."""
-MIN_SHORT_WINDOW_S = 10
 WINDOW_PAD_S = 1.0
 FRAMES_PER_S = 100  # Whisper's log-mel hop: 10 ms
 
@@ -130,10 +129,12 @@ class FasterWhisperSTT:
         model = self._on(urgency.granted_threads(self.threads), model)
         opts = self.options
         if opts.short_window and audio.shape[0] / STT_RATE + WINDOW_PAD_S <= MAX_SHORT_WINDOW_S:
-            short = self._transcribe_short(model, audio, prompt)
-            if short is not None:
-                return short
-            model = self._on(urgency.granted_threads(self.threads), model)  # the decode gave cores back
+            needed = math.ceil(audio.shape[0] / STT_RATE + WINDOW_PAD_S)
+            for seconds in sorted({max(needed, w) for w in opts.short_windows_s}):
+                short = self._transcribe_short(model, audio, prompt, seconds)
+                if short is not None:
+                    return short
+                model = self._on(urgency.granted_threads(self.threads), model)  # the decode gave cores back
         segments, _info = model.transcribe(
             audio,
             language=self.language,
@@ -157,21 +158,20 @@ class FasterWhisperSTT:
         )
 
     def _transcribe_short(
-        self, model: WhisperModel, audio: np.ndarray, prompt: str | None
+        self, model: WhisperModel, audio: np.ndarray, prompt: str | None, seconds: int
     ) -> Transcription | None:
         """One utterance, encoded in a window cut to its length instead of Whisper's 30 s; None when the
         decode shows Whisper's signs of failure (the caller then decodes it the ordinary way).
 
         faster-whisper always pads to 30 s, so a 4 s caller line costs the encoder 30 s of work:
         on 2 cores 460 ms of tiny.en's ≈ 570 ms per turn. CTranslate2's encoder takes shorter inputs
-        (as whisper.cpp's `audio_ctx` does): here the audio plus 1 s, at least 10 s (62 ms to encode).
-        Windows of 3–5 s decoded as well on noisy lines but looped more often on clean speech padded
-        with digital silence. Measured on 33 lines (the bench's 28 noisy phone-band lines in seven
+        (as whisper.cpp's `audio_ctx` does): here the audio plus 1 s, at least `seconds`
+        (`DecodeOptions.short_windows_s`; 10 s took 62 ms to encode). Windows of 3–5 s decoded as well
+        on noisy lines but looped more often on clean speech padded with digital silence. Measured on 33 lines (the bench's 28 noisy phone-band lines in seven
         voices and five clean Piper lines): mean WER 0.279 against 0.289 for the padded decode,
         median 218 ms against 565 ms, mean 249 ms against 575 ms, one line of 33 decoded again.
         """
         opts = self.options
-        seconds = max(MIN_SHORT_WINDOW_S, math.ceil(audio.shape[0] / STT_RATE + WINDOW_PAD_S))
         padded = np.zeros(seconds * STT_RATE, np.float32)
         padded[: audio.shape[0]] = audio
         features = model.feature_extractor(padded)[:, : seconds * FRAMES_PER_S]

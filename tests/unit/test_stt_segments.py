@@ -250,3 +250,34 @@ def test_a_model_folder_is_loaded_as_given() -> None:
 
     assert models.resolve("/srv/models/whisper-small-ct2", Path("unused")) == "/srv/models/whisper-small-ct2"
     assert models.resolve(None, Path("unused")) == models.resolve(" tiny.en", Path("unused"))
+
+
+def test_a_failed_short_window_is_tried_again_in_the_next_before_whisper_s_own_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import numpy as np
+
+    from shared.stt.decoding import DecodeOptions
+    from shared.stt.faster_whisper import FasterWhisperSTT
+
+    class WholeWindow:
+        """Whisper's own path, stubbed: counts its calls."""
+
+        calls = 0
+
+        def transcribe(self, audio: object, **_: object) -> tuple[list[object], None]:
+            WholeWindow.calls += 1
+            return [], None
+
+    stt = FasterWhisperSTT("/no/model/needed", options=DecodeOptions(short_windows_s=(8, 10)))
+    tried: list[int] = []
+
+    def fails(model: object, audio: object, prompt: str | None, seconds: int) -> None:
+        tried.append(seconds)
+
+    monkeypatch.setattr(stt, "_transcribe_short", fails)
+    for length_s, windows in [(3.0, [8, 10]), (8.5, [10]), (12.2, [14])]:
+        tried.clear()
+        stt._transcribe_sync(WholeWindow(), np.zeros(int(16000 * length_s), np.float32), None)
+        assert tried == windows
+    assert WholeWindow.calls == 3  # each turn reached Whisper's own path once every window failed
