@@ -590,6 +590,15 @@ async def test_a_confident_done_answers_after_a_short_silence(open_call: Any) ->
     await call.session.close()
 
 
+async def test_beside_other_calls_the_turn_ends_on_silence_without_the_model(open_call: Any) -> None:
+    model = FakeTurnModel(0.995)
+    call = await open_call(turn=model, start_policy=StartPolicy(ProductionRate(), others=lambda: 3))
+    reply = await _turn(call.session, call.clock)
+    assert model.calls == 0 and call.session.judges_skipped == 1
+    assert reply.metrics["end_of_turn_ms"] >= 280 and "turn_verdict" not in reply.metrics
+    await call.session.close()
+
+
 async def test_a_confident_not_done_keeps_a_one_second_pause_inside_the_turn(open_call: Any) -> None:
     model = FakeTurnModel(0.02)
     stt = FakeSTT("I'd like to book, um, for next Tuesday.")
