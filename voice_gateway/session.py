@@ -677,7 +677,7 @@ class CallSession:
             if not self.start_policy.busy():
                 self._speculate(event.audio, event.speech_end_sample)
         elif isinstance(event, PauseDetected):
-            self._judge(event)  # the caller waits on it: the compute gate runs it before speculation
+            self._judge(event)  # a call alone: the end-of-turn model says how long this pause must last
             if not self._speculating_on(event.speech_end_sample):
                 # Beside other calls speculation starts here, at the longer pause: it is thrown away
                 # less often, and a wasted job holds cores a confirmed reply of another call may need

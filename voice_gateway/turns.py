@@ -124,9 +124,10 @@ class TurnConfig:
     """Speculative STT/LLM may start at this pause (the session does so for a call alone on the
     machine); the reply is only heard once the end of turn confirms it. A reply waits on this much
     silence plus STT, the LLM's first clause and its audio, and the end-of-turn model, at the later
-    pause, no longer shares the cores with STT's encoder. Phone set, one call: voice-to-voice p50
-    879 ms speculating at 150 ms, 801 ms at 96 ms, 732 ms at 64 ms. Shorter means more work thrown
-    away when the caller goes on."""
+    pause, no longer shares the cores with STT's encoder. Phone set, one call, back to back:
+    voice-to-voice p50 879 ms speculating at 150 ms, 801 ms at 96 ms, 732 ms at 64 ms (later runs at
+    64 ms: 838, 909 and 794 ms; this machine's speed moves by ±100 ms from hour to hour). Shorter
+    means more work thrown away when the caller goes on."""
     pre_roll_ms: int = 300
     """Audio kept before the onset: VADs fire a little late and Whisper needs the first phoneme."""
     post_roll_ms: int = 200

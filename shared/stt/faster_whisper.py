@@ -167,9 +167,10 @@ class FasterWhisperSTT:
         on 2 cores 460 ms of tiny.en's ≈ 570 ms per turn. CTranslate2's encoder takes shorter inputs
         (as whisper.cpp's `audio_ctx` does): here the audio plus 1 s, at least `seconds`
         (`DecodeOptions.short_windows_s`; 10 s took 62 ms to encode). Windows of 3–5 s decoded as well
-        on noisy lines but looped more often on clean speech padded with digital silence. Measured on 33 lines (the bench's 28 noisy phone-band lines in seven
-        voices and five clean Piper lines): mean WER 0.279 against 0.289 for the padded decode,
-        median 218 ms against 565 ms, mean 249 ms against 575 ms, one line of 33 decoded again.
+        on noisy lines but looped more often on clean speech padded with digital silence. Measured with
+        a 10 s window on 33 lines (the bench's 28 noisy phone-band lines in seven voices and five clean
+        Piper lines): mean WER 0.279 against 0.289 for the padded decode, median 218 ms against 565 ms,
+        mean 249 ms against 575 ms, one line of 33 decoded again.
         """
         opts = self.options
         padded = np.zeros(seconds * STT_RATE, np.float32)
