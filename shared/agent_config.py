@@ -62,6 +62,10 @@ class LLMConfig(_Strict):
     )
     temperature: float = Field(default=0.6, ge=0.0, le=2.0)
     max_tokens: int = Field(default=80, ge=1, le=4096, description="A phone reply is short: 80 tokens ≈ 3 sentences")
+    max_words: int | None = Field(
+        default=40, ge=5, le=2000,
+        description="A spoken reply ends at the first sentence end past this many words (null: only max_tokens)",
+    )
 
 
 class AnalysisConfig(_Strict):

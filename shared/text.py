@@ -17,7 +17,7 @@ followed it (a phrase break's rising tone, not a sentence's fall), and stored as
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 _ABBREVIATIONS = frozenset(
     [
@@ -205,6 +205,14 @@ class ClauseSplitter:
         return j
 
 
+def ends_sentence(clause: str) -> bool:
+    """Whether a clause from `ClauseSplitter` closes a sentence (. ! ?), not a phrase (, ; :) or a cut."""
+    if isinstance(clause, Continued):
+        return False
+    text = clause.rstrip().rstrip(_CLOSERS)
+    return bool(text) and text[-1] in ".!?"
+
+
 def _speakable(clause: str) -> bool:
     return any(ch.isalnum() for ch in clause)
 
@@ -212,7 +220,7 @@ def _speakable(clause: str) -> bool:
 async def split_clauses(
     tokens: AsyncIterator[str], min_words_for_comma: int = 4, *,
     first_cut_min_words: int | None = FIRST_CUT_MIN_WORDS,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """Async adapter: LLM token stream in, clause stream out. A fixed line, synthesised whole ahead of
     need, passes `first_cut_min_words=None`: nobody waits on its first clause."""
     splitter = ClauseSplitter(min_words_for_comma, first_cut_min_words=first_cut_min_words)

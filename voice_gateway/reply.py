@@ -18,7 +18,7 @@ import contextlib
 import logging
 import math
 import weakref
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -31,7 +31,7 @@ from shared.llm.base import ChatMessage, LLMError
 from shared.llm.tools import InvalidToolCall, ToolCall, ToolSpec
 from shared.storage.base import Agent
 from shared.stt.base import Transcription
-from shared.text import split_clauses, tts_text
+from shared.text import ends_sentence, split_clauses, tts_text
 from shared.tts.base import TTS
 from voice_gateway.assurance import Progress, StartPolicy
 from voice_gateway.engines import Engines
@@ -369,34 +369,50 @@ class Reply:
         called: list[ToolCall | InvalidToolCall] = []
         spoken: list[str] = []
 
-        async def tokens() -> AsyncIterator[str]:
+        async def tokens() -> AsyncGenerator[str, None]:
             started = self._production_started = clock()
             llm, options = self._deps.engines.llm, self._deps.agent.llm
             stream = llm.stream(messages, options, avoid=avoid, tools=tools) if tools else \
                 llm.stream(messages, options, avoid=avoid)
-            async for piece in stream:
-                if "llm_first_token_ms" not in self.metrics:
-                    self.metrics["llm_first_token_ms"] = round((clock() - started) * 1000)
-                if isinstance(piece, str):
-                    spoken.append(piece)
-                    yield piece
-                elif not called:  # one action per turn: a second call in the same answer is ignored
-                    called.append(piece)
+            try:
+                async for piece in stream:
+                    if "llm_first_token_ms" not in self.metrics:
+                        self.metrics["llm_first_token_ms"] = round((clock() - started) * 1000)
+                    if isinstance(piece, str):
+                        spoken.append(piece)
+                        yield piece
+                    elif not called:  # one action per turn: a second call in the same answer is ignored
+                        called.append(piece)
+            finally:
+                close = getattr(stream, "aclose", None)
+                if close is not None:
+                    await close()  # a reply ended early frees its LLM slot now, not when collected
 
         async def produce() -> None:
             produced = False
+            words = 0
+            most = None if tools else self._deps.agent.llm.max_words
+            pieces = tokens()
+            clauses = split_clauses(pieces)
             try:
                 # The opening is cut short at any load. Beside other calls it was not while a lone
                 # "Sure," could be the first clause (three gaps in one 4-call run). With a first clause
                 # of three words or more (`FIRST_MIN_WORDS`), cutting there too measured better: 2 calls
                 # staggered p50 1744 → 1334 ms; 4 calls together 2000–2492 → 1682–2526 ms over three
                 # runs each way, one of the three with a gap either way.
-                async for clause in split_clauses(tokens()):
+                async for clause in clauses:
                     if not produced and self._production_started is not None:
                         # From the LLM request to the first speakable clause: what TTS waits for.
                         self.metrics["llm_first_clause_ms"] = round((clock() - self._production_started) * 1000)
                     produced = True
                     await queue.put(clause)
+                    words += len(clause.split())
+                    if most is not None and words >= most and ends_sentence(clause):
+                        # The prompt asks for two short sentences; a small model sometimes rambles on
+                        # for 60 words, which the caller sits through and other calls' replies wait
+                        # behind. An agent with tools is not cut: a call may follow its words.
+                        self.metrics["cut_at_words"] = words
+                        break
                 if called and self._deps.act is not None:
                     async for said in self._deps.act(self, called[0], messages, "".join(spoken).strip()):
                         produced = True
@@ -407,6 +423,8 @@ class Reply:
                 if not produced:
                     await queue.put(FALLBACK_LINE)
             finally:
+                await clauses.aclose()
+                await pieces.aclose()
                 self._text_done = True
                 await queue.put(None)
 

@@ -67,7 +67,7 @@ async def test_unknown_key_in_a_patch_is_refused_and_changes_nothing(api: httpx.
 async def test_an_agent_without_settings_reads_back_the_documented_defaults(api: httpx.AsyncClient) -> None:
     created = (await api.post("/agents", json=AGENT)).json()
     assert created["settings"] == AgentSettings().model_dump()
-    assert created["llm"] == {"model": None, "temperature": 0.6, "max_tokens": 80}
+    assert created["llm"] == {"model": None, "temperature": 0.6, "max_tokens": 80, "max_words": 40}
     assert created["settings"]["end_of_turn_silence_ms"] == 280 and created["settings"]["min_speech_ms"] == 150
     assert created["settings"]["turn_detection"] == "smart" and created["settings"]["smart_turn"]["done_threshold"] == 0.98
 

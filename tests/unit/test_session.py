@@ -324,6 +324,19 @@ async def test_a_call_alone_speculates_at_the_first_sign_of_a_pause_and_beside_o
     await shared.session.close()
 
 
+async def test_a_rambling_reply_ends_at_the_first_sentence_end_past_max_words(open_call: Any) -> None:
+    kept = ("We open at nine on weekdays. The cleaning costs eighty dollars and takes forty five minutes, "
+            "and the office is at twelve Main Street. You can park behind the building for free. "
+            "Let me know if there is anything else I can help you with today.")
+    call = await open_call(llm=FakeLLM(kept + " Have a wonderful day, and thanks again for calling us."))
+    reply = await _turn(call.session, call.clock)
+    await _until(lambda: reply.state is ReplyState.PLAYED, "the reply to play")
+    said = _said(await call.transcript())
+    # 6 + 18 + 8 + 14 words: the cut comes at the end of the sentence that passed 40, never inside one
+    assert said[-1] == ("agent", kept)
+    assert reply.metrics["cut_at_words"] == 46
+
+
 async def test_llm_error_speaks_the_fallback_line(open_call: Any) -> None:
     call = await open_call(llm=FakeLLM(error="model crashed"))
     reply = await _turn(call.session, call.clock)
