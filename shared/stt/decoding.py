@@ -7,11 +7,10 @@ back to Whisper's own path are testable without one. The defaults are the measur
 
 from __future__ import annotations
 
-import re
 import zlib
 from dataclasses import dataclass
 
-from shared.stt.segments import NO_SPEECH_THRESHOLD
+from shared.stt.segments import NO_SPEECH_THRESHOLD, words_of
 
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 """Whisper's own ladder: each step re-decodes by sampling when the last one looped or was unsure."""
@@ -80,7 +79,7 @@ def repeats(text: str, n: int = 4) -> bool:
     """The same run of `n` words twice: the short window's loop at its mildest ("How much does the
     cleaning cost? How much does the cleaning cost?"), too short for the compression ratio to show.
     People rarely repeat four words in one breath; when they do, the fallback decode keeps them."""
-    words = re.findall(r"[a-z0-9']+", text.lower())
+    words = words_of(text)
     grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     return len(grams) != len(set(grams))
 

@@ -128,8 +128,9 @@ class FasterWhisperSTT:
         """Runs on the cores the gate gave it (all `threads` outside the gate)."""
         model = self._on(urgency.granted_threads(self.threads), model)
         opts = self.options
-        if opts.short_window and audio.shape[0] / STT_RATE + WINDOW_PAD_S <= MAX_SHORT_WINDOW_S:
-            needed = math.ceil(audio.shape[0] / STT_RATE + WINDOW_PAD_S)
+        window_s = audio.shape[0] / STT_RATE + WINDOW_PAD_S
+        if opts.short_window and window_s <= MAX_SHORT_WINDOW_S:
+            needed = math.ceil(window_s)
             for seconds in sorted({max(needed, w) for w in opts.short_windows_s}):
                 short = self._transcribe_short(model, audio, prompt, seconds)
                 if short is not None:

@@ -45,6 +45,12 @@ def is_speech(
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def words_of(text: str) -> list[str]:
+    """The words of a decode, lower-cased, without punctuation: what the loop rules compare."""
+    return _WORD.findall(text.lower())
 
 
 def without_repeated_sentences(text: str) -> str:
@@ -58,7 +64,7 @@ def without_repeated_sentences(text: str) -> str:
     kept: list[str] = []
     last: list[str] | None = None
     for sentence in _SENTENCE_END.split(text.strip()):
-        words = re.findall(r"[a-z0-9']+", sentence.lower())
+        words = words_of(sentence)
         if len(words) >= 2 and words == last:
             continue
         kept.append(sentence.strip())
