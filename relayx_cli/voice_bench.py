@@ -160,6 +160,13 @@ class Playout:
     played. Inside one reply a frame arriving after `play_end` leaves a gap of (arrival − play_end);
     the silence before a reply's first frame is the response time, not a gap, and so is the silence
     after a `clear` (the next audio is a new utterance).
+
+    A silence inside the audio is a gap only if the audio after it belongs to the same reply. Audio
+    carries no reply id, but each of the gateway's clauses ends with a mark named `<reply id>:<clause>`
+    (`voice_gateway.reply`): a silence stays a suspect until the next mark names its reply. A reply
+    to the first half of the caller's line, started in a pause inside that line, arrives while the
+    bench still holds the last reply open: it is the agent speaking over the caller
+    (`frames_over_caller`), not a hole in the reply before.
     """
 
     def __init__(self, start: float) -> None:
@@ -169,6 +176,11 @@ class Playout:
         self._in_stretch = False
         self._caller_speaking = False
         self._overlap: Overlap | None = None  # the latest overlap, until the caller's next line starts
+        self._mark_reply: str | None = None
+        """The reply id of the last mark received (see `mark`)."""
+        self._suspect: tuple[Reply, float] | None = None
+        """A silence inside the audio, until the next mark says whether the audio after it was the same
+        reply (a gap) or a new one."""
 
     @property
     def current(self) -> Reply:
@@ -215,10 +227,30 @@ class Playout:
             self._overlap.frames_after_clear += 1
         gap = at - self.play_end if self._in_stretch and at > self.play_end else 0.0
         if gap * 1000 >= MIN_GAP_MS:
-            reply.gaps_ms.append(round(gap * 1000, 1))
+            self._settle_suspect(same_reply=True)
+            self._suspect = (reply, round(gap * 1000, 1))
         self._in_stretch = True
         self.play_end = max(self.play_end, at) + seconds
         return gap
+
+    def mark(self, name: str) -> None:
+        """A mark arrived (sent after the audio it follows): it settles a suspect silence."""
+        reply_id = name.split("~", 1)[0].rsplit(":", 1)[0] if ":" in name else None
+        if reply_id is None:
+            self._settle_suspect(same_reply=True)
+            return
+        self._settle_suspect(same_reply=self._mark_reply is None or reply_id == self._mark_reply)
+        self._mark_reply = reply_id
+
+    def settle(self) -> None:
+        """The call is over: a silence no mark settled counts as a gap (the cautious reading)."""
+        self._settle_suspect(same_reply=True)
+
+    def _settle_suspect(self, *, same_reply: bool) -> None:
+        if self._suspect is not None and same_reply:
+            reply, gap_ms = self._suspect
+            reply.gaps_ms.append(gap_ms)
+        self._suspect = None
 
     def clear(self, at: float) -> None:
         """`clear`: the buffered audio is dropped; nothing plays from now on."""
@@ -336,6 +368,7 @@ class BenchCaller:
                 self.report.close_code = ws.close_code
         except (OSError, websockets.WebSocketException) as exc:  # counted as unanswered turns, named
             self.report.error = f"{type(exc).__name__}: {exc}"
+        self.playout.settle()
         self.report.replies = self.playout.replies
         self.report.overlaps = self.playout.overlaps
         return self.report
@@ -491,6 +524,7 @@ class BenchCaller:
                 if event == "media":
                     self.playout.frame(now, len(base64.b64decode(message["media"]["payload"])) / 8000)
                 elif event == "mark":
+                    self.playout.mark(message["mark"]["name"])
                     self._pending_marks.append((self.playout.mark_due(now), message["mark"]["name"]))
                 elif event == "clear":
                     self.playout.clear(now)

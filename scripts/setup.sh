@@ -52,8 +52,8 @@ fi
 # llama-cpp-python compiles llama.cpp for the CPU it is built on (GGML_NATIVE), and pip caches that
 # wheel under a key that ignores the CPU: a wheel built on an AVX-512 BF16 machine dies with SIGILL on
 # one without, at the model's first matrix product. So the bundled model is joined now (it is needed
-# anyway) and one token is evaluated in a child process; if that child dies of a signal, llama.cpp is
-# rebuilt without the cache for any x86-64 with AVX2 (GGML_NATIVE=OFF).
+# anyway) and one token is evaluated in a child process; if that child fails, llama.cpp is rebuilt for
+# this CPU, bypassing the cache (so the wheel built here is not left there for another machine).
 llm_path=$(.venv/bin/python -m shared.llm.llama_cpp)
 llama_probe() {
   .venv/bin/python - "$llm_path" <<'PY'
@@ -67,7 +67,7 @@ PY
 if ! llama_probe 2>/dev/null; then
   llama_version=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')
   echo "==> llama.cpp's cached build does not run on this CPU: rebuilding llama-cpp-python $llama_version (several minutes)"
-  CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+  CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
     .venv/bin/pip install -q --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==$llama_version"
   llama_probe
 fi

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     stt_threads: int = Field(default=2, alias="STT_THREADS")
     # The short window's token-by-token decode: its steps are too small to gain from a second thread.
     stt_decode_threads: int = Field(default=1, ge=1, alias="STT_DECODE_THREADS")
+    # Beams of the decode; unset: the measured default (shared.stt.decoding.DecodeOptions.beam_size).
+    stt_beam_size: int | None = Field(default=None, ge=1, le=10, alias="STT_BEAM_SIZE")
 
     # --- language model -------------------------------------------------------------------------
     llm_engine: Literal["llama-cpp", "ollama", "openai"] = Field(default="llama-cpp", alias="LLM_ENGINE")

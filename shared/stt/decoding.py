@@ -18,11 +18,20 @@ FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    """One way of decoding a turn. The defaults won on 28 phone-band caller lines (scripts/measure_stt.py):
-    greedy in a window cut to the utterance, no temperature ladder. With tiny.en and the agent's initial
-    prompt, beam 5 gave no fewer word errors (0.282 against 0.274) for ~100 ms more per turn; beam 3 more
-    errors (0.304); the ladder never fired in the short window and in the 30 s one made things worse
-    (0.321 against 0.316) with a long tail. Thresholds moved no line's words (only the noise rule below).
+    """One way of decoding a turn: beam 5 in a window cut to the utterance, no temperature ladder.
+
+    Beam 5 (Whisper's own default) is chosen on what the gateway really hears. On the phone set's
+    lines cut by the gateway's turn detector (`scripts/measure_stt.py --lines phone`, 18 lines × 4 cuts,
+    Intel AVX-512, 2026-11-30): 0.202 word errors per word against 0.242 greedy (beam 3 0.216, beam 2
+    0.220); end to end (`relayx bench --set phone`, interleaved): 27.8 and 27.1 % against 34.0 and
+    34.7 %. Greedy goes astray on a hard line and never comes back ("Hi, this is Tom Baker. Hi, the new
+    microphone." where beam 5 heard "…I need to move my appointment."). It costs 15–30 ms a turn on
+    this machine (p50 107 against 92 ms on the cuts; STT p50 120 against 89–104 ms end to end). On the
+    bench's 28 lines, each whole with its noise, greedy was a little better (0.271 against 0.288; on an
+    AMD EPYC AVX2 earlier, 0.274 against 0.282 for ~100 ms more), as on the phone set's whole files
+    (0.216 against 0.232): beam search pays where the cut and the noise make a line hard. The ladder
+    never fired in the short window and in the 30 s one made things worse (0.321 against 0.316) with a
+    long tail. Thresholds moved no line's words (only the noise rule below). `STT_BEAM_SIZE` overrides.
     """
 
     short_window: bool = True
@@ -36,7 +45,7 @@ class DecodeOptions:
     cut by the gateway's own turn detector at four offsets): 35.6 against 35.1 %, mean 174 against
     239 ms; (6, 10) 31.2 % but a mean of 215 ms. WER moves by a few points from one cut to the next on
     these lines, so the windows were chosen for time at an unchanged WER."""
-    beam_size: int = 1
+    beam_size: int = 5
     temperature_fallback: bool = False
     """Re-decode by sampling (Whisper's ladder) when a decode loops or is unsure; off: one greedy pass."""
     compression_ratio_threshold: float = 2.4

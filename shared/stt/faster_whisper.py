@@ -55,7 +55,8 @@ def _load(model: str, compute_type: str, threads: int) -> WhisperModel:
 
 
 class FasterWhisperSTT:
-    """Transcribes caller utterances with faster-whisper, tuned for latency (greedy, no timestamps).
+    """Transcribes caller utterances with faster-whisper, tuned for latency (a window cut to the turn, no
+    timestamps) and for hard phone lines (beam 5, see `DecodeOptions`).
 
     `model` is what `STT_MODEL` says: unset or "tiny.en" (bundled), "base" (bundled, multilingual:
     decoded as `language`; joined into `cache_dir` the first time), or a CTranslate2 folder.

@@ -281,3 +281,16 @@ def test_a_failed_short_window_is_tried_again_in_the_next_before_whisper_s_own_p
         stt._transcribe_sync(WholeWindow(), np.zeros(int(16000 * length_s), np.float32), None)
         assert tried == windows
     assert WholeWindow.calls == 3  # each turn reached Whisper's own path once every window failed
+
+
+def test_stt_beam_size_overrides_the_measured_default_and_unset_keeps_it() -> None:
+    from shared.settings import Settings
+    from shared.stt import build_stt
+    from shared.stt.decoding import DecodeOptions
+    from shared.stt.faster_whisper import FasterWhisperSTT
+
+    chosen = build_stt(Settings(STT_BEAM_SIZE=3))
+    default = build_stt(Settings())
+    assert isinstance(chosen, FasterWhisperSTT) and isinstance(default, FasterWhisperSTT)
+    assert chosen.options.beam_size == 3
+    assert default.options.beam_size == DecodeOptions().beam_size

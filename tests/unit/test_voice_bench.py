@@ -58,6 +58,7 @@ def test_a_late_frame_inside_a_reply_is_one_gap_of_its_lateness() -> None:
     after = _frames(playout, 2.0, 10)  # plays until 2.2
     gap = playout.frame(after + 0.1)  # arrives at 2.3: 100 ms of silence inside the reply
     _frames(playout, after + 0.12, 10)
+    playout.settle()
     assert gap == pytest.approx(0.1)
     assert playout.current.gaps_ms == [pytest.approx(100.0)]
 
@@ -84,9 +85,45 @@ def test_a_reply_still_streaming_while_the_caller_speaks_counts_its_gap_and_the_
     assert playout.reply_done(2.91)
     playout.line_started(2.9)
     playout.frame(3.0)  # the rest of the reply, 800 ms late, over the caller's next line
+    playout.mark("r1:1")  # its mark says it was the same reply
     assert playout.current.turn == 0
     assert playout.current.gaps_ms == [pytest.approx((3.0 - after) * 1000)]
     assert playout.current.frames_over_caller == 1
+
+
+def test_a_silence_is_a_gap_once_a_mark_of_the_same_reply_follows_it() -> None:
+    playout = Playout(0.0)
+    playout.line_ended(1.0, turn=0)
+    after = _frames(playout, 2.0, 10)
+    playout.mark("r1:0")
+    _frames(playout, after + 0.3, 10)  # the next clause, 300 ms late
+    assert playout.current.gaps_ms == []  # a suspect until a mark says whose audio that was
+    playout.mark("r1:1")
+    assert playout.current.gaps_ms == [pytest.approx(300.0)]
+
+
+def test_a_reply_started_in_a_pause_inside_the_callers_line_is_not_a_gap_in_the_reply_before() -> None:
+    playout = Playout(0.0)
+    playout.line_ended(1.0, turn=0)
+    after = _frames(playout, 2.0, 10)  # the reply to line 0, until 2.2
+    playout.mark("r1:0")
+    playout.line_started(2.9)  # line 1: "My name is Sarah Johnson." … 0.8 s … "I'm a new patient."
+    _frames(playout, 4.5, 5)  # the gateway answered the first half in the pause: a new reply
+    playout.mark("r2:0")
+    playout.clear(4.6)
+    assert playout.current.turn == 0
+    assert playout.current.gaps_ms == []
+    assert playout.current.frames_over_caller == 5
+    assert after < 4.5
+
+
+def test_a_silence_no_mark_settles_counts_as_a_gap_when_the_call_ends() -> None:
+    playout = Playout(0.0)
+    playout.line_ended(1.0, turn=0)
+    after = _frames(playout, 2.0, 10)
+    _frames(playout, after + 0.2, 10)
+    playout.settle()
+    assert playout.current.gaps_ms == [pytest.approx(200.0)]
 
 
 def test_audio_after_a_clear_is_a_new_utterance() -> None:
