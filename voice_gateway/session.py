@@ -323,7 +323,7 @@ class CallSession:
         audio = self._upsampler.process(narrow)
         current = self._current
         if self._turn_open and current is not None and current.first_frame_wall is not None \
-                and self.clock() >= self._open_until:
+                and self.clock() >= self._open_until and not self._going_on():
             self._close_turn()  # the caller hears the answer and was silent long enough: a new turn next
         self._fed += audio.shape[0]
         self._arrivals.append((self._fed, self.clock()))
@@ -981,6 +981,13 @@ class CallSession:
             # as a person would, instead of waiting in silence for the callee to hang up.
             log.info("call %s: goodbye played, hanging up", self.call.id)
             self._track(self._hangup())
+
+    def _going_on(self) -> bool:
+        """Voice that began within the grace (`_open_until`) is still being judged: speech or noise. The
+        turn stays open until the detector says: closed under it, the turn's line was written, and
+        then written again, whole, when that voice proved to be the caller going on."""
+        onset = self.detector.voice_since
+        return onset is not None and self._wall_at(onset) < self._open_until
 
     def _wall_at(self, sample: int) -> float:
         """Wall-clock time at which the detector's `sample` arrived (chunks arrive in real time)."""

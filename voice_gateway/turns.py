@@ -202,6 +202,11 @@ class TurnDetector:
         return self._state is _State.SPEAKING
 
     @property
+    def voice_since(self) -> int | None:
+        """Where the voice heard now began (a candidate, or a turn under way); None in silence."""
+        return None if self._state is _State.IDLE else self._onset
+
+    @property
     def position(self) -> int:
         """Samples scored so far: the detector's clock."""
         return self._position

@@ -581,6 +581,45 @@ async def test_a_caller_who_goes_on_as_the_answer_begins_cuts_it_and_keeps_one_t
     assert transcript[0].metrics.get("interrupted") is True
 
 
+async def test_voice_begun_just_inside_the_grace_keeps_the_turn_open_until_it_proves_to_be_speech(
+    open_call: Any,
+) -> None:
+    """The caller goes on 1.16 s after their pause: inside CONTINUE_S, but the detector is only sure it
+    is speech (min_speech_ms) after the grace has run out. The line must not be written under it."""
+    clock = FakeClock()
+    tts = FakeTTS(clock)
+    stt = FakeSTT("My name is Ana. I'm calling about my order.")
+    call = await open_call(clock=clock, tts=tts, stt=stt, echo=False,
+                           llm=FakeLLM("One two three four five. Six seven eight nine ten."),
+                           start_policy=StartPolicy(SpyRates(rate=100.0), margin_s=0.0, writing_margin_s=0.0))
+    session = call.session
+
+    def hold_second(text: str) -> None:
+        if text.startswith("Six"):
+            tts.gate = asyncio.Event()
+
+    tts.on_clause = hold_second
+    first = await _turn(session, clock, 600)
+    await _until(lambda: first.state is ReplyState.PLAYING and f"{first.id}:0" in call.line.log,
+                 "the answer to begin")
+    assert first.speech_end_wall is not None
+    grace_left_ms = round((first.speech_end_wall + CONTINUE_S - clock()) * 1000)
+    await _feed(session, clock, _silence(grace_left_ms - 40) + _tone(700))  # voice 40 ms before it ends
+    assert first.state is ReplyState.INTERRUPTED and session.merged_turns == 1
+    tts.on_clause = None
+    if tts.gate is not None:
+        tts.gate.set()
+        tts.gate = None
+    call.line.echo = True
+    whole = await _turn(session, clock, 0)
+    await _until(lambda: whole.state is ReplyState.PLAYED, "the answer to the whole turn")
+
+    transcript = await call.transcript()
+    assert [line for line in _said(transcript) if line[0] == "caller"] == [
+        ("caller", "My name is Ana. I'm calling about my order."),  # once, not the first half then the whole
+    ]
+
+
 async def _ended_after(call: Call, model: FakeTurnModel, speech: bytes) -> Reply:
     """Feed `speech` then silence in 20 ms chunks, letting the model's thread answer in between."""
     session, clock = call.session, call.clock
