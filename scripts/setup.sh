@@ -50,10 +50,13 @@ fi
 
 # --- llama.cpp for this CPU -------------------------------------------------------------------
 # llama-cpp-python compiles llama.cpp for the CPU it is built on (GGML_NATIVE), and pip caches that
-# wheel under a key that ignores the CPU: a wheel built on an AVX-512 BF16 machine dies with SIGILL on
-# one without, at the model's first matrix product. So the bundled model is joined now (it is needed
-# anyway) and one token is evaluated in a child process; if that child fails, llama.cpp is rebuilt for
-# this CPU, bypassing the cache (so the wheel built here is not left there for another machine).
+# wheel under a key that ignores the CPU: a wheel built on one machine can die with SIGILL on another,
+# at the model's first matrix product. So the bundled model is joined now (it is needed anyway) and one
+# token is evaluated in a child process; if that child fails, llama.cpp is rebuilt, bypassing the
+# cache, for the instruction sets the kernel reports in /proc/cpuinfo (AVX2, and AVX-512 with VNNI
+# where present), else for any x86-64 with AVX2. Not with -march=native: on a virtual machine the
+# compiler can name instructions the hypervisor does not allow (a native build died of SIGILL on the
+# very Xeon it was built on, which lists AMX's tile registers but not its arithmetic).
 llm_path=$(.venv/bin/python -m shared.llm.llama_cpp)
 llama_probe() {
   .venv/bin/python - "$llm_path" <<'PY'
@@ -64,11 +67,30 @@ llm = Llama(model_path=sys.argv[1], n_ctx=64, n_threads=1, verbose=False)
 llm.eval(llm.tokenize(b"Hello there"))
 PY
 }
-if ! llama_probe 2>/dev/null; then
-  llama_version=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')
-  echo "==> llama.cpp's cached build does not run on this CPU: rebuilding llama-cpp-python $llama_version (several minutes)"
-  CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+llama_rebuild() {
+  echo "==> rebuilding llama-cpp-python $llama_version with $1 (several minutes)"
+  CMAKE_ARGS="$1" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
     .venv/bin/pip install -q --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==$llama_version"
+}
+# LLAMA_REBUILD=1 forces the rebuild (after a move to another machine, say).
+if [ "${LLAMA_REBUILD:-}" = 1 ] || ! llama_probe 2>/dev/null; then
+  llama_version=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')
+  echo "==> llama.cpp: building it for this CPU"
+  cpu_flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+  has() { [[ "$cpu_flags" == *" $1 "* ]]; }
+  portable="-DGGML_NATIVE=OFF"
+  wide=$portable
+  if has avx512f && has avx512bw && has avx512dq && has avx512vl; then
+    wide+=" -DGGML_AVX512=ON"
+    has avx512_vnni && wide+=" -DGGML_AVX512_VNNI=ON"
+    has avx512vbmi && wide+=" -DGGML_AVX512_VBMI=ON"
+    has avx512_bf16 && wide+=" -DGGML_AVX512_BF16=ON"
+  fi
+  has avx_vnni && wide+=" -DGGML_AVX_VNNI=ON"
+  llama_rebuild "$wide"
+  if [ "$wide" != "$portable" ] && ! llama_probe 2>/dev/null; then
+    llama_rebuild "$portable"
+  fi
   llama_probe
 fi
 
