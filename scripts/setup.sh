@@ -52,11 +52,11 @@ fi
 # llama-cpp-python compiles llama.cpp for the CPU it is built on (GGML_NATIVE), and pip caches that
 # wheel under a key that ignores the CPU: a wheel built on one machine can die with SIGILL on another,
 # at the model's first matrix product. So the bundled model is joined now (it is needed anyway) and one
-# token is evaluated in a child process; if that child fails, llama.cpp is rebuilt, bypassing the
-# cache, for the instruction sets the kernel reports in /proc/cpuinfo (AVX2, and AVX-512 with VNNI
-# where present), else for any x86-64 with AVX2. Not with -march=native: on a virtual machine the
-# compiler can name instructions the hypervisor does not allow (a native build died of SIGILL on the
-# very Xeon it was built on, which lists AMX's tile registers but not its arithmetic).
+# token is evaluated in a child process; if that child fails, the cached wheel is dropped and
+# llama.cpp is rebuilt (and cached in its place) for the instruction sets the kernel reports in
+# /proc/cpuinfo (AVX2, and AVX-512 with VNNI where present), else for any x86-64 with AVX2. Not with
+# -march=native: on a virtual machine the compiler can name instructions the hypervisor does not let
+# a process run (a native build died of SIGILL on the very Xeon it was built on).
 llm_path=$(.venv/bin/python -m shared.llm.llama_cpp)
 llama_probe() {
   .venv/bin/python - "$llm_path" <<'PY'
@@ -69,8 +69,9 @@ PY
 }
 llama_rebuild() {
   echo "==> rebuilding llama-cpp-python $llama_version with $1 (several minutes)"
+  .venv/bin/pip cache remove llama_cpp_python >/dev/null 2>&1 || true
   CMAKE_ARGS="$1" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
-    .venv/bin/pip install -q --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==$llama_version"
+    .venv/bin/pip install -q --force-reinstall --no-deps "llama-cpp-python==$llama_version"
 }
 # LLAMA_REBUILD=1 forces the rebuild (after a move to another machine, say).
 if [ "${LLAMA_REBUILD:-}" = 1 ] || ! llama_probe 2>/dev/null; then
