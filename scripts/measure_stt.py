@@ -9,9 +9,10 @@ frame by frame and streamed to 16 kHz (shared.audio).
 its call's line noise at four offsets 20 ms apart and cut by the gateway's own turn detector (Silero,
 its pre- and post-roll): what the gateway's STT really gets. The cut moves by a few milliseconds from
 one offset to the next, and so do some lines' words: four cuts show that spread instead of one draw.
-`--lines phone-whole`: the same lines as whole files (the reference for "whole utterances"). Printed per configuration: corpus WER (word errors over all
-reference words; tests/support/wer.py's normalisation), mean per-line WER, p50/p95 latency over every
-decode of every repeat, short-window decodes redone, and how many 3 s stretches of bare line noise came
+`--lines phone-whole`: the same lines as whole files (the reference for "whole utterances").
+
+Printed per configuration: corpus WER (word errors over all reference words; tests/support/wer.py's
+normalisation), mean per-line WER, p50/p95 latency over every decode of every repeat, short-window decodes redone, and how many 3 s stretches of bare line noise came
 back as words. Greedy and beam decodes are deterministic, so WER is from the first repeat. Latency is
 the machine's and noisy on shared cores: the configurations take turns line by line (see `_measure`),
 so compare them within one run. `--only` picks configurations by name.
