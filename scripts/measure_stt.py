@@ -85,7 +85,7 @@ def _configs() -> list[Config]:
         Config("tiny.en beam 3 greeting prompt", options=DecodeOptions(beam_size=3), prompt="greeting"),
         Config("tiny.en beam 2 greeting prompt", options=DecodeOptions(beam_size=2), prompt="greeting"),
         Config("tiny.en 30 s window", options=full),
-        Config("tiny.en 30 s beam 5", options=DecodeOptions(short_window=False, beam_size=5)),
+        Config("tiny.en 30 s beam 5", options=DecodeOptions(short_window=False, full_window_beam_size=5)),
         Config(
             "tiny.en 30 s temp ladder", options=DecodeOptions(short_window=False, temperature_fallback=True)
         ),

@@ -46,6 +46,11 @@ class DecodeOptions:
     239 ms; (6, 10) 31.2 % but a mean of 215 ms. WER moves by a few points from one cut to the next on
     these lines, so the windows were chosen for time at an unchanged WER."""
     beam_size: int = 5
+    """Beams of the short window's decode (every turn under ~29 s that decodes cleanly)."""
+    full_window_beam_size: int = 1
+    """Beams on Whisper's own 30 s path (turns past ~29 s, and short decodes that failed): greedy. On
+    32 s of one booking line said eight times with pauses, beam 5 ended the first window after two
+    takes (tests/integration/test_stt_faster_whisper.py), where greedy wrote all of them."""
     temperature_fallback: bool = False
     """Re-decode by sampling (Whisper's ladder) when a decode loops or is unsure; off: one greedy pass."""
     compression_ratio_threshold: float = 2.4

@@ -140,8 +140,8 @@ class FasterWhisperSTT:
         segments, _info = model.transcribe(
             audio,
             language=self.language,
-            beam_size=opts.beam_size,
-            best_of=opts.beam_size,
+            beam_size=opts.full_window_beam_size,
+            best_of=opts.full_window_beam_size,
             temperature=list(opts.temperatures),
             compression_ratio_threshold=opts.compression_ratio_threshold,
             log_prob_threshold=opts.log_prob_threshold,
