@@ -543,32 +543,45 @@ async def test_a_caller_who_goes_on_before_hearing_the_reply_gets_one_reply_to_t
     assert _said(transcript) == [("caller", "My name is Ana. I'm calling about my order."), ("agent", "We open at nine.")]
 
 
-async def test_a_caller_who_goes_on_as_the_answer_begins_cuts_it_and_keeps_one_turn(open_call: Any) -> None:
+async def _answer_begun(open_call: Any) -> tuple[Call, FakeTTS, FakeSTT, Reply]:
+    """A 600 ms caller line whose two-sentence answer has begun to play; its second clause is held in
+    TTS, so the answer is still playing when the caller goes on."""
     clock = FakeClock()
     tts = FakeTTS(clock)
     stt = FakeSTT("My name is Ana. I'm calling about my order.")
     call = await open_call(clock=clock, tts=tts, stt=stt, echo=False,
                            llm=FakeLLM("One two three four five. Six seven eight nine ten."),
                            start_policy=StartPolicy(SpyRates(rate=100.0), margin_s=0.0, writing_margin_s=0.0))
-    session = call.session
 
     def hold_second(text: str) -> None:
         if text.startswith("Six"):
-            tts.gate = asyncio.Event()  # the answer is still playing when the caller goes on
+            tts.gate = asyncio.Event()
 
     tts.on_clause = hold_second
-    first = await _turn(session, clock, 600)
+    first = await _turn(call.session, clock, 600)
     await _until(lambda: first.state is ReplyState.PLAYING and f"{first.id}:0" in call.line.log,
                  "the answer to begin")
-    await _feed(session, clock, _silence(200) + _tone(700))  # within CONTINUE_S of the pause: going on
-    assert first.state is ReplyState.INTERRUPTED and session.merged_turns == 1 and session.barge_ins == 0
+    return call, tts, stt, first
+
+
+async def _answer_to_the_whole_turn(call: Call, tts: FakeTTS) -> Reply:
+    """Release the held clause, let the far end echo again, and play the answer to the longer turn."""
     tts.on_clause = None
     if tts.gate is not None:
         tts.gate.set()
         tts.gate = None
     call.line.echo = True
-    whole = await _turn(session, clock, 0)
+    whole = await _turn(call.session, call.clock, 0)
     await _until(lambda: whole.state is ReplyState.PLAYED, "the answer to the whole turn")
+    return whole
+
+
+async def test_a_caller_who_goes_on_as_the_answer_begins_cuts_it_and_keeps_one_turn(open_call: Any) -> None:
+    call, tts, stt, first = await _answer_begun(open_call)
+    session, clock = call.session, call.clock
+    await _feed(session, clock, _silence(200) + _tone(700))  # within CONTINUE_S of the pause: going on
+    assert first.state is ReplyState.INTERRUPTED and session.merged_turns == 1 and session.barge_ins == 0
+    await _answer_to_the_whole_turn(call, tts)
     pause_s = first.metrics["end_of_turn_ms"] / 1000 + 0.2  # the silence before the caller went on
     assert stt.heard_s[-1] >= 0.6 + pause_s + 0.7  # both parts, transcribed again as one
 
@@ -586,33 +599,13 @@ async def test_voice_begun_just_inside_the_grace_keeps_the_turn_open_until_it_pr
 ) -> None:
     """The caller goes on 1.16 s after their pause: inside CONTINUE_S, but the detector is only sure it
     is speech (min_speech_ms) after the grace has run out. The line must not be written under it."""
-    clock = FakeClock()
-    tts = FakeTTS(clock)
-    stt = FakeSTT("My name is Ana. I'm calling about my order.")
-    call = await open_call(clock=clock, tts=tts, stt=stt, echo=False,
-                           llm=FakeLLM("One two three four five. Six seven eight nine ten."),
-                           start_policy=StartPolicy(SpyRates(rate=100.0), margin_s=0.0, writing_margin_s=0.0))
-    session = call.session
-
-    def hold_second(text: str) -> None:
-        if text.startswith("Six"):
-            tts.gate = asyncio.Event()
-
-    tts.on_clause = hold_second
-    first = await _turn(session, clock, 600)
-    await _until(lambda: first.state is ReplyState.PLAYING and f"{first.id}:0" in call.line.log,
-                 "the answer to begin")
+    call, tts, _stt, first = await _answer_begun(open_call)
+    session, clock = call.session, call.clock
     assert first.speech_end_wall is not None
     grace_left_ms = round((first.speech_end_wall + CONTINUE_S - clock()) * 1000)
     await _feed(session, clock, _silence(grace_left_ms - 40) + _tone(700))  # voice 40 ms before it ends
     assert first.state is ReplyState.INTERRUPTED and session.merged_turns == 1
-    tts.on_clause = None
-    if tts.gate is not None:
-        tts.gate.set()
-        tts.gate = None
-    call.line.echo = True
-    whole = await _turn(session, clock, 0)
-    await _until(lambda: whole.state is ReplyState.PLAYED, "the answer to the whole turn")
+    await _answer_to_the_whole_turn(call, tts)
 
     transcript = await call.transcript()
     assert [line for line in _said(transcript) if line[0] == "caller"] == [
