@@ -161,6 +161,7 @@ def _phone_turns(cut: bool) -> tuple[list[tuple[str, np.ndarray]], list[np.ndarr
     turns: list[tuple[str, np.ndarray]] = []
     for call in test_set.calls:
         bed = test_set.audio(call.bed)
+        looped = bed * 8  # the call's line noise, long enough for any lead and the silence after
         for line in call.lines:
             if line.overlap is not None:
                 continue
@@ -170,7 +171,7 @@ def _phone_turns(cut: bool) -> tuple[list[tuple[str, np.ndarray]], list[np.ndarr
                 continue
             for lead_s in PHONE_LEADS_S:
                 lead = int(lead_s * audio.PHONE_RATE)
-                stream = gateway_hears((bed * 8)[:lead] + spoken + (bed * 8)[lead : lead + 4 * audio.PHONE_RATE])
+                stream = gateway_hears(looped[:lead] + spoken + looped[lead : lead + 4 * audio.PHONE_RATE])
                 # A long end of turn: a caller's 0.8 s pause stays inside the turn, as the gateway
                 # keeps it (its turn stays open until the reply is heard).
                 detector = TurnDetector(SileroVAD(), TurnConfig(end_of_turn_silence_ms=2500))
