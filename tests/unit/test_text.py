@@ -28,11 +28,26 @@ def _all(pieces: list[str]) -> list[str]:
     return [c for step in _split(pieces) for c in step]
 
 
-def test_a_sentence_is_emitted_as_soon_as_the_next_token_starts() -> None:
-    steps = _split(["We", " open", " at", " nine", ".", " See", " you", " soon", "!"])
+def test_a_sentence_after_a_number_is_emitted_as_soon_as_the_next_token_starts() -> None:
+    steps = _split(["We", " open", " at", " 9", ".", " See", " you", " soon", "!"])
     assert steps[4] == []  # the "." alone might still be "9.5"
-    assert steps[5] == ["We open at nine."]
-    assert steps[-1] == ["See you soon!"]
+    assert steps[5] == ["We open at 9."]
+    assert steps[-2] == ["See you soon!"] and steps[-1] == []
+
+
+def test_a_mark_after_a_word_ends_the_clause_with_its_own_token() -> None:
+    """Waiting for the token after "nine." cost the caller one decode step on every reply."""
+    steps = _split(["We", " open", " at", " nine", ".", " See", " you", " soon", "?"])
+    assert steps[4] == ["We open at nine."] and steps[8] == ["See you soon?"]
+    assert _all(["Is that", " Dr", ".", " Smith", "?"]) == ["Is that Dr. Smith?"]
+    assert _all(["We open", " at 9", ":", "30", " then."]) == ["We open at 9:30 then."]
+    # What follows the mark belongs to it, not to the next clause.
+    assert _all(["Let me check", ".", "..", " We", " have", " room", "?", "!", "\"", " Yes."]) == [
+        "Let me check.", "We have room?", "Yes."
+    ]
+    assert _all(["It costs a lot", ",", " really", " a", " lot", " of", " money", "."]) == [
+        "It costs a lot,", "really a lot of money."
+    ]
 
 
 def _tokens(text: str) -> list[str]:
@@ -73,8 +88,12 @@ def test_only_the_opening_is_cut() -> None:
     out = [c for step in _split(_tokens(text), first_cut_min_words=FIRST_CUT_MIN_WORDS) for c in step]
     # "Yes." alone is joined with what follows, and the opening cut counts its word.
     assert out == ["Yes. We are open Monday to Friday", "from nine to five.", "We close at noon on Fridays."]
+    out = [c for step in _split(_tokens("Sure, I can book that for you today."), first_cut_min_words=4)
+           for c in step]
+    assert out == ["Sure, I can book that", "for you today."]
+    # Where the sentence ends as the phrase start is seen, it is spoken whole.
     out = [c for step in _split(_tokens("Sure, I can book that for you."), first_cut_min_words=4) for c in step]
-    assert out == ["Sure, I can book that", "for you."]
+    assert out == ["Sure, I can book that for you."]
     text = "We are open today. We close at noon on Fridays and on Saturdays."
     out = [c for step in _split(_tokens(text), first_cut_min_words=FIRST_CUT_MIN_WORDS) for c in step]
     assert out == ["We are open today.", "We close at noon on Fridays and on Saturdays."]
@@ -122,7 +141,7 @@ def test_a_first_clause_of_one_or_two_words_joins_what_follows() -> None:
     assert _all(["Yes."]) == ["Yes."]  # a whole reply of one word is still spoken
     assert _all(["Yes, we open at nine."]) == ["Yes, we open at nine."]
     splitter = ClauseSplitter(first_min_words=1, first_cut_min_words=None)
-    assert splitter.feed("Sure, we can.") == ["Sure,"] and splitter.flush() == ["we can."]
+    assert splitter.feed("Sure, we can.") == ["Sure,", "we can."] and splitter.flush() == []
 
 
 def test_question_semicolon_and_colon_are_boundaries() -> None:
