@@ -39,7 +39,7 @@ from shared.storage.base import Agent, Call, Storage
 from shared.turn.bands import TurnBands
 from voice_gateway import actions
 from voice_gateway.assurance import ProductionRate, StartPolicy
-from voice_gateway.backchannel import is_backchannel
+from voice_gateway.backchannel import is_backchannel, stops_speaker
 from voice_gateway.call_writer import CallWriter
 from voice_gateway.engines import Engines
 from voice_gateway.keypad import Keypad, caller_line
@@ -651,8 +651,7 @@ class CallSession:
             if isinstance(event, PauseBegan):
                 return  # nothing to speculate on yet: it may be a backchannel (decided at PauseDetected)
             if isinstance(event, PauseDetected):
-                if event.speech_end_sample - self._barge_onset < self._barge_samples \
-                        or await self._listener_words(event.audio):
+                if await self._lets_agent_go_on(event, self._barge_onset):
                     self._resume()  # "mm-hm", "okay, yeah": a backchannel; the reply plays on meanwhile
                     return
                 # Words that are not a backchannel: the caller takes the turn (answered as any turn).
@@ -835,6 +834,15 @@ class CallSession:
         if self.player.paused:
             self.player.resume()
             self._paused_at = None
+
+    async def _lets_agent_go_on(self, event: PauseDetected, onset: int) -> bool:
+        """Speech over the paused agent, at its first pause: may the agent play on? Its words decide:
+        listener words ("okay, yeah") let it; shorter than `barge_in_min_ms`, anything but words that ask
+        a speaker to stop ("wait", "sorry?") does too: a cough, a click, "mm-hm" misheard."""
+        listener = await self._listener_words(event.audio)
+        if event.speech_end_sample - onset < self._barge_samples:
+            return not stops_speaker(self._overlap_text or "")
+        return listener
 
     async def _listener_words(self, audio: np.ndarray) -> bool:
         """Read the words of speech over the paused agent: only listener words ("okay, yeah")?"""

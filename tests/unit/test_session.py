@@ -390,7 +390,8 @@ async def test_short_speech_over_the_agent_is_stored_as_a_backchannel_and_not_an
     # Paused at the onset (one clear), then resumed: not an interruption.
     assert call.llm.requests == [] and call.line.clears == 1 and session.barge_ins == 0
     assert session.pauses == 1 and not session.player.paused
-    assert call.stt.urgencies == [urgency.BACKGROUND]
+    # Read once, while the agent waits paused (its words decide: "wait" would have taken the turn).
+    assert call.stt.calls == 1 and call.stt.urgencies[0] is not urgency.BACKGROUND
     call.line.release()
     await _until(lambda: greeting.state is ReplyState.PLAYED, "the greeting to finish")
 
@@ -398,6 +399,30 @@ async def test_short_speech_over_the_agent_is_stored_as_a_backchannel_and_not_an
     assert _said(transcript) == [("caller", "Mm-hm."), ("agent", "One two three four five. Six seven eight nine ten.")]
     assert transcript[0].metrics == {"backchannel": True}
     assert "interrupted" not in transcript[1].metrics
+
+
+async def test_a_short_wait_over_the_agent_takes_the_turn_and_joins_what_follows(open_call: Any) -> None:
+    """"Wait, [pause] where is your office?" over the greeting: shorter than barge_in_min_ms, "Wait" is
+    still not a backchannel; the agent stays stopped, and the question is one caller line, answered once."""
+    call = await open_call(greeting="One two three four five. Six seven eight nine ten.",
+                           stt=FakeSTT("Wait.", "Wait, where is your office?"), echo=False)
+    session, clock = call.session, call.clock
+    greeting = session.reply
+    assert greeting is not None
+    await _until(lambda: greeting.state is ReplyState.PLAYING, "the greeting to play")
+    await _feed(session, clock, _tone(250) + _silence(300))  # "Wait," and the comma's pause
+    assert greeting.state is ReplyState.INTERRUPTED and session.barge_ins == 1 and call.line.clears == 1
+    call.line.echo = True
+    await _feed(session, clock, _tone(900) + _silence(1500), stop=lambda: session.reply is not None
+                and session.reply is not greeting and session.reply.confirmed)
+    answer = session.reply
+    assert answer is not None and answer is not greeting and answer.confirmed
+    await _until(lambda: answer.state is ReplyState.PLAYED, "the answer")
+
+    transcript = await call.transcript()
+    assert [t for t in _said(transcript) if t[0] == "caller"] == [("caller", "Wait, where is your office?")]
+    assert len(call.llm.requests) == 1 and call.llm.requests[0][-1].content == "Wait, where is your office?"
+    assert greeting.state is ReplyState.INTERRUPTED  # nothing of it was heard (no mark came back): no line
 
 
 async def test_long_speech_over_the_agent_interrupts_it_and_keeps_what_was_heard(open_call: Any) -> None:
