@@ -254,6 +254,43 @@ def test_cells_another_slot_shares_are_not_shifted(server: BatchedLlama) -> None
     assert again.done.wait(WAIT_S) and again.error is None and "".join(again.pieces).strip()
 
 
+def test_a_shared_greeting_cut_from_one_call_is_no_reason_to_evaluate_its_kept_turns_again(
+        server: BatchedLlama) -> None:
+    # Two calls of one agent share the system prompt and the greeting's cells. Trimming one call's
+    # history cuts its greeting: those cells are only untagged from it, its own kept turns (shared with
+    # nobody) move back, and the other call still finds its whole conversation in the cache.
+    greeting = ChatMessage("assistant", "Hi, this is Ava from Bright Smile Dental. How can I help?")
+    turns = [greeting,
+             ChatMessage("user", "Hi, I would like to book a cleaning for next week if you have time."),
+             ChatMessage("assistant", "Sure, we have openings on Tuesday and Thursday mornings."),
+             ChatMessage("user", "Thursday morning would be great, around ten if that works for you."),
+             ChatMessage("assistant", "Thursday at ten is free. May I have your name, please?")]
+    first = Collector()
+    server.submit([SYSTEM, *turns, ChatMessage("user", "It is Eric Johnson.")],
+                  GenerationOptions(temperature=0.0, max_tokens=8), Fixed(0.0), first)
+    assert first.done.wait(WAIT_S) and first.error is None
+    other_call = [SYSTEM, greeting, ChatMessage("user", "Do you take Delta Dental insurance?")]
+    second = Collector()
+    other = server.submit(other_call, GenerationOptions(temperature=0.0, max_tokens=8), Fixed(0.0), second)
+    assert second.done.wait(WAIT_S) and second.error is None
+    assert other.cached_tokens > len(server._tokenize(server._format([SYSTEM])))  # the greeting was copied
+    shifted = server.shifted
+    trimmed = [SYSTEM, *turns[3:], ChatMessage("user", "It is Eric Johnson."),
+               ChatMessage("assistant", "".join(first.pieces).strip()), ChatMessage("user", "Thanks, bye.")]
+    out = Collector()
+    request = server.submit(trimmed, GenerationOptions(max_tokens=8), Fixed(0.0), out)
+    assert out.done.wait(WAIT_S) and out.error is None and "".join(out.pieces).strip()
+    assert server.shifted == shifted + 1
+    assert request.prompt_tokens - request.cached_tokens < 40, (request.prompt_tokens, request.cached_tokens)
+    # The other call's next turn: its conversation is still in place, answered as before.
+    again = Collector()
+    follow = server.submit([*other_call, ChatMessage("assistant", "".join(second.pieces).strip()),
+                            ChatMessage("user", "Great, thank you.")],
+                           GenerationOptions(temperature=0.0, max_tokens=8), Fixed(0.0), again)
+    assert again.done.wait(WAIT_S) and again.error is None and "".join(again.pieces).strip()
+    assert follow.prompt_tokens - follow.cached_tokens < 30, (follow.prompt_tokens, follow.cached_tokens)
+
+
 PLAIN = ChatMessage("system", f"Your name is Ava.\nYou are a helpful assistant on the phone.\n\n{SPOKEN_STYLE}")
 """A prompt with no business facts: where the 0.5B model parroted one sentence to five caller lines."""
 
