@@ -3,8 +3,9 @@
 TTS starts on the first clause, not the whole reply, so the splitter must emit as soon as a boundary
 is certain: a `.` after a digit only counts once the next character shows it is not a decimal (3.5),
 nor a `:` a time (8:30); after a word (not an abbreviation: Dr., e.g.) a mark is taken at once, as
-waiting for the token after it cost the caller one more decode step (~30 ms) on every reply. Commas split only after a few words, so the first clause is short
-enough to arrive fast but long enough to sound natural.
+waiting for the token after it cost the caller one more decode step (~30 ms) on every reply. Commas
+split only after a few words, so the first clause is short enough to arrive fast but long enough to
+sound natural.
 
 The first clause of a reply is what the caller waits for: every token of it is written, and all of it
 synthesised, before the first sound. A reply is often one sentence ("I'm open on Tuesday afternoon

@@ -119,9 +119,9 @@ q4_0 writes the output matrix (896 × 151936, the vocabulary's logits) as Q5_0: 
 falls back from Q6_K (896 does not divide by 256) to Q8_0, 138 MB of the 429 MB file read at every
 decode step. Measured on 2 cores (AVX-512), 27 labelled calls' dialogues scored as plain `speaker: text`
 lines (up to 500 tokens each; not the scoring of `requantized`'s figures, which do not compare with
-these): perplexity 73.0 shipped,
-75.0 with a Q8_0 output, 75.5 with Q5_0, 78.7 with Q4_0 (whose replies ran longer: 16.3 words against
-13.9 on the 4-call bench); a one-sequence decode step 31 → 28 ms, a four-sequence one 49 → 45 ms."""
+these): perplexity 73.0 shipped, 75.0 with a Q8_0 output, 75.5 with Q5_0, 78.7 with Q4_0 (whose
+replies ran longer: 16.3 words against 13.9 on the 4-call bench); a one-sequence decode step 31 → 28
+ms, a four-sequence one 49 → 45 ms."""
 
 
 def requantized(source: Path, quant: str, source_sha256: str) -> Path:
