@@ -74,7 +74,7 @@ async def main() -> None:
         times.append((time.perf_counter() - t) * 1000)
     _row("STT faster-whisper tiny.en int8", times, f"{caller.size / 16000:.1f} s audio: {text!r}")
     # --- LLM (warm second turn of a conversation)
-    llm = LlamaCppLLM(cache_dir=REPO / "data" / "models")
+    llm = LlamaCppLLM(cache_dir=REPO / "data" / "models", quant="q4_0")  # what live calls load (LLM_QUANT)
     llm.warmup()
     first_tok, first_clause, tps = [], [], []
     for i in range(RUNS):
@@ -101,7 +101,7 @@ async def main() -> None:
         first_tok.append((t_first - t) * 1000)
         first_clause.append((t_clause - t) * 1000)
         tps.append((n - 1) / max(end - t_first, 1e-6))
-    _row("LLM first token (2nd turn, warm)", first_tok, "Qwen2.5-Coder-0.5B Q4_K_M")
+    _row("LLM first token (2nd turn, warm)", first_tok, "Qwen2.5-Coder-0.5B as Q4_0, output Q5_0")
     _row("LLM first clause", first_clause)
     print(f"{'LLM decode tokens/s':<34} {statistics.median(tps):>9.1f} {min(tps):>9.1f} {max(tps):>9.1f}")
     # --- TTS
