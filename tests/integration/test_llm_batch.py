@@ -204,24 +204,34 @@ def test_a_new_call_does_not_take_the_slot_of_another_calls_conversation(llm: Ll
         server.close()
 
 
-def test_a_trimmed_history_is_shifted_in_the_cache_not_evaluated_again(server: BatchedLlama) -> None:
-    # trim_history cuts the oldest turns after the system prompt: the kept turns are already in the
-    # slot's cache, behind the cut ones. They are moved back into place, not evaluated again.
-    turns = [ChatMessage("assistant", "Hi, this is Ava from Bright Smile Dental. How can I help?"),
-             ChatMessage("user", "Hi, I would like to book a cleaning for next week if you have time."),
-             ChatMessage("assistant", "Sure, we have openings on Tuesday and Thursday mornings."),
-             ChatMessage("user", "Thursday morning would be great, around ten if that works for you."),
-             ChatMessage("assistant", "Thursday at ten is free. May I have your name, please?")]
-    first = Collector()
-    server.submit([SYSTEM, *turns, ChatMessage("user", "It is Eric Johnson.")], GenerationOptions(max_tokens=8),
-                  Fixed(0.0), first)
-    assert first.done.wait(WAIT_S) and first.error is None
-    shifted = server.shifted
-    trimmed = [SYSTEM, *turns[3:], ChatMessage("user", "It is Eric Johnson."),
-               ChatMessage("assistant", "".join(first.pieces).strip()), ChatMessage("user", "Thanks, bye.")]
+GREETING = ChatMessage("assistant", "Hi, this is Ava from Bright Smile Dental. How can I help?")
+BOOKING = [GREETING,
+           ChatMessage("user", "Hi, I would like to book a cleaning for next week if you have time."),
+           ChatMessage("assistant", "Sure, we have openings on Tuesday and Thursday mornings."),
+           ChatMessage("user", "Thursday morning would be great, around ten if that works for you."),
+           ChatMessage("assistant", "Thursday at ten is free. May I have your name, please?"),
+           ChatMessage("user", "It is Eric Johnson.")]
+"""A call's first lines; `_answer_trimmed` cuts the first three, as `trim_history` does."""
+
+
+def _answer_trimmed(server: BatchedLlama, first: Collector) -> Request:
+    """The call's next turn with its first three lines cut (`first` answered BOOKING): answered."""
+    trimmed = [SYSTEM, *BOOKING[3:], ChatMessage("assistant", "".join(first.pieces).strip()),
+               ChatMessage("user", "Thanks, bye.")]
     out = Collector()
     request = server.submit(trimmed, GenerationOptions(max_tokens=8), Fixed(0.0), out)
     assert out.done.wait(WAIT_S) and out.error is None and "".join(out.pieces).strip()
+    return request
+
+
+def test_a_trimmed_history_is_shifted_in_the_cache_not_evaluated_again(server: BatchedLlama) -> None:
+    # trim_history cuts the oldest turns after the system prompt: the kept turns are already in the
+    # slot's cache, behind the cut ones. They are moved back into place, not evaluated again.
+    first = Collector()
+    server.submit([SYSTEM, *BOOKING], GenerationOptions(max_tokens=8), Fixed(0.0), first)
+    assert first.done.wait(WAIT_S) and first.error is None
+    shifted = server.shifted
+    request = _answer_trimmed(server, first)
     assert server.shifted == shifted + 1
     # What followed the system prompt was found in the cache: only the newest lines were evaluated.
     assert request.prompt_tokens - request.cached_tokens < 40, (request.prompt_tokens, request.cached_tokens)
@@ -259,27 +269,16 @@ def test_a_shared_greeting_cut_from_one_call_is_no_reason_to_evaluate_its_kept_t
     # Two calls of one agent share the system prompt and the greeting's cells. Trimming one call's
     # history cuts its greeting: those cells are only untagged from it, its own kept turns (shared with
     # nobody) move back, and the other call still finds its whole conversation in the cache.
-    greeting = ChatMessage("assistant", "Hi, this is Ava from Bright Smile Dental. How can I help?")
-    turns = [greeting,
-             ChatMessage("user", "Hi, I would like to book a cleaning for next week if you have time."),
-             ChatMessage("assistant", "Sure, we have openings on Tuesday and Thursday mornings."),
-             ChatMessage("user", "Thursday morning would be great, around ten if that works for you."),
-             ChatMessage("assistant", "Thursday at ten is free. May I have your name, please?")]
     first = Collector()
-    server.submit([SYSTEM, *turns, ChatMessage("user", "It is Eric Johnson.")],
-                  GenerationOptions(temperature=0.0, max_tokens=8), Fixed(0.0), first)
+    server.submit([SYSTEM, *BOOKING], GenerationOptions(temperature=0.0, max_tokens=8), Fixed(0.0), first)
     assert first.done.wait(WAIT_S) and first.error is None
-    other_call = [SYSTEM, greeting, ChatMessage("user", "Do you take Delta Dental insurance?")]
+    other_call = [SYSTEM, GREETING, ChatMessage("user", "Do you take Delta Dental insurance?")]
     second = Collector()
     other = server.submit(other_call, GenerationOptions(temperature=0.0, max_tokens=8), Fixed(0.0), second)
     assert second.done.wait(WAIT_S) and second.error is None
     assert other.cached_tokens > len(server._tokenize(server._format([SYSTEM])))  # the greeting was copied
     shifted = server.shifted
-    trimmed = [SYSTEM, *turns[3:], ChatMessage("user", "It is Eric Johnson."),
-               ChatMessage("assistant", "".join(first.pieces).strip()), ChatMessage("user", "Thanks, bye.")]
-    out = Collector()
-    request = server.submit(trimmed, GenerationOptions(max_tokens=8), Fixed(0.0), out)
-    assert out.done.wait(WAIT_S) and out.error is None and "".join(out.pieces).strip()
+    request = _answer_trimmed(server, first)
     assert server.shifted == shifted + 1
     assert request.prompt_tokens - request.cached_tokens < 40, (request.prompt_tokens, request.cached_tokens)
     # The other call's next turn: its conversation is still in place, answered as before.
