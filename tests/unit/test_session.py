@@ -324,6 +324,26 @@ async def test_a_call_alone_speculates_at_the_first_sign_of_a_pause_and_beside_o
     await shared.session.close()
 
 
+LONG_ANSWER = "Sure, please go ahead. We are open on Friday from nine to five and on the weekend until noon."
+
+
+@pytest.mark.parametrize(("others", "expected"), [
+    (0, ["Sure, please go ahead.", "We are open on Friday from nine to five and on the weekend until noon."]),
+    (3, ["Sure, please go ahead.", "We are open on Friday from nine to five,", "and on the weekend until noon."]),
+])
+async def test_beside_other_calls_a_long_clause_is_synthesised_in_two_parts(
+    open_call: Any, others: int, expected: list[str]
+) -> None:
+    """Its first half is heard sooner and its TTS job is shorter; the stored line is the same."""
+    call = await open_call(llm=FakeLLM(LONG_ANSWER), start_policy=StartPolicy(ProductionRate(), others=lambda: others))
+    synthesised: list[str] = []
+    call.tts.on_clause = synthesised.append
+    reply = await _turn(call.session, call.clock)
+    await _until(lambda: reply.state is ReplyState.PLAYED, "the reply to play")
+    assert synthesised == expected
+    assert _said(await call.transcript())[-1] == ("agent", LONG_ANSWER)
+
+
 async def test_a_rambling_reply_ends_at_the_first_sentence_end_past_max_words(open_call: Any) -> None:
     kept = ("We open at nine on weekdays. The cleaning costs eighty dollars and takes forty five minutes, "
             "and the office is at twelve Main Street. You can park behind the building for free. "
