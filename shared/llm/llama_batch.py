@@ -58,6 +58,11 @@ PREFILL_CHUNK = 32
 fraction of a second (≈ 0.25 s on 2 cores) and a reply about to run dry is never stalled longer."""
 PROMPT_STARVE_S = 0.4
 """The longest a waiting prompt goes without a chunk while replies about to run dry are generating."""
+DRY_PREFILL_CHUNK = 8
+"""The chunk such a starved prompt gets: a step with 32 prompt tokens took 200–300 ms on a busy 2-core
+machine, and a reply about to run dry waited on it for its next token (4 calls together: holes of
+300–400 ms after a first clause of 1.5 s, whose next clause was still being written). With 8 tokens
+the step takes ≈ 60 ms more than a decode-only one, and the prompt still moves."""
 RUNNING_DRY_S = 60.0
 """A generating request overdue by more than this is a reply about to run dry (its precedence)."""
 SHARE_MIN_TOKENS = 16
@@ -147,6 +152,8 @@ class Request:
     route: _Route | None = None
     masked: int = 0
     """Sampling steps at which a banned continuation had to be masked (for tests and logs)."""
+    chunks: list[int] = field(default_factory=list)
+    """How many of its own prompt tokens each step evaluated (for tests and logs)."""
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -474,10 +481,12 @@ class BatchedLlama:
         now = time.monotonic()
         late_generating = min((r.handle.deadline() for r in chosen if r.next_token is not None), default=math.inf)
         late_generating = late_generating if late_generating < now - RUNNING_DRY_S else math.inf
-        if now - self._last_prompt_step >= self.prompt_starve_s:
+        chunk = PREFILL_CHUNK
+        if math.isfinite(late_generating) and now - self._last_prompt_step >= self.prompt_starve_s:
             # With several calls some reply is nearly always running dry; a new turn's prompt still
-            # gets a chunk this often, or its caller would wait for seconds behind them.
+            # gets a chunk this often, or its caller would wait for seconds behind them: a small one.
             late_generating = math.inf
+            chunk = DRY_PREFILL_CHUNK
         for request in chosen:
             slot = request.slot
             assert slot is not None
@@ -490,7 +499,7 @@ class BatchedLlama:
             if late_generating <= now and late_generating <= request.handle.deadline():
                 break
             request.started_own = True
-            take = request.pending[: min(PREFILL_CHUNK, budget - n)]
+            take = request.pending[: min(chunk, budget - n)]
             for i, token in enumerate(take):
                 last = i == len(take) - 1 and len(take) == len(request.pending)
                 self._put(n, token, len(slot.tokens) + i, slot.seq, last)
@@ -498,6 +507,7 @@ class BatchedLlama:
                     outputs.append((request, n))
                 n += 1
             prefilled[id(request)] = len(take)
+            request.chunks.append(len(take))
             self._last_prompt_step = now
             break
         if n == 0:

@@ -17,6 +17,7 @@ import pytest
 from shared.conversation import avoid_for, is_refusal, is_repeat, normalize, trim_history
 from shared.llm.base import ChatMessage, GenerationOptions
 from shared.llm.llama_batch import (
+    DRY_PREFILL_CHUNK,
     PREFILL_CHUNK,
     PROMPT_STARVE_S,
     BatchedLlama,
@@ -85,7 +86,7 @@ def test_two_replies_are_generated_side_by_side(server: BatchedLlama) -> None:
     assert b_first < a_last, log
 
 
-def _dry_then_new(server: BatchedLlama) -> list[tuple[str, int]]:
+def _dry_then_new(server: BatchedLlama, question: str = "Is there parking?") -> tuple[list[tuple[str, int]], Request]:
     """A reply about to run dry is generating when a new turn's prompt arrives; the order of pieces."""
     log: list[tuple[str, int]] = []
     dry = Collector(log=log, name="dry")
@@ -95,16 +96,16 @@ def _dry_then_new(server: BatchedLlama) -> list[tuple[str, int]]:
     end = time.monotonic() + WAIT_S
     while not dry.pieces:  # wait until it is generating
         assert time.monotonic() < end and not dry.done.wait(0.01), "no token"
-    _, new = ask(server, "Is there parking?", deadline=2.0, max_tokens=4, log=log, name="new")
+    request, new = ask(server, question, deadline=2.0, max_tokens=4, log=log, name="new")
     assert dry.done.wait(WAIT_S) and new.done.wait(WAIT_S)
     assert len(dry.pieces) >= 12, dry.pieces  # long enough for the order to mean something (24 asked)
-    return log
+    return log, request
 
 
 def test_a_reply_about_to_run_dry_gets_decode_only_steps(server: BatchedLlama) -> None:
     server.prompt_starve_s = 3600  # never let the waiting prompt in: the rule alone
     try:
-        log = _dry_then_new(server)
+        log, _ = _dry_then_new(server)
     finally:
         server.prompt_starve_s = PROMPT_STARVE_S
     # No prompt is evaluated beside it: the new turn's first token comes after its last.
@@ -114,10 +115,13 @@ def test_a_reply_about_to_run_dry_gets_decode_only_steps(server: BatchedLlama) -
 def test_a_waiting_prompt_is_not_starved_by_replies_running_dry(server: BatchedLlama) -> None:
     server.prompt_starve_s = 0.0  # a chunk at every step: the bound at its tightest
     try:
-        log = _dry_then_new(server)
+        log, new = _dry_then_new(server, "Is there parking near your office on Main Street, and is it free "
+                                         "for patients who come on a weekday morning?")
     finally:
         server.prompt_starve_s = PROMPT_STARVE_S
     assert log.index(("new", 1)) < max(i for i, (name, _) in enumerate(log) if name == "dry"), log
+    # In small chunks: each step beside the reply running dry stays short.
+    assert sum(new.chunks) >= 2 * DRY_PREFILL_CHUNK and max(new.chunks) <= DRY_PREFILL_CHUNK, new.chunks
 
 
 def test_a_calls_next_turn_reuses_its_prefix(server: BatchedLlama) -> None:
