@@ -13,7 +13,8 @@ at 3 PM."), so while the reply's opening is short a clause with no comma is cut 
 begins, before a conjunction or a preposition ("…afternoon" | "at 3 PM."), once it has a few words.
 A first clause of one or two words ("Sure,") is not spoken alone: it is joined with what follows
 (and the cut then applies to the whole). The cut part is a `Continued` clause: spoken as if a comma
-followed it (a phrase break's rising tone, not a sentence's fall), and stored as written.
+followed it (a phrase break's rising tone, not a sentence's fall), and stored as written. Beside other
+calls a later clause is cut the same way once it is long (`cut_long`), as a playing reply waits for it.
 """
 
 from __future__ import annotations
@@ -181,7 +182,8 @@ class ClauseSplitter:
         `first_cut_min_words` words out: the first clause, or the one after "Sure,"): before a
         phrase-starting word that is complete (whitespace after it) with that many words before it.
         After a one-word "Sure," the caller hears half a second of audio while the next clause is
-        written, so that clause is the one that must come fast."""
+        written, so that clause is the one that must come fast. Past the opening, the same cut with
+        `long_cut_min_words` while `cut_long` says the machine is shared."""
         if self.first_cut_min_words is not None and self._words_out < self.first_cut_min_words:
             least = self.first_cut_min_words
         elif self.cut_long is not None and self._emitted > 0 and self.cut_long():

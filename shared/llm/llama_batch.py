@@ -12,7 +12,7 @@ it already uses.
 Scheduling follows `shared.urgency`: each request carries its reply's deadline. One prompt chunk per
 step, the earliest deadline's; speculative requests (no deadline) make progress only while no
 confirmed request is active; a reply about to run dry gets decode-only steps (a waiting prompt still
-gets a chunk every `PROMPT_STARVE_S`); every step passes through the process's `ComputeGate`, so
+gets a small chunk every `PROMPT_STARVE_S`); every step passes through the process's `ComputeGate`, so
 that reply gets the CPU ahead of STT or TTS work that can wait.
 
 A slot keeps its sequence's tokens in the unified KV cache after a reply. A new request takes an
