@@ -177,6 +177,16 @@ class ComputeGate:
     def busy(self) -> bool:
         return bool(self._holding) or bool(self._waiters)
 
+    @property
+    def quiet(self) -> bool:
+        """No work with a deadline holds or waits for the gate, nor used it within `CONTENDED_S`: the
+        cores are idle but for background work, and background work started now delays no reply."""
+        with self._lock:
+            now = time.monotonic()
+            others = [*self._holding.values(), *(w.handle for w in self._waiters.values())]
+            return all(is_speculative(h) for h in others) \
+                and all(now - at > CONTENDED_S for _, at in self._recent.values())
+
     @contextlib.contextmanager
     def hold(self, handle: Urgent | None = None, *, most: int = 1, short: bool = False) -> Iterator[Held]:
         """Block until this work is the most urgent and a core is free; hold up to `most` cores.

@@ -45,6 +45,7 @@ from voice_gateway.engines import Engines
 from voice_gateway.keypad import Keypad, caller_line
 from voice_gateway.playback import Player, Send
 from voice_gateway.prompts import stt_prompt, system_prompt
+from voice_gateway.read_ahead import ReadAhead
 from voice_gateway.recorder import CallRecorder
 from voice_gateway.reply import Reply, ReplyDeps, ReplyState, Said, Sound, prepare_fixed, usable_text
 from voice_gateway.screening import Action, Screening
@@ -53,6 +54,7 @@ from voice_gateway.turns import (
     PauseBegan,
     PauseDetected,
     SpeechAbandoned,
+    SpeechGoingOn,
     SpeechResumed,
     SpeechStarted,
     TurnConfig,
@@ -139,6 +141,8 @@ class CallSession:
         self._live: dict[int, Reply] = {}  # replies not yet ended and stored, by id
         self._pacer: asyncio.Task[None] | None = None
         self._prefill: asyncio.Task[None] | None = None
+        self.read_ahead = ReadAhead(call.id, engines, stt_prompt=self._stt_prompt, context=self._context,
+                                    tools=self._deps.tools)
         self._kept_from = 0  # the first history message the model saw last (trim_history drops blocks)
         self._backchannels: list[str] = []  # heard over the reply still playing: its line goes first
         self._closing = False
@@ -283,6 +287,7 @@ class CallSession:
         if held is not None:
             self._write_caller_line(held)
         await _step(self.call.id, "stopping the prompt prefill", _stop(self._prefill))
+        self.read_ahead.stop()
         await _step(self.call.id, "stopping the end-of-turn model", _stop(self._judging))
         for reply in list(self._live.values()):
             await _step(self.call.id, f"stopping reply {reply.id}", _stop(reply.task))
@@ -620,6 +625,11 @@ class CallSession:
             self._current.hold_start(False)  # a hold from voice heard just before must not keep it back
             return  # the call is ending whatever is said: the closing line plays out
         current = self._current
+        if isinstance(event, SpeechGoingOn):
+            if self._barge_onset is None and (current is None or not current.holds_floor) \
+                    and (self._prefill is None or self._prefill.done()):
+                self.read_ahead.heard(event.audio)  # the caller's first words, into the KV cache
+            return
         if isinstance(event, VoiceOnset):
             if current is not None and current.state is ReplyState.PLAYING:
                 await self._pause(current, onset_sample=event.onset_sample)  # perhaps only "mm-hm": decide later
@@ -888,6 +898,7 @@ class CallSession:
 
     # --- replies -------------------------------------------------------------------------------------
     def _new_reply(self, *, confirmed: bool, speech_end_sample: int | None = None) -> Reply:
+        self.read_ahead.stop()  # the reply's own request takes the call's KV-cache slot from here
         self._replies += 1
         wall = self._wall_at(speech_end_sample) if speech_end_sample is not None else None
         reply = Reply(self._replies, self._deps, confirmed=confirmed, speech_end_sample=speech_end_sample,

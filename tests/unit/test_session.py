@@ -119,12 +119,14 @@ class FakeLLM:
         self.requests: list[list[ChatMessage]] = []
         self.urgencies: list[urgency.Urgent] = []
         self.prefills: list[urgency.Urgent] = []
+        self.prefilled: list[list[ChatMessage]] = []
 
     async def stream(
         self, messages: list[ChatMessage], options: GenerationOptions, *, avoid: Sequence[str] = ()
     ) -> AsyncIterator[str]:
         if options.max_tokens == 1:
             self.prefills.append(urgency.current())
+            self.prefilled.append(messages)
             return
         self.requests.append(messages)
         self.urgencies.append(urgency.current())
@@ -322,6 +324,61 @@ async def test_a_call_alone_speculates_at_the_first_sign_of_a_pause_and_beside_o
     await _feed(shared.session, shared.clock, _silence(110))
     assert shared.session.reply is not None and shared.session.reply.state is ReplyState.SPECULATIVE
     await shared.session.close()
+
+
+async def test_a_long_turn_s_first_words_are_read_and_evaluated_while_the_caller_talks(open_call: Any) -> None:
+    call = await open_call(stt=FakeSTT("I would like to book", "I would like to book a cleaning for",
+                                       "I would like to book a cleaning for Friday."))
+    session, clock, ahead = call.session, call.clock, call.session.read_ahead
+    await _until(lambda: session._prefill is not None and session._prefill.done(), "the prompt prefill")
+    await _feed(session, clock, _tone(1300))  # 1.2 s of speech without a pause: read what was said
+    await ahead.wait()
+    assert ahead.evaluated == ["I would like to"]  # the last word read may be cut short: left out
+    await _feed(session, clock, _tone(1200))
+    await ahead.wait()
+    assert ahead.evaluated == ["I would like to", "I would like to book a cleaning"]
+    assert session.reply is None, "reading ahead answers nothing"
+    # Background work, with the prompt the turn will have up to those words (same system prompt and
+    # history), so the engine keeps it as the turn's prefix.
+    background = [u for u, m in zip(call.llm.prefills, call.llm.prefilled, strict=True)
+                  if m[-1].content.startswith("I would like to")]
+    assert len(background) == 2 and all(urgency.is_speculative(u) for u in background)
+    read = call.llm.prefilled[-1]
+
+    reply = await _turn(session, clock, 300)
+    await _until(lambda: reply.state is ReplyState.PLAYED, "the answer to play")
+    asked = call.llm.requests[-1]
+    assert asked[:-1] == read[:-1] and asked[-1].content == "I would like to book a cleaning for Friday."
+    transcript = await call.transcript()
+    assert _said(transcript) == [("caller", "I would like to book a cleaning for Friday."),
+                                 ("agent", "We open at nine.")]
+
+
+async def test_reading_ahead_waits_for_an_idle_machine_and_stops_when_the_turn_is_answered(
+    open_call: Any,
+) -> None:
+    call = await open_call(stt=FakeSTT("Could you tell me when you open on Friday?"))
+    session, clock, ahead = call.session, call.clock, call.session.read_ahead
+    await _until(lambda: session._prefill is not None and session._prefill.done(), "the prompt prefill")
+    idle = False
+    ahead.quiet = lambda: idle  # another call's reply is being made: the cores are not idle
+    await _feed(session, clock, _tone(2600))
+    assert ahead.started == 0 and call.stt.calls == 0
+
+    idle = True
+    held = asyncio.Event()
+
+    async def slow_transcribe(audio: np.ndarray, *, prompt: str | None = None) -> Transcription:
+        await held.wait()  # still reading when the caller stops
+        return Transcription(text="Could you tell me when")
+
+    call.stt.transcribe = slow_transcribe  # type: ignore[method-assign]
+    await _feed(session, clock, _tone(1300))
+    assert ahead.started == 1 and ahead.running
+    await _feed(session, clock, _silence(100))  # the first sign of a pause: a (speculative) reply begins
+    assert session.reply is not None
+    assert not ahead.running and ahead.evaluated == [], "the reply's own request takes over the slot"
+    await session.close()
 
 
 LONG_ANSWER = "Sure, please go ahead. We are open on Friday from nine to five and on the weekend until noon."

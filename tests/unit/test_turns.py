@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from voice_gateway.turns import (
     PauseBegan,
     PauseDetected,
     SpeechAbandoned,
+    SpeechGoingOn,
     SpeechResumed,
     SpeechStarted,
     TurnConfig,
@@ -37,12 +40,16 @@ def _silence(ms: int, seed: int = 2) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(_ms(ms)) * 0.0005).astype(np.float32)
 
 
-def _feed(detector: TurnDetector, audio: np.ndarray, chunk: int, *, onsets: bool = False) -> list:
-    """Feed `audio` in chunks; the events, without VoiceOnset/SpeechAbandoned unless asked."""
+def _feed(detector: TurnDetector, audio: np.ndarray, chunk: int, *, onsets: bool = False,
+          going_on: bool = False) -> list:
+    """Feed `audio` in chunks; the events, without VoiceOnset/SpeechAbandoned and SpeechGoingOn unless
+    asked."""
     events = []
     for i in range(0, audio.size, chunk):
         events.extend(detector.feed(audio[i : i + chunk]))
-    return events if onsets else [e for e in events if not isinstance(e, VoiceOnset | SpeechAbandoned)]
+    if not onsets:
+        events = [e for e in events if not isinstance(e, VoiceOnset | SpeechAbandoned)]
+    return events if going_on else [e for e in events if not isinstance(e, SpeechGoingOn)]
 
 
 def _kinds(events: list) -> list[str]:
@@ -237,3 +244,32 @@ def test_a_closed_turn_is_not_continued() -> None:
     events = _feed(detector, np.concatenate([_speech(800, seed=7), _silence(600)]), 320)
     assert not events[0].continues
     assert events[-1].audio.size < _ms(800 + 300 + 200) + 512
+
+
+@pytest.mark.parametrize("chunk", [160, 512, 4000])
+def test_long_speech_without_a_pause_is_handed_over_every_listen_ahead_ms(chunk: int) -> None:
+    config = TurnConfig(end_of_turn_silence_ms=500, listen_ahead_ms=1000)
+    detector = TurnDetector(EnergyVAD(), config)
+    audio = np.concatenate([_silence(500), _speech(3500), _silence(800)])
+    events = _feed(detector, audio, chunk, going_on=True)
+    assert _kinds(events) == ["SpeechStarted", "SpeechGoingOn", "SpeechGoingOn", "SpeechGoingOn",
+                              "PauseBegan", "PauseDetected", "TurnEnded"]
+    going = [e for e in events if isinstance(e, SpeechGoingOn)]
+    ended = events[-1]
+    assert isinstance(ended, TurnEnded)
+    # Each hands over the utterance so far (pre-roll included), about a second more each time, and
+    # every one is a prefix of the turn's own audio.
+    lengths = [e.audio.size for e in going]
+    assert all(b - a >= _ms(900) for a, b in itertools.pairwise(lengths))
+    assert lengths[-1] < ended.audio.size
+    for e in going:
+        assert np.array_equal(e.audio[: _ms(900)], ended.audio[: _ms(900)])
+
+
+def test_speech_shorter_than_listen_ahead_ms_or_with_it_off_is_never_handed_over_early() -> None:
+    short = np.concatenate([_silence(500), _speech(900), _silence(800)])
+    detector = TurnDetector(EnergyVAD(), TurnConfig(end_of_turn_silence_ms=500, listen_ahead_ms=1000))
+    assert "SpeechGoingOn" not in _kinds(_feed(detector, short, 512, going_on=True))
+    long = np.concatenate([_silence(500), _speech(3500), _silence(800)])
+    off = TurnDetector(EnergyVAD(), TurnConfig(end_of_turn_silence_ms=500, listen_ahead_ms=0))
+    assert "SpeechGoingOn" not in _kinds(_feed(off, long, 512, going_on=True))

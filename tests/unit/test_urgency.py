@@ -223,3 +223,18 @@ def test_long_work_leaves_a_core_for_a_reply_that_just_stepped(monkeypatch: pyte
         assert share.threads == 2  # a step chooses again each time: nobody waits now
     with gate.hold(stepping, most=2) as share:
         assert share.threads == 1  # the other reply used the gate lately
+
+
+def test_the_gate_is_quiet_only_while_no_work_with_a_deadline_holds_waits_or_just_ran(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gate = ComputeGate(2)
+    assert gate.quiet
+    with gate.hold(urgency.BACKGROUND):
+        assert gate.quiet  # background work alone: more background work delays no reply
+    monkeypatch.setattr(urgency, "CONTENDED_S", 60.0)  # "lately", however slow this machine is
+    with gate.hold(Fixed(1.0)):
+        assert not gate.quiet  # a reply's work runs
+    assert not gate.quiet  # it ran just now: its next step is coming
+    monkeypatch.setattr(urgency, "CONTENDED_S", 0.0)
+    assert gate.quiet
