@@ -4,7 +4,8 @@ After a turn ends, the LLM must evaluate the prompt's new tokens (the caller's w
 template's markers, ~20 tokens for a 3–5 s line) before its first token. On 2 cores that is ~150 ms
 on two threads, ~350 ms on one; with four callers ending together the four prompts run one after
 another, and the last caller waits for all of them. While callers speak, though, the cores are often
-idle. So every `TurnConfig.listen_ahead_ms` of speech without a pause (`SpeechGoingOn`), if no reply
+idle. So after 1.2 s of speech without a pause and every 0.8 s after that (`SpeechGoingOn`,
+`TurnConfig.listen_ahead_from_ms` and `listen_ahead_ms`), if no reply
 is being made anywhere on the machine (`ComputeGate.quiet`), this transcribes the utterance so far and
 evaluates the prompt with those words into the call's KV cache, as background work. The words are
 the ones the turn's final transcript usually begins with; the engine keeps the longest common prefix

@@ -247,8 +247,10 @@ def test_a_closed_turn_is_not_continued() -> None:
 
 
 @pytest.mark.parametrize("chunk", [160, 512, 4000])
-def test_long_speech_without_a_pause_is_handed_over_every_listen_ahead_ms(chunk: int) -> None:
-    config = TurnConfig(end_of_turn_silence_ms=500, listen_ahead_ms=1000)
+def test_long_speech_without_a_pause_is_handed_over_from_listen_ahead_from_ms_then_every_listen_ahead_ms(
+    chunk: int,
+) -> None:
+    config = TurnConfig(end_of_turn_silence_ms=500, listen_ahead_from_ms=1000, listen_ahead_ms=1000)
     detector = TurnDetector(EnergyVAD(), config)
     audio = np.concatenate([_silence(500), _speech(3500), _silence(800)])
     events = _feed(detector, audio, chunk, going_on=True)
@@ -266,10 +268,21 @@ def test_long_speech_without_a_pause_is_handed_over_every_listen_ahead_ms(chunk:
         assert np.array_equal(e.audio[: _ms(900)], ended.audio[: _ms(900)])
 
 
-def test_speech_shorter_than_listen_ahead_ms_or_with_it_off_is_never_handed_over_early() -> None:
+def test_speech_shorter_than_listen_ahead_from_ms_or_with_it_off_is_never_handed_over_early() -> None:
     short = np.concatenate([_silence(500), _speech(900), _silence(800)])
-    detector = TurnDetector(EnergyVAD(), TurnConfig(end_of_turn_silence_ms=500, listen_ahead_ms=1000))
+    detector = TurnDetector(EnergyVAD(), TurnConfig(end_of_turn_silence_ms=500, listen_ahead_from_ms=1000))
     assert "SpeechGoingOn" not in _kinds(_feed(detector, short, 512, going_on=True))
     long = np.concatenate([_silence(500), _speech(3500), _silence(800)])
-    off = TurnDetector(EnergyVAD(), TurnConfig(end_of_turn_silence_ms=500, listen_ahead_ms=0))
+    off = TurnDetector(EnergyVAD(), TurnConfig(end_of_turn_silence_ms=500, listen_ahead_from_ms=0))
     assert "SpeechGoingOn" not in _kinds(_feed(off, long, 512, going_on=True))
+
+
+def test_after_the_first_hand_over_the_next_come_every_listen_ahead_ms() -> None:
+    config = TurnConfig(end_of_turn_silence_ms=500, listen_ahead_from_ms=1200, listen_ahead_ms=800)
+    detector = TurnDetector(EnergyVAD(), config)
+    audio = np.concatenate([_silence(500), _speech(3000), _silence(800)])
+    events = _feed(detector, audio, 512, going_on=True)
+    started = next(e for e in events if isinstance(e, SpeechStarted))
+    spoken = [(e.at_sample - started.onset_sample) * 1000 // RATE for e in events if isinstance(e, SpeechGoingOn)]
+    assert len(spoken) == 3  # at 1.2, 2.0 and 2.8 s of a 3 s utterance
+    assert 1200 <= spoken[0] < 1300 and all(790 <= b - a <= 830 for a, b in itertools.pairwise(spoken))
