@@ -5,9 +5,9 @@ template's markers, ~20 tokens for a 3–5 s line) before its first token. On 2 
 on two threads, ~350 ms on one; with four callers ending together the four prompts run one after
 another, and the last caller waits for all of them. While callers speak, though, the cores are often
 idle. So after 1.2 s of speech without a pause and every 0.8 s after that (`SpeechGoingOn`,
-`TurnConfig.listen_ahead_from_ms` and `listen_ahead_ms`), if no reply
-is being made anywhere on the machine (`ComputeGate.quiet`), this transcribes the utterance so far and
-evaluates the prompt with those words into the call's KV cache, as background work. The words are
+`TurnConfig.listen_ahead_from_ms` and `listen_ahead_ms`), if no reply is being made anywhere on the
+machine (`ComputeGate.quiet`), this transcribes the utterance so far and evaluates the prompt with
+those words into the call's KV cache, as background work. The words are
 the ones the turn's final transcript usually begins with; the engine keeps the longest common prefix
 of its cache and the turn's real prompt (`shared.llm.llama_batch`), so only the words after them are
 evaluated when the turn ends. A transcript that differs costs nothing but the idle time it used.

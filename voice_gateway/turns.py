@@ -87,8 +87,8 @@ class PauseDetected:
 @dataclass(frozen=True)
 class SpeechGoingOn:
     """`listen_ahead_from_ms` of the caller's speech without a pause, or another `listen_ahead_ms` after
-    that: the utterance so far, so that
-    its first words can be read and put into the LLM's KV cache while the caller is still talking."""
+    that: the utterance so far, so that its first words can be read and put into the LLM's KV cache
+    while the caller is still talking."""
 
     audio: np.ndarray
     at_sample: int
