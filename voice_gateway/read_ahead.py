@@ -25,7 +25,7 @@ import numpy as np
 
 from shared import urgency
 from shared.agent_config import LLMConfig
-from shared.llm.base import ChatMessage
+from shared.llm.base import LLM, ChatMessage
 from shared.llm.tools import ToolSpec
 from voice_gateway.engines import Engines
 from voice_gateway.reply import usable_text
@@ -41,6 +41,16 @@ four callers ending together waited 400–530 ms for STT with every call reading
 150–400 ms without reading ahead. One at a time, calls take turns and at most one core is taken."""
 
 _jobs: set[asyncio.Task[None]] = set()
+
+
+async def evaluate_prompt(llm: LLM, messages: list[ChatMessage], tools: Sequence[ToolSpec] = ()) -> None:
+    """Put `messages` (with the agent's tools, as its turns have them) into the engine's KV cache: a
+    one-token request whose token is dropped. The engine keeps the prompt's cache for the next request
+    that shares its prefix."""
+    options = LLMConfig(max_tokens=1)
+    stream = llm.stream(messages, options, tools=tools) if tools else llm.stream(messages, options)
+    async for _ in stream:
+        pass
 
 
 def stable_words(text: str) -> str | None:
@@ -106,12 +116,8 @@ class ReadAhead:
                 words = stable_words(usable_text(heard))
                 if words is None:
                     return
-                messages = [*self._context(), ChatMessage("user", words)]
-                llm, options = self._engines.llm, LLMConfig(max_tokens=1)
-                stream = llm.stream(messages, options, tools=self._tools) if self._tools \
-                    else llm.stream(messages, options)
-                async for _ in stream:
-                    pass
+                await evaluate_prompt(self._engines.llm, [*self._context(), ChatMessage("user", words)],
+                                      self._tools)
                 self.evaluated.append(words)
             except Exception:  # background work: the turn itself does it all, as if never read ahead
                 log.warning("call %s: reading ahead failed", self._call_id, exc_info=True)

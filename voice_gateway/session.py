@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from shared import urgency
-from shared.agent_config import DtmfTool, EndCallTool, HttpTool, LLMConfig, TransferTool
+from shared.agent_config import DtmfTool, EndCallTool, HttpTool, TransferTool
 from shared.audio import STT_RATE, PhoneUpsampler, ulaw_to_float32
 from shared.conversation import avoid_for, is_refusal, is_repeat, trim_history
 from shared.llm.base import ChatMessage, LLMError
@@ -45,7 +45,7 @@ from voice_gateway.engines import Engines
 from voice_gateway.keypad import Keypad, caller_line
 from voice_gateway.playback import Player, Send
 from voice_gateway.prompts import stt_prompt, system_prompt
-from voice_gateway.read_ahead import ReadAhead
+from voice_gateway.read_ahead import ReadAhead, evaluate_prompt
 from voice_gateway.recorder import CallRecorder
 from voice_gateway.reply import Reply, ReplyDeps, ReplyState, Said, Sound, prepare_fixed, usable_text
 from voice_gateway.screening import Action, Screening
@@ -254,11 +254,7 @@ class CallSession:
             with urgency.working_for(urgency.Fixed(due)):
                 # With the agent's tools, as its turns will have them: the tool section (~400 tokens on the
                 # embedded model) is then in the KV cache before the first caller turn, not evaluated in it.
-                tools = self._deps.tools
-                stream = self.engines.llm.stream(messages, LLMConfig(max_tokens=1), tools=tools) if tools \
-                    else self.engines.llm.stream(messages, LLMConfig(max_tokens=1))
-                async for _ in stream:
-                    pass
+                await evaluate_prompt(self.engines.llm, messages, self._deps.tools)
         except LLMError as exc:
             log.warning("call %s: prompt prefill failed: %s", self.call.id, exc)
 
