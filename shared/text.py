@@ -14,7 +14,8 @@ begins, before a conjunction or a preposition ("…afternoon" | "at 3 PM."), onc
 A first clause of one or two words ("Sure,") is not spoken alone: it is joined with what follows
 (and the cut then applies to the whole). The cut part is a `Continued` clause: spoken as if a comma
 followed it (a phrase break's rising tone, not a sentence's fall), and stored as written. Beside other
-calls a later clause is cut the same way once it is long (`cut_long`), as a playing reply waits for it.
+calls a later clause is cut the same way once it is long, and sooner while the playing reply is
+about to run dry (`cut_after`): a playing reply waits for it.
 """
 
 from __future__ import annotations
@@ -88,7 +89,10 @@ FIRST_CUT_MIN_WORDS = 4
 to sound like a start, and three words save little."""
 LONG_CUT_MIN_WORDS = 6
 """Words any later clause has before it may be cut at a phrase start while the machine is shared
-(`ClauseSplitter`'s `cut_long`)."""
+(`ClauseSplitter`'s `cut_after`)."""
+HURRY_CUT_MIN_WORDS = 3
+"""Words a later clause has before it may be cut at a phrase start while the reply playing is about
+to run dry: "How long will it take" | "for you to move…", "I'll check in" | "and see if…"."""
 
 
 class Continued(str):
@@ -122,18 +126,17 @@ class ClauseSplitter:
 
     def __init__(
         self, min_words_for_comma: int = 4, *, first_min_words: int = FIRST_MIN_WORDS,
-        first_cut_min_words: int | None = FIRST_CUT_MIN_WORDS, cut_long: Callable[[], bool] | None = None,
-        long_cut_min_words: int = LONG_CUT_MIN_WORDS,
+        first_cut_min_words: int | None = FIRST_CUT_MIN_WORDS, cut_after: Callable[[], int | None] | None = None,
     ) -> None:
         self.min_words_for_comma = min_words_for_comma
-        self.cut_long = cut_long
-        """Asked whenever a clause is unfinished: True cuts it at a phrase start after
-        `long_cut_min_words` words, wherever it is in the reply. A reply playing beside other calls
-        waits for each next clause: its words one shared decode step at a time, then one TTS job,
-        which holds a core for as long as the clause is (≈ 0.35 s on one core for "We'll be at 12 Main
-        Street from Monday to Friday from 9am to 5pm."). Half of it arrives sooner, and the shorter
-        job keeps every other call's reply waiting less."""
-        self.long_cut_min_words = long_cut_min_words
+        self.cut_after = cut_after
+        """Asked whenever a later clause is unfinished: the words it needs before it may be cut at a
+        phrase start now (None: not now). A reply playing beside other calls waits for each next
+        clause: its words one shared decode step at a time, then one TTS job, which holds a core for as
+        long as the clause is (≈ 0.35 s on one core for "We'll be at 12 Main Street from Monday to
+        Friday from 9am to 5pm."). Half of it arrives sooner, and the shorter job keeps every other
+        call's reply waiting less (`LONG_CUT_MIN_WORDS`; fewer, `HURRY_CUT_MIN_WORDS`, while the
+        playing reply is about to run dry)."""
         self.first_cut_min_words = first_cut_min_words
         """Cut an unpunctuated first clause at a phrase start after this many words (None: never)."""
         self.first_min_words = first_min_words
@@ -183,11 +186,11 @@ class ClauseSplitter:
         phrase-starting word that is complete (whitespace after it) with that many words before it.
         After a one-word "Sure," the caller hears half a second of audio while the next clause is
         written, so that clause is the one that must come fast. Past the opening, the same cut with
-        `long_cut_min_words` while `cut_long` says the machine is shared."""
+        as many words as `cut_after` says."""
         if self.first_cut_min_words is not None and self._words_out < self.first_cut_min_words:
             least = self.first_cut_min_words
-        elif self.cut_long is not None and self._emitted > 0 and self.cut_long():
-            least = self.long_cut_min_words
+        elif self.cut_after is not None and self._emitted > 0 and (after := self.cut_after()) is not None:
+            least = after
         else:
             return None
         words = list(re.finditer(r"\S+", self._buffer))
@@ -252,11 +255,11 @@ def _speakable(clause: str) -> bool:
 
 async def split_clauses(
     tokens: AsyncIterator[str], min_words_for_comma: int = 4, *,
-    first_cut_min_words: int | None = FIRST_CUT_MIN_WORDS, cut_long: Callable[[], bool] | None = None,
+    first_cut_min_words: int | None = FIRST_CUT_MIN_WORDS, cut_after: Callable[[], int | None] | None = None,
 ) -> AsyncGenerator[str, None]:
     """Async adapter: LLM token stream in, clause stream out. A fixed line, synthesised whole ahead of
     need, passes `first_cut_min_words=None`: nobody waits on its first clause."""
-    splitter = ClauseSplitter(min_words_for_comma, first_cut_min_words=first_cut_min_words, cut_long=cut_long)
+    splitter = ClauseSplitter(min_words_for_comma, first_cut_min_words=first_cut_min_words, cut_after=cut_after)
     async for piece in tokens:
         for clause in splitter.feed(piece):
             yield clause

@@ -31,7 +31,7 @@ from shared.llm.base import ChatMessage, LLMError
 from shared.llm.tools import InvalidToolCall, ToolCall, ToolSpec
 from shared.storage.base import Agent
 from shared.stt.base import Transcription
-from shared.text import ends_sentence, split_clauses, tts_text
+from shared.text import HURRY_CUT_MIN_WORDS, LONG_CUT_MIN_WORDS, ends_sentence, split_clauses, tts_text
 from shared.tts.base import TTS
 from voice_gateway.assurance import Progress, StartPolicy
 from voice_gateway.engines import Engines
@@ -393,11 +393,7 @@ class Reply:
             words = 0
             most = None if tools else self._deps.agent.llm.max_words
             pieces = tokens()
-            # Beside other calls a long clause is cut at a phrase start too (`shared.text`): its first
-            # half is heard sooner, and its TTS job holds a core half as long. 4 calls together, three
-            # runs each way, interleaved: p50 1312, 1448, 1093 ms and no gap, against 1520, 1681,
-            # 1212 ms with a 1.6 s hole after "We are open on Friday".
-            clauses = split_clauses(pieces, cut_long=self._deps.policy.busy)
+            clauses = split_clauses(pieces, cut_after=self._cut_after)
             try:
                 # The opening is cut short at any load. Beside other calls it was not while a lone
                 # "Sure," could be the first clause (three gaps in one 4-call run). With a first clause
@@ -519,6 +515,27 @@ class Reply:
             player.push_mark(item)
         else:
             player.push(item[1], tag=(self.id, item[0]))
+
+    def _cut_after(self) -> int | None:
+        """Words the LLM's unfinished clause needs before it is cut at a phrase start (`shared.text`).
+
+        Beside other calls a long clause is cut: its first half is heard sooner, and its TTS job holds
+        a core half as long. 4 calls together, three runs each way, interleaved: p50 1312, 1448, 1093
+        ms and no gap, against 1520, 1681, 1212 ms with a 1.6 s hole after "We are open on Friday".
+        Sooner while this reply waits for the clause: playing with less than `DUE_BEFORE_DRY_S` ahead
+        and nothing else to synthesise, or made so far but held for want of it (`StartPolicy`). A
+        short first clause followed by a long one ("Sure, we can do that." | "How long will it take
+        for you to move your appointments?") left the 382 and 384 ms holes of the last 4-call runs.
+        A call alone keeps its clauses whole: it writes them faster than they play. Five interleaved
+        4-call pairs on a slower AMD EPYC (AVX2) in a noisy hour: p50 2026, 2064, 2107, 2511, 3313 ms
+        (one 311 ms gap) against 2552, 2496, 2243, 1869, 3069 ms without (two gaps, worst 482 ms);
+        replies held before their start at most 261–704 ms against 751–2195 ms in the first three.
+        """
+        if not self._deps.policy.busy():
+            return None
+        waiting = self.state is ReplyState.PLAYING and self._deps.player.ahead_s() < DUE_BEFORE_DRY_S \
+            or self.state is ReplyState.CONFIRMED and bool(self._held)
+        return HURRY_CUT_MIN_WORDS if waiting and not self._next_text_known() else LONG_CUT_MIN_WORDS
 
     def _next_text_known(self) -> bool:
         """The LLM has written the next clause (or everything): only TTS remains for it."""

@@ -59,6 +59,8 @@ class FakeLine:
         self.session: CallSession | None = None
         self.log: list[str] = []  # "m" per frame, then each mark's name, "clear"
         self._pending: list[str] = []
+        self.stalled: asyncio.Event | None = None
+        """When set by a test, audio waits for it: the agent's audio stays ahead of the far end."""
 
     @property
     def frames(self) -> int:
@@ -71,6 +73,8 @@ class FakeLine:
     async def send(self, text: str) -> None:
         message = json.loads(text)
         if message["event"] == "media":
+            if self.stalled is not None:
+                await self.stalled.wait()
             self.log.append("m")
             self.clock.advance(FRAME_S)
         elif message["event"] == "mark":
@@ -384,18 +388,30 @@ async def test_reading_ahead_waits_for_an_idle_machine_and_stops_when_the_turn_i
 LONG_ANSWER = "Sure, please go ahead. We are open on Friday from nine to five and on the weekend until noon."
 
 
-@pytest.mark.parametrize(("others", "expected"), [
-    (0, ["Sure, please go ahead.", "We are open on Friday from nine to five and on the weekend until noon."]),
-    (3, ["Sure, please go ahead.", "We are open on Friday from nine to five,", "and on the weekend until noon."]),
+@pytest.mark.parametrize(("others", "clause_s", "expected"), [
+    (0, 0.2, ["Sure, please go ahead.", "We are open on Friday from nine to five and on the weekend until noon."]),
+    # Beside three calls, the first clause plays with 1.5 s of audio ahead while the next one is
+    # written: that one is cut once it is long (six words before a phrase start).
+    (3, 1.5, ["Sure, please go ahead.", "We are open on Friday from nine to five,", "and on the weekend until noon."]),
+    # With 0.2 s the reply waits for the next clause (too little audio to start on while it is still
+    # being written), so that clause is cut at the first phrase start after three words, again and
+    # again until enough audio is made.
+    (3, 0.2, ["Sure, please go ahead.", "We are open,", "on Friday from nine to five,", "and on the weekend,",
+              "until noon."]),
 ])
-async def test_beside_other_calls_a_long_clause_is_synthesised_in_two_parts(
-    open_call: Any, others: int, expected: list[str]
+async def test_beside_other_calls_a_long_clause_is_synthesised_in_parts(
+    open_call: Any, others: int, clause_s: float, expected: list[str]
 ) -> None:
-    """Its first half is heard sooner and its TTS job is shorter; the stored line is the same."""
-    call = await open_call(llm=FakeLLM(LONG_ANSWER), start_policy=StartPolicy(ProductionRate(), others=lambda: others))
+    """Its first part is heard sooner and its TTS job is shorter; the stored line is the same."""
+    clock = FakeClock()
+    call = await open_call(clock=clock, llm=FakeLLM(LONG_ANSWER), tts=FakeTTS(clock, clause_s=clause_s),
+                           start_policy=StartPolicy(ProductionRate(), others=lambda: others))
     synthesised: list[str] = []
     call.tts.on_clause = synthesised.append
+    call.line.stalled = asyncio.Event()  # what is made stays ahead of the far end until all is made
     reply = await _turn(call.session, call.clock)
+    await _until(lambda: reply._text_done and len(synthesised) == len(expected), "the reply to be made")
+    call.line.stalled.set()
     await _until(lambda: reply.state is ReplyState.PLAYED, "the reply to play")
     assert synthesised == expected
     assert _said(await call.transcript())[-1] == ("agent", LONG_ANSWER)

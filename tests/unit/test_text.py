@@ -8,6 +8,8 @@ import pytest
 
 from shared.text import (
     FIRST_CUT_MIN_WORDS,
+    HURRY_CUT_MIN_WORDS,
+    LONG_CUT_MIN_WORDS,
     ClauseSplitter,
     Continued,
     clean_for_speech,
@@ -100,25 +102,36 @@ def test_only_the_opening_is_cut() -> None:
 
 
 def test_a_long_later_clause_is_cut_at_a_phrase_start_only_while_asked() -> None:
-    """Beside other calls a reply's next clause is cut, so half of it is heard sooner (`cut_long`)."""
+    """Beside other calls a reply's next clause is cut, so half of it is heard sooner (`cut_after`)."""
     text = "Sure, please go ahead. We'll be at 12 Main Street from Monday to Friday from 9am to 5pm. Bye."
     shared = [True]
-    splitter = ClauseSplitter(cut_long=lambda: shared[0])
+    splitter = ClauseSplitter(cut_after=lambda: LONG_CUT_MIN_WORDS if shared[0] else None)
     out = [c for piece in _tokens(text) for c in splitter.feed(piece)] + splitter.flush()
     # "at" has two words before it: too soon; "from" has six. The rest is under six words each.
     assert out == ["Sure, please go ahead.", "We'll be at 12 Main Street", "from Monday to Friday from 9am to 5pm.",
                    "Bye."]
     assert isinstance(out[1], Continued) and tts_text(out[1]) == "We'll be at 12 Main Street,"
     shared[0] = False  # a call alone: clauses end at punctuation, as before
-    splitter = ClauseSplitter(cut_long=lambda: shared[0])
+    splitter = ClauseSplitter(cut_after=lambda: LONG_CUT_MIN_WORDS if shared[0] else None)
     out = [c for piece in _tokens(text) for c in splitter.feed(piece)] + splitter.flush()
     assert out == ["Sure, please go ahead.", "We'll be at 12 Main Street from Monday to Friday from 9am to 5pm.",
                    "Bye."]
     # The first clause keeps its own rule (four words before a phrase start), not the long-clause one
     # (six: "at" has five).
-    splitter = ClauseSplitter(cut_long=lambda: True)
+    splitter = ClauseSplitter(cut_after=lambda: LONG_CUT_MIN_WORDS)
     out = [c for piece in _tokens("I'm open on Tuesday afternoon at 3 PM.") for c in splitter.feed(piece)]
     assert out == ["I'm open on Tuesday afternoon", "at 3 PM."]
+
+
+def test_a_clause_a_reply_waits_for_is_cut_sooner() -> None:
+    """While the reply playing is about to run dry, its next clause is cut after three words."""
+    text = "Sure, we can do that. How long will it take for you to move your appointments?"
+    splitter = ClauseSplitter(cut_after=lambda: LONG_CUT_MIN_WORDS)
+    out = [c for piece in _tokens(text) for c in splitter.feed(piece)] + splitter.flush()
+    assert out == ["Sure, we can do that.", "How long will it take for you to move your appointments?"]
+    splitter = ClauseSplitter(cut_after=lambda: HURRY_CUT_MIN_WORDS)
+    out = [c for piece in _tokens(text) for c in splitter.feed(piece)] + splitter.flush()
+    assert out == ["Sure, we can do that.", "How long will it take", "for you to move your appointments?"]
 
 
 async def test_fixed_lines_can_turn_the_cut_off() -> None:
