@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -145,10 +145,12 @@ def short_json(value: Any) -> str:
 
 
 async def spoken_answer(llm: LLM, messages: list[ChatMessage], options: LLMConfig,
-                        tools: Sequence[ToolSpec] = ()) -> AsyncIterator[str]:
+                        tools: Sequence[ToolSpec] = (), *,
+                        cut_after: Callable[[], int | None] | None = None) -> AsyncIterator[str]:
     """The model's spoken answer once a tool's result is in the messages. The tools are offered as on
     every turn (the embedded model's prompt, and so its KV cache, stays the same), but one action per
-    turn: a further call is dropped, and the engines answer a tool's result in words anyway."""
+    turn: a further call is dropped, and the engines answer a tool's result in words anyway. Its
+    clauses are cut as the reply's own are (`cut_after`: `Reply.cut_after`)."""
 
     async def words() -> AsyncIterator[str]:
         stream = llm.stream(messages, options, tools=tools) if tools else llm.stream(messages, options)
@@ -156,7 +158,7 @@ async def spoken_answer(llm: LLM, messages: list[ChatMessage], options: LLMConfi
             if isinstance(item, str):
                 yield item
 
-    async for clause in split_clauses(words()):
+    async for clause in split_clauses(words(), cut_after=cut_after):
         yield clause
 
 

@@ -393,7 +393,7 @@ class Reply:
             words = 0
             most = None if tools else self._deps.agent.llm.max_words
             pieces = tokens()
-            clauses = split_clauses(pieces, cut_after=self._cut_after)
+            clauses = split_clauses(pieces, cut_after=self.cut_after)
             try:
                 # The opening is cut short at any load. Beside other calls it was not while a lone
                 # "Sure," could be the first clause (three gaps in one 4-call run). With a first clause
@@ -516,7 +516,7 @@ class Reply:
         else:
             player.push(item[1], tag=(self.id, item[0]))
 
-    def _cut_after(self) -> int | None:
+    def cut_after(self) -> int | None:
         """Words the LLM's unfinished clause needs before it is cut at a phrase start (`shared.text`).
 
         Beside other calls a long clause is cut: its first half is heard sooner, and its TTS job holds

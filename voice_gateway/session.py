@@ -523,7 +523,8 @@ class CallSession:
                 return
             follow = [*(messages or [*self._context()]), ChatMessage.calling([call], spoken),
                       ChatMessage.tool_result(call, result.content)]
-            async for clause in actions.spoken_answer(self.engines.llm, follow, self.agent.llm, self._deps.tools):
+            async for clause in actions.spoken_answer(self.engines.llm, follow, self.agent.llm, self._deps.tools,
+                                                      cut_after=reply.cut_after):
                 yield clause
 
     async def _transfer(self, tool: TransferTool) -> None:

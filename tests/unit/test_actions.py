@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
-from voice_gateway.actions import asks_for_person, dial_twiml, is_yes, menu_choice, menu_options
+from shared.agent_config import LLMConfig
+from shared.text import HURRY_CUT_MIN_WORDS
+from voice_gateway.actions import (
+    asks_for_person,
+    dial_twiml,
+    is_yes,
+    menu_choice,
+    menu_options,
+    spoken_answer,
+)
 from voice_gateway.http_tools import resolve_headers
 
 GOAL = "You call the dental office to book an appointment for a patient."
@@ -62,3 +73,20 @@ def test_a_menu_read_with_punctuation_in_the_wrong_places_still_pairs_keys_right
     heard = "Thank you for calling Bright Smile Dental for Billing. Press 1 for appointment. Press 2."  # tiny.en
     assert {k: v.lower() for k, v in menu_options(heard).items()} == {"1": "billing", "2": "appointment"}
     assert menu_choice(heard, GOAL) == "2"
+
+
+ANSWER = "Your table is booked. We will see you on Friday at seven in the evening."
+
+
+async def test_a_tools_spoken_answer_is_cut_as_the_replys_own_clauses_are() -> None:
+    """After a tool's result the model's words go to TTS through the reply's own cut rule."""
+
+    class Words:
+        async def stream(self, messages: object, options: object, **_: object) -> AsyncIterator[str]:
+            for word in ANSWER.split():
+                yield word + " "
+
+    said = [c async for c in spoken_answer(Words(), [], LLMConfig())]  # type: ignore[arg-type]
+    assert said == ["Your table is booked.", "We will see you on Friday at seven in the evening."]
+    said = [c async for c in spoken_answer(Words(), [], LLMConfig(), cut_after=lambda: HURRY_CUT_MIN_WORDS)]  # type: ignore[arg-type]
+    assert said == ["Your table is booked.", "We will see you", "on Friday at seven", "in the evening."]
