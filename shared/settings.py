@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     # holds one only while a reply is being made, so more calls than slots simply queue briefly.
     llm_slots: int = Field(default=4, ge=1, le=64, alias="LLM_SLOTS")
     llm_timeout_s: float = Field(default=8.0, alias="LLM_TIMEOUT_S")
+    # Evaluate prompts ahead of need (the system prompt while the greeting plays, the caller's first
+    # words while they talk) with one-token requests whose token is dropped. It pays where the engine
+    # keeps the prompt's KV cache for the next request (the embedded engine, Ollama, a local llama.cpp
+    # or vLLM server); a hosted API would bill each request. Unset: on, except for LLM_ENGINE=openai.
+    llm_prefill: bool | None = Field(default=None, alias="LLM_PREFILL")
     ollama_base_url: str = Field(default="http://127.0.0.1:11434", alias="OLLAMA_BASE_URL")
     openai_base_url: str = Field(default="http://127.0.0.1:8080/v1", alias="OPENAI_BASE_URL")
     openai_api_key: str | None = Field(default=None, alias="OPENAI_API_KEY")

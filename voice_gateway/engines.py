@@ -32,6 +32,9 @@ class Engines:
     vad_factory: Callable[[], VAD]
     turn: EndOfTurnModel | None = None
     """Smart Turn, for agents with `turn_detection: smart`; None: every turn ends on silence alone."""
+    prefill: bool = True
+    """Evaluate prompts ahead of need (`LLM_PREFILL`): the LLM keeps a prompt's KV cache for the next
+    request, so a one-token request now shortens a turn's first token later."""
 
 
 def build_engines(settings: Settings) -> Engines:
@@ -43,7 +46,15 @@ def build_engines(settings: Settings) -> Engines:
         tts=build_tts(settings),
         vad_factory=lambda: build_vad(settings),
         turn=_end_of_turn_model(),
+        prefill=prefill_pays(settings),
     )
+
+
+def prefill_pays(settings: Settings) -> bool:
+    """`LLM_PREFILL`, or by default whether the engine is one that keeps a prompt's KV cache and costs
+    nothing per request: the embedded engine and Ollama. An OpenAI-compatible URL may be a local
+    llama.cpp or vLLM server (set LLM_PREFILL=true there) or a hosted API that bills every request."""
+    return settings.llm_prefill if settings.llm_prefill is not None else settings.llm_engine != "openai"
 
 
 def _end_of_turn_model() -> EndOfTurnModel | None:

@@ -214,7 +214,8 @@ class CallSession:
         greeting = None if self.screening is not None else self._greet()
         if self.screening is not None:
             self._track(self._prepare_lines())
-        self._prefill = asyncio.create_task(self._prefill_prompt(after=greeting), name=f"prefill-{self.call.id}")
+        if self.engines.prefill:
+            self._prefill = asyncio.create_task(self._prefill_prompt(after=greeting), name=f"prefill-{self.call.id}")
 
     async def _prepare_lines(self) -> None:
         """While the agent listens for who answered: make its greeting and voicemail message now, so
@@ -269,7 +270,7 @@ class CallSession:
         """
         kept_from = len(self._history) - (len(self._context()) - 1)
         trimmed, self._kept_from = kept_from != self._kept_from, kept_from
-        if self._closing or (self.start_policy.busy() and not trimmed):
+        if self._closing or not self.engines.prefill or (self.start_policy.busy() and not trimmed):
             return
         if self._prefill is None or self._prefill.done():
             self._prefill = asyncio.create_task(self._prefill_prompt(after=None), name=f"refill-{self.call.id}")
@@ -623,7 +624,7 @@ class CallSession:
             return  # the call is ending whatever is said: the closing line plays out
         current = self._current
         if isinstance(event, SpeechGoingOn):
-            if self._barge_onset is None and (current is None or not current.holds_floor) \
+            if self.engines.prefill and self._barge_onset is None and (current is None or not current.holds_floor) \
                     and (self._prefill is None or self._prefill.done()):
                 self.read_ahead.heard(event.audio)  # the caller's first words, into the KV cache
             return

@@ -23,13 +23,14 @@ import pytest
 from shared import urgency
 from shared.audio import FRAME_BYTES, MULAW_SILENCE, PHONE_RATE, float32_to_ulaw
 from shared.llm.base import ChatMessage, GenerationOptions, LLMError
+from shared.settings import Settings
 from shared.storage import build_storage
 from shared.storage.base import Storage, TranscriptLine
 from shared.stt.base import Transcription
 from shared.vad.energy import EnergyVAD
 from tests.conftest import make_settings
 from voice_gateway.assurance import ProductionRate, StartPolicy
-from voice_gateway.engines import Engines
+from voice_gateway.engines import Engines, prefill_pays
 from voice_gateway.reply import DUE_WORDS_KNOWN_S, FALLBACK_LINE, RUNNING_DRY_PRECEDENCE_S, Reply, ReplyState
 from voice_gateway.session import CONTINUE_S, CallSession
 from voice_gateway.spool import Spool
@@ -265,7 +266,7 @@ def open_call(stores: tuple[Storage, Spool]) -> Callable[..., Any]:
         tts: FakeTTS | None = None, clock: FakeClock | None = None, echo: bool = True,
         start_policy: StartPolicy | None = None, hangup: Callable[[], Any] | None = None,
         turn: FakeTurnModel | None = None, settings: dict[str, Any] | None = None,
-        beep_detector: Any = None, tool_runner: Any = None,
+        beep_detector: Any = None, tool_runner: Any = None, prefill: bool = True,
     ) -> Call:
         clock = clock or FakeClock()
         stt, llm, tts = stt or FakeSTT(), llm or FakeLLM(), tts or FakeTTS(clock)
@@ -277,7 +278,8 @@ def open_call(stores: tuple[Storage, Spool]) -> Callable[..., Any]:
         line = FakeLine(clock, echo=echo)
         session = CallSession(
             call=call, agent=agent, stream_sid="MZ1", send=line.send, storage=storage, spool=spool,
-            engines=Engines(stt=stt, llm=llm, tts=tts, vad_factory=EnergyVAD, turn=turn), clock=clock,
+            engines=Engines(stt=stt, llm=llm, tts=tts, vad_factory=EnergyVAD, turn=turn, prefill=prefill),
+            clock=clock,
             hangup=hangup, start_policy=start_policy, beep_detector=beep_detector, tool_runner=tool_runner,
         )
         line.session = session
@@ -383,6 +385,26 @@ async def test_reading_ahead_waits_for_an_idle_machine_and_stops_when_the_turn_i
     assert session.reply is not None
     assert not ahead.running and ahead.evaluated == [], "the reply's own request takes over the slot"
     await session.close()
+
+
+async def test_an_engine_that_bills_each_request_gets_no_prompt_ahead_of_need(open_call: Any) -> None:
+    """`LLM_PREFILL` off (the default for an OpenAI-compatible URL): no prefill at the start or after a
+    line, no reading ahead, only the turns' own requests."""
+    call = await open_call(stt=FakeSTT("I would like to book a cleaning for Friday."), prefill=False)
+    session, clock = call.session, call.clock
+    await _feed(session, clock, _tone(2600))  # long enough to be read ahead
+    assert session.read_ahead.started == 0
+    reply = await _turn(session, clock, 300)
+    await _until(lambda: reply.state is ReplyState.PLAYED, "the answer to play")
+    assert call.llm.prefills == [] and len(call.llm.requests) == 1
+    await session.close()
+
+
+def test_prompts_are_evaluated_ahead_by_default_except_on_an_openai_compatible_url() -> None:
+    assert prefill_pays(Settings(LLM_ENGINE="llama-cpp")) and prefill_pays(Settings(LLM_ENGINE="ollama"))
+    assert not prefill_pays(Settings(LLM_ENGINE="openai"))
+    assert prefill_pays(Settings(LLM_ENGINE="openai", LLM_PREFILL=True))
+    assert not prefill_pays(Settings(LLM_ENGINE="llama-cpp", LLM_PREFILL=False))
 
 
 LONG_ANSWER = "Sure, please go ahead. We are open on Friday from nine to five and on the weekend until noon."
